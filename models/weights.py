@@ -1,0 +1,131 @@
+"""Converted weights: float32 safetensors with the architecture in the header.
+
+Every network of the project loads from these files only; they need neither torch nor pickle.
+`convert.py` writes them from the upstream checkpoints (see models/convert.py). The safetensors
+header metadata (string to string) holds:
+
+- ``fewshot.family``: "clip" or "convnextv2"
+- ``fewshot.config``: JSON of the architecture, as inferred from the state dict
+- ``fewshot.source``: JSON describing what was converted (file name, source format, dtype)
+- ``fewshot.version``: the layout version of this file format
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = "1"
+
+# What users download, per family; quoted by the missing-file error.
+DOWNLOADS = {
+    "clip": (
+        "OpenAI CLIP: ViT-B-32.pt https://openaipublic.azureedge.net/clip/models/"
+        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt , "
+        "RN101.pt https://openaipublic.azureedge.net/clip/models/"
+        "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt"
+    ),
+    "convnextv2": (
+        "ConvNeXt-V2: convnextv2_base_1k_224_ema.pt "
+        "https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_base_1k_224_ema.pt"
+    ),
+}
+
+
+class WeightsError(RuntimeError):
+    """A weight file is missing, unreadable, or not what the caller expects."""
+
+
+def save(
+    path: str | os.PathLike,
+    tensors: dict[str, np.ndarray],
+    *,
+    family: str,
+    config: dict[str, Any],
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``tensors`` as float32 safetensors (integer arrays keep their dtype), atomically."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    arrays = {}
+    for name, value in tensors.items():
+        a = np.asarray(value)
+        if a.dtype.kind == "f":
+            a = a.astype(np.float32)
+        arrays[name] = np.ascontiguousarray(a)
+    metadata = {
+        "fewshot.family": family,
+        "fewshot.config": json.dumps(config, sort_keys=True),
+        "fewshot.source": json.dumps(source or {}, sort_keys=True),
+        "fewshot.version": FORMAT_VERSION,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Family, config, source and version of a converted file, without reading the tensors."""
+    from safetensors import safe_open
+
+    path = _check_exists(path, None)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
+    if "fewshot.family" not in meta:
+        raise WeightsError(
+            f"{path}: safetensors file without this project's metadata; "
+            "convert the original checkpoint with `python convert.py SRC DST.safetensors`"
+        )
+    return {
+        "family": meta["fewshot.family"],
+        "config": json.loads(meta.get("fewshot.config", "{}")),
+        "source": json.loads(meta.get("fewshot.source", "{}")),
+        "version": meta.get("fewshot.version", "?"),
+    }
+
+
+def load(
+    path: str | os.PathLike, expect_family: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a converted file: (name -> array, info). Checks the family when one is expected."""
+    from safetensors.numpy import load_file
+
+    path = _check_exists(path, expect_family)
+    info = read_info(path)
+    if expect_family is not None and info["family"] != expect_family:
+        raise WeightsError(
+            f"{path}: holds {info['family']!r} weights, but a {expect_family!r} model was expected"
+        )
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise WeightsError(f"{path}: truncated or corrupt safetensors file ({e})") from e
+    return tensors, info
+
+
+def _check_exists(path: str | os.PathLike, family: str | None) -> Path:
+    path = Path(path)
+    if path.is_file():
+        return path
+    hint = DOWNLOADS.get(family or "", " ; ".join(DOWNLOADS.values()))
+    raise WeightsError(
+        f"weight file not found: {path}\n"
+        f"  download: {hint}\n"
+        f"  then convert: python convert.py DOWNLOADED_FILE {path}"
+    )

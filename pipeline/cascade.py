@@ -1,0 +1,136 @@
+"""The three-stage cascade over per-stage scores.
+
+Stage 1 ("unseen"): a transductive classifier over *all* classes (InMaP on fused CLIP features).
+    Images whose top-1 class has no training image are answered by it directly.
+Stage 2 ("seen"): a few-shot probe over the seen classes (LP++ fused over backbones) answers the
+    rest.
+Stage 3 ("expert"): images whose stage-2 top-1 class belongs to the expert's classes (the dog
+    breeds) are re-ranked by the expert (ConvNeXt-V2) over its classes.
+
+This module only combines score arrays; computing them is the job of train/test. Which classes
+are unseen and which belong to the expert comes from the class list and the configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STAGE_NAMES = ("unseen", "seen", "expert")
+UNSEEN, SEEN, EXPERT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class CascadeResult:
+    """top5 [n,5] global class ids best first; stage [n] in {UNSEEN, SEEN, EXPERT};
+    scores of the answering stage are not kept (the inputs are)."""
+
+    top5: np.ndarray
+    stage: np.ndarray
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.top5[:, 0]
+
+
+def fuse(logits: list[np.ndarray], weights: list[float] | tuple[float, ...]) -> np.ndarray:
+    """Weighted sum of per-backbone logits of equal shape (the challenge fused 0.5/0.5 for InMaP
+    and 0.6/0.4 ViT-B/32/RN101 for LP++)."""
+    if len(logits) != len(weights) or not logits:
+        raise ValueError(f"{len(logits)} logit arrays for {len(weights)} fusion weights")
+    shapes = {np.shape(x) for x in logits}
+    if len(shapes) != 1:
+        raise ValueError(f"cannot fuse logits of different shapes {sorted(shapes)}")
+    out = np.zeros(next(iter(shapes)), np.float64)
+    for x, w in zip(logits, weights):
+        out += float(w) * np.asarray(x, np.float64)
+    return out.astype(np.float32)
+
+
+def topk(scores: np.ndarray, k: int = 5, ids: np.ndarray | None = None) -> np.ndarray:
+    """Indices (or ``ids[index]``) of the k largest scores per row, best first; ties broken by
+    the lower index so results are deterministic."""
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    # stable argsort on the negated scores keeps lower indices first among equal scores
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order if ids is None else np.asarray(ids)[order]
+
+
+def check_finite(name: str, scores: np.ndarray) -> None:
+    """Raise naming the stage when scores hold NaN or infinity (a broken model or feature)."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise FloatingPointError(
+            f"stage {name!r}: {bad.sum()} non-finite scores in {rows.size} images "
+            f"(first rows {rows[:5].tolist()}); check the features and the trained heads"
+        )
+
+
+def run_cascade(
+    all_scores: np.ndarray,
+    unseen_ids: np.ndarray,
+    seen_scores: np.ndarray,
+    seen_ids: np.ndarray,
+    expert_scores: np.ndarray | None = None,
+    expert_ids: np.ndarray | None = None,
+    k: int = 5,
+) -> CascadeResult:
+    """Combine the stages.
+
+    all_scores [n, C]: stage-1 scores over all C classes (column c = class id c).
+    unseen_ids: class ids with no training image (may be empty: then stage 1 answers nothing).
+    seen_scores [n, S]: stage-2 scores, column j = class ``seen_ids[j]``.
+    expert_scores [n, K] or None: stage-3 scores for every image (only rows routed to the
+        expert are used), column j = class ``expert_ids[j]``; expert_ids must be seen classes.
+    Returns global top-k ids per image and which stage answered.
+    """
+    all_scores = np.asarray(all_scores)
+    seen_scores = np.asarray(seen_scores)
+    n = all_scores.shape[0]
+    seen_ids = np.asarray(seen_ids, np.int64)
+    unseen_ids = np.asarray(unseen_ids, np.int64)
+    if seen_scores.shape != (n, seen_ids.size):
+        raise ValueError(f"seen scores {seen_scores.shape} do not match {n} x {seen_ids.size}")
+    if np.intersect1d(seen_ids, unseen_ids).size:
+        raise ValueError("a class cannot be both seen and unseen")
+    check_finite("unseen (stage 1)", all_scores)
+    check_finite("seen (stage 2)", seen_scores)
+
+    stage = np.full(n, SEEN, np.int8)
+    top5 = topk(seen_scores, k, seen_ids)
+    if unseen_ids.size:
+        is_unseen = np.isin(all_scores.argmax(1), unseen_ids)
+        stage[is_unseen] = UNSEEN
+        top5[is_unseen] = topk(all_scores[is_unseen], k)
+
+    if expert_scores is not None:
+        expert_ids = np.asarray(expert_ids, np.int64)
+        expert_scores = np.asarray(expert_scores)
+        if expert_scores.shape != (n, expert_ids.size):
+            raise ValueError(
+                f"expert scores {expert_scores.shape} do not match {n} x {expert_ids.size}"
+            )
+        if not np.isin(expert_ids, seen_ids).all():
+            raise ValueError("the expert's classes must be seen classes")
+        to_expert = (stage == SEEN) & np.isin(top5[:, 0], expert_ids)
+        check_finite("expert (stage 3)", expert_scores[to_expert])
+        stage[to_expert] = EXPERT
+        if expert_ids.size >= k:
+            top5[to_expert] = topk(expert_scores[to_expert], k, expert_ids)
+        else:
+            # fewer expert classes than k: expert ranking first, then the probe's other classes
+            head = topk(expert_scores[to_expert], k, expert_ids)
+            tail = top5[to_expert]
+            top5[to_expert] = _merge_rankings(head, tail, k)
+    return CascadeResult(top5=top5, stage=stage)
+
+
+def _merge_rankings(head: np.ndarray, tail: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((head.shape[0], k), np.int64)
+    for i in range(head.shape[0]):  # only the rare case of an expert with < k classes
+        merged = list(head[i]) + [c for c in tail[i] if c not in set(head[i])]
+        out[i] = merged[:k]
+    return out

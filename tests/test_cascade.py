@@ -102,3 +102,24 @@ def test_metrics_accuracy_and_routing():
     assert report["per_domain"]["a"] == {"n": 2, "top1": 0.0, "top5": 0.5}
     assert report["per_stage"]["expert"]["top1"] == 1.0
     assert report["routing"]["expert"]["recall"] == 1.0
+
+
+def test_report_writes_markdown_and_plots(tmp_path):
+    from pipeline.report import write_report
+
+    labels = np.array([7, 2, 5, 1])
+    top5 = np.array([[7, 0, 1, 2, 3], [1, 2, 0, 3, 4], [5, 4, 3, 0, 1], [0, 2, 3, 4, 5]])
+    stage = np.array([UNSEEN, SEEN, EXPERT, UNSEEN])
+    metrics = evaluate(top5, stage, labels, np.array(["car", "a", "dog", "a"]), UNSEEN_IDS, DOG_IDS)
+    path = write_report(
+        tmp_path,
+        metrics,
+        timings={"encode": 1.5, "inmap": 0.2},
+        params={"clip": 1000, "expert": 234},
+        variants={"official": {"top1": 0.4, "top5": 0.6}},
+    )
+    text = path.read_text()
+    assert "Total parameters loaded: **1,234**" in text
+    assert "| dog | 1 | 1.0000 | 1.0000 |" in text
+    for png in ("per_domain.png", "timings.png", "variants.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

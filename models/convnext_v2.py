@@ -70,7 +70,7 @@ def _layer_norm(x, weight, bias, axis: int):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over channels; ``channels_first`` normalises axis 1 of NCHW, otherwise the last axis."""
+    """LayerNorm over channels: axis 1 of NCHW if ``channels_first``, else the last axis."""
 
     def __init__(self, dim: int, channels_first: bool = False):
         self.channels_first = channels_first
@@ -232,7 +232,7 @@ class ConvNeXtV2(nn.Module):
             value = np.asarray(value, dtype=np.float32)
             if tuple(value.shape) != tuple(param.shape):
                 raise weights.WeightsError(
-                    f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+                    f"{source}: {name} has shape {value.shape}, expected {tuple(param.shape)}"
                 )
             param.assign(jt.array(value))
 
@@ -452,7 +452,7 @@ class TrainTransform:
 
 
 def preprocess(size: int = 384) -> Callable[[Image.Image], np.ndarray]:
-    """Evaluation transform of the challenge solution: bicubic resize to size x size, ImageNet norm."""
+    """Evaluation transform of the challenge solution: bicubic size x size, ImageNet norm."""
     return EvalTransform(size)
 
 

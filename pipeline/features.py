@@ -1,0 +1,522 @@
+"""The feature cache: every image list is encoded once per backbone, preprocessing and view.
+
+Layout under the cache root (``$OUT_DIR/cache``)::
+
+    fingerprints.json                  sha256 of weight files, keyed by (path, size, mtime)
+    <label>-<key hash>/                one entry per (key parts, preprocessing, image list)
+        key.json                       the full key, for humans and for checking
+        orig/ flip/                    one folder per view
+            shard_00000.npz ...        features float32 [<=shard_size, d], failed local indices,
+                                       and the entry key; written atomically
+            manifest.json              written last: format version, key, n, dim, failed ids,
+                                       sha256 of every shard
+
+The key is the JSON of FORMAT_VERSION, the caller's ``key_parts`` (backbone name, weight
+fingerprint, ...), the preprocessing's ``describe()`` string and a fingerprint of the image list
+(absolute paths, sizes and modification times, in order). Anything that changes the features
+changes the key, and so the folder. An interrupted extraction leaves finished shards behind and
+the next run computes only the missing ones; a shard that does not load, has the wrong shape,
+belongs to another key or fails its manifest checksum is recomputed with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.images import VIEWS, Preprocess, iter_view_batches
+
+log = logging.getLogger(__name__)
+
+# Bump when the shard/manifest layout or anything else that changes stored features changes.
+FORMAT_VERSION = 1
+SHARD_SIZE = 512
+
+EncodeFn = Callable[[np.ndarray], Any]
+
+
+class FeatureError(RuntimeError):
+    """Feature extraction produced unusable output (non-finite values, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Features of one image list: ``features[view]`` is float32 [n, d] (row i = image i);
+    ``failed`` lists the images that could not be decoded (their rows are the features of a
+    mid-grey placeholder: finite, but carrying no evidence)."""
+
+    features: dict[str, np.ndarray]
+    failed: tuple[int, ...]
+    key: str
+    directory: Path
+
+    def __getitem__(self, view: str) -> np.ndarray:
+        return self.features[view]
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.features.values())))
+
+    @property
+    def dim(self) -> int:
+        return next(iter(self.features.values())).shape[1]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean [n]: True where the image was decoded."""
+        mask = np.ones(self.n, bool)
+        mask[list(self.failed)] = False
+        return mask
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
+    """sha256 over the ordered (absolute path, size, mtime) of every image.
+
+    Absolute paths, so the demo dataset and the real one never share an entry even where their
+    relative names coincide; size and mtime, so replaced images are re-encoded. A missing file
+    is fingerprinted as such (it will be reported as failed).
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        ap = os.path.abspath(os.fspath(p))
+        try:
+            st = os.stat(ap)
+            meta = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            meta = "missing"
+        h.update(f"{ap}\0{meta}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def describe_preprocess(preprocess: Preprocess) -> str:
+    """The preprocessing's identity for the key: its ``describe()`` string."""
+    describe = getattr(preprocess, "describe", None)
+    if callable(describe):
+        return str(describe())
+    # Without describe() two different preprocessings of the same type would share an entry.
+    raise TypeError(
+        f"preprocess {preprocess!r} has no describe() method; the feature cache needs it to "
+        "tell preprocessings apart"
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-")[:60] or "entry"
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    _atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    # jt.Var (and torch tensors) expose .numpy(); copy because Jittor may alias its buffer.
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
+        x = x.numpy()
+    return np.array(x, dtype=np.float32, copy=True)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+class FeatureCache:
+    """Feature cache rooted at ``root`` (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | os.PathLike, shard_size: int = SHARD_SIZE) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.root = Path(root)
+        self.shard_size = int(shard_size)
+
+    # ------------------------------------------------------------------ weights fingerprint
+    def fingerprint(self, weights: str | os.PathLike) -> str:
+        """Full sha256 of a weight file, remembered by (absolute path, size, mtime) in
+        ``fingerprints.json`` so each file is hashed once."""
+        p = Path(weights)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: weight file not found") from None
+        ap = str(p.resolve())
+        book_path = self.root / "fingerprints.json"
+        try:
+            book = json.loads(book_path.read_text())
+        except (OSError, ValueError):
+            book = {}
+        rec = book.get(ap)
+        if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+            return rec["sha256"]
+        digest = _sha256_file(p)
+        book[ap] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(book_path, book)
+        return digest
+
+    # ------------------------------------------------------------------ keys
+    def make_key(
+        self,
+        key_parts: Mapping[str, Any],
+        paths: Sequence[str | os.PathLike],
+        preprocess: Preprocess,
+    ) -> dict:
+        """The full key of an entry (JSON-serialisable)."""
+        return {
+            "format": FORMAT_VERSION,
+            "parts": {str(k): str(v) for k, v in sorted(key_parts.items())},
+            "preprocess": describe_preprocess(preprocess),
+            "list": list_fingerprint(paths),
+            "n": len(paths),
+            "shard_size": self.shard_size,
+        }
+
+    @staticmethod
+    def key_hash(key: dict) -> str:
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def entry_dir(self, key: dict, label: Optional[str] = None) -> Path:
+        label = label or "-".join(key["parts"].get(k, "") for k in ("backbone", "list")) or "entry"
+        return self.root / f"{_slug(label)}-{self.key_hash(key)[:16]}"
+
+    # ------------------------------------------------------------------ shards
+    def _shard_path(self, vdir: Path, s: int) -> Path:
+        return vdir / f"shard_{s:05d}.npz"
+
+    def _load_shard(
+        self, path: Path, keyhash: str, rows: int, dim: Optional[int]
+    ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(features, failed local indices) or None when absent/unusable (then deleted)."""
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                feats = np.array(z["features"], np.float32)
+                failed = np.array(z["failed"], np.int64)
+                owner = str(z["key"])
+            problem = None
+            if owner != keyhash:
+                problem = "written for another cache key"
+            elif feats.ndim != 2 or feats.shape[0] != rows or (dim and feats.shape[1] != dim):
+                problem = f"shape {feats.shape}, expected ({rows}, {dim or 'd'})"
+            elif not np.isfinite(feats).all():
+                problem = "non-finite values"
+            elif failed.size and (failed.min() < 0 or failed.max() >= rows):
+                problem = "failed indices out of range"
+        except Exception as e:  # noqa: BLE001 - any unreadable shard is simply recomputed
+            problem = f"unreadable ({type(e).__name__}: {e})"
+        if problem:
+            log.warning("feature cache: %s is corrupt (%s); recomputing it", path, problem)
+            path.unlink(missing_ok=True)
+            return None
+        return feats, failed
+
+    def _write_shard(self, path: Path, feats: np.ndarray, failed: np.ndarray, keyhash: str) -> str:
+        _atomic_write_bytes(
+            path,
+            lambda f: np.savez(f, features=feats, failed=failed, key=np.array(keyhash)),
+        )
+        return _sha256_file(path)
+
+    # ------------------------------------------------------------------ main entry point
+    def get_or_compute(
+        self,
+        key_parts: Mapping[str, Any],
+        paths: Sequence[str | os.PathLike],
+        encode_fn: EncodeFn,
+        preprocess: Preprocess,
+        batch_size: int = 64,
+        workers: Optional[int] = None,
+        views: Sequence[str] = ("orig",),
+        *,
+        label: Optional[str] = None,
+        draft_min_side: Optional[int] = None,
+        progress: bool = True,
+    ) -> FeatureSet:
+        """Features of ``paths`` for every view, from the cache or computed and stored.
+
+        ``key_parts``: what identifies the encoder, e.g. ``{"backbone": "clip-vit-b32",
+        "weights": cache.fingerprint(path), "list": "test"}`` (add anything else that changes
+        the output). ``encode_fn(batch float32 [B,3,H,W]) -> [B,d]`` (numpy or anything with
+        ``.numpy()``). ``views``: "orig" and/or "flip". Images that fail to decode are encoded
+        as a grey placeholder and listed in ``FeatureSet.failed``; the caller decides whether to
+        drop them. Raises FeatureError when the encoder returns non-finite values or a wrong
+        shape.
+        """
+        views = tuple(dict.fromkeys(views))
+        bad = [v for v in views if v not in VIEWS]
+        if bad or not views:
+            raise ValueError(f"unknown views {bad or views}; choose from {VIEWS}")
+        paths = [os.fspath(p) for p in paths]
+        n = len(paths)
+        if n == 0:
+            raise ValueError("get_or_compute: empty image list")
+        key = self.make_key(key_parts, paths, preprocess)
+        keyhash = self.key_hash(key)
+        entry = self.entry_dir(key, label)
+        name = label or entry.name
+        entry.mkdir(parents=True, exist_ok=True)
+        self._check_entry_key(entry, key)
+
+        num_shards = (n + self.shard_size - 1) // self.shard_size
+        rows = [min(self.shard_size, n - s * self.shard_size) for s in range(num_shards)]
+
+        # Which shards of which view are already there (manifest first, then loose shards).
+        have: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        dim: Optional[int] = None
+        for v in views:
+            vdir = entry / v
+            vdir.mkdir(exist_ok=True)
+            manifest = self._read_manifest(vdir, key)
+            if manifest is not None:
+                dim = dim or manifest["dim"]
+            have[v] = {}
+            for s in range(num_shards):
+                path = self._shard_path(vdir, s)
+                if manifest is not None and path.exists():
+                    if _sha256_file(path) != manifest["shards"][s]:
+                        log.warning("feature cache: %s fails its checksum; recomputing it", path)
+                        path.unlink()
+                        manifest = None
+                        (vdir / "manifest.json").unlink(missing_ok=True)
+                        continue
+                got = self._load_shard(path, keyhash, rows[s], dim)
+                if got is not None:
+                    dim = dim or got[0].shape[1]
+                    have[v][s] = got
+            if manifest is not None and len(have[v]) < num_shards:
+                (vdir / "manifest.json").unlink(missing_ok=True)
+
+        missing = [s for s in range(num_shards) if any(s not in have[v] for v in views)]
+        if missing:
+            dim = self._compute(
+                entry,
+                keyhash,
+                name,
+                paths,
+                missing,
+                rows,
+                views,
+                have,
+                encode_fn,
+                preprocess,
+                batch_size,
+                workers,
+                draft_min_side,
+                progress,
+                dim,
+            )
+
+        out: dict[str, np.ndarray] = {}
+        failed_all: set[int] = set()
+        for v in views:
+            vdir = entry / v
+            feats = np.concatenate([have[v][s][0] for s in range(num_shards)])
+            failed = sorted(
+                int(s * self.shard_size + i) for s in range(num_shards) for i in have[v][s][1]
+            )
+            failed_all.update(failed)
+            if not (vdir / "manifest.json").exists() or missing:
+                _atomic_write_json(
+                    vdir / "manifest.json",
+                    {
+                        "format": FORMAT_VERSION,
+                        "key": key,
+                        "key_hash": keyhash,
+                        "view": v,
+                        "n": n,
+                        "dim": int(feats.shape[1]),
+                        "failed": failed,
+                        "shards": [
+                            _sha256_file(self._shard_path(vdir, s)) for s in range(num_shards)
+                        ],
+                    },
+                )
+            out[v] = feats
+        if failed_all:
+            log.warning(
+                "%s: %d of %d image(s) could not be decoded (placeholder features): %s%s",
+                name,
+                len(failed_all),
+                n,
+                ", ".join(paths[i] for i in sorted(failed_all)[:5]),
+                " ..." if len(failed_all) > 5 else "",
+            )
+        return FeatureSet(out, tuple(sorted(failed_all)), keyhash, entry)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_entry_key(self, entry: Path, key: dict) -> None:
+        """An entry folder whose key.json disagrees (truncated-hash collision, a copied folder,
+        another format version) is wiped and rebuilt."""
+        kp = entry / "key.json"
+        if kp.exists():
+            try:
+                old = json.loads(kp.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old == key:
+                return
+            log.warning("feature cache: %s holds another key; rebuilding it", entry)
+            for child in entry.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        _atomic_write_json(kp, key)
+
+    def _read_manifest(self, vdir: Path, key: dict) -> Optional[dict]:
+        mp = vdir / "manifest.json"
+        if not mp.exists():
+            return None
+        try:
+            m = json.loads(mp.read_text())
+            ok = (
+                m.get("format") == FORMAT_VERSION
+                and m.get("key") == key
+                and len(m.get("shards", ())) == (key["n"] + self.shard_size - 1) // self.shard_size
+                and isinstance(m.get("dim"), int)
+            )
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            log.warning("feature cache: %s is stale or unreadable; revalidating shards", mp)
+            mp.unlink(missing_ok=True)
+            return None
+        return m
+
+    def _compute(
+        self,
+        entry: Path,
+        keyhash: str,
+        name: str,
+        paths: list[str],
+        missing: list[int],
+        rows: list[int],
+        views: tuple[str, ...],
+        have: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
+        encode_fn: EncodeFn,
+        preprocess: Preprocess,
+        batch_size: int,
+        workers: Optional[int],
+        draft_min_side: Optional[int],
+        progress: bool,
+        dim: Optional[int],
+    ) -> int:
+        """Encode the images of the ``missing`` shards, writing each shard as soon as it is
+        complete; fills ``have`` and returns the feature dimension."""
+        need = tuple(v for v in views if any(s not in have[v] for s in missing))
+        positions = np.concatenate(
+            [np.arange(s * self.shard_size, s * self.shard_size + rows[s]) for s in missing]
+        )
+        n_done = len(paths) - len(positions)
+        bar = tqdm(
+            total=len(paths),
+            initial=n_done,
+            desc=name,
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        # Rows of the shard being assembled, per view, and its failed local indices.
+        buf: dict[str, list[np.ndarray]] = {v: [] for v in need}
+        buf_failed: list[int] = []
+        shard_iter = iter(missing)
+        cur = next(shard_iter)
+        filled = 0
+        try:
+            batches = iter_view_batches(
+                [paths[i] for i in positions],
+                preprocess,
+                batch_size,
+                workers,
+                views=need,
+                fill_failed=True,
+                draft_min_side=draft_min_side,
+            )
+            for batch in batches:
+                local = positions[batch.indices]
+                feats = {}
+                for v in need:
+                    f = _to_numpy(encode_fn(batch.images[v]))
+                    if f.ndim != 2 or f.shape[0] != len(local) or (dim and f.shape[1] != dim):
+                        raise FeatureError(
+                            f"{name}: encoder returned shape {f.shape} for a batch of "
+                            f"{len(local)} images (expected [{len(local)}, {dim or 'd'}])"
+                        )
+                    bad = ~np.isfinite(f).all(axis=1)
+                    if bad.any():
+                        which = ", ".join(paths[i] for i in local[bad][:5])
+                        raise FeatureError(
+                            f"{name} ({v} view): the encoder produced NaN/inf features for "
+                            f"{int(bad.sum())} image(s), e.g. {which}; check the weights and "
+                            "the preprocessing (fp16 overflow?)"
+                        )
+                    dim = f.shape[1]
+                    feats[v] = f
+                failed_set = set(int(positions[i]) for i in batch.failed)
+                start = 0
+                while start < len(local):
+                    # Rows of this batch that belong to the current shard.
+                    take = min(len(local) - start, rows[cur] - filled)
+                    for v in need:
+                        buf[v].append(feats[v][start : start + take])
+                    base = cur * self.shard_size
+                    buf_failed.extend(
+                        int(g) - base for g in local[start : start + take] if int(g) in failed_set
+                    )
+                    filled += take
+                    start += take
+                    if filled == rows[cur]:
+                        failed_arr = np.asarray(buf_failed, np.int64)
+                        for v in need:
+                            if cur in have[v]:
+                                continue
+                            arr = np.concatenate(buf[v])
+                            self._write_shard(
+                                self._shard_path(entry / v, cur), arr, failed_arr, keyhash
+                            )
+                            have[v][cur] = (arr, failed_arr)
+                        buf = {v: [] for v in need}
+                        buf_failed = []
+                        filled = 0
+                        cur = next(shard_iter, -1)
+                bar.update(len(local))
+        finally:
+            bar.close()
+        assert dim is not None
+        return dim

@@ -1,0 +1,370 @@
+"""Parsers for the challenge's text files: the class list, labelled image lists, the test folder.
+
+Formats (docs/DATA.md has the details):
+
+- class list: ``<Domain>_<name> <id>`` per line, ids 0..C-1 each exactly once;
+- labelled list (train.txt, the 4-shot and validation lists, the demo's test_labels.txt):
+  ``<path> <label>`` per line, the path relative to DATA_DIR (or the test folder);
+- test folder: ``image_<n>.jpg|jpeg|png|...``, ordered by the number in the name.
+
+All parsers accept UTF-8 (with or without a BOM), Windows line endings, surrounding whitespace,
+blank lines and a missing trailing newline. Every problem raises ListError naming the file and
+the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+PathLike = Union[str, os.PathLike]
+
+
+class ListError(ValueError):
+    """A list or class file is malformed; the message names the file and line."""
+
+
+def _read_lines(path: PathLike) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline=None) as f:
+            return f.read().splitlines()
+    except FileNotFoundError as e:
+        raise ListError(f"{path}: file not found") from e
+    except IsADirectoryError as e:
+        raise ListError(f"{path}: is a directory, expected a text file") from e
+    except UnicodeDecodeError as e:
+        # Count lines up to the offending byte so the user can find it.
+        with open(path, "rb") as f:
+            line = f.read()[: e.start].count(b"\n") + 1
+        raise ListError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from e
+
+
+def _split_line(line: str) -> Optional[tuple[str, str]]:
+    """``'<text> <last token>'`` -> (text, token); None for a blank line. The text may contain
+    spaces (only the last whitespace separates), so file names with spaces work."""
+    s = line.strip()
+    if not s:
+        return None
+    parts = s.rsplit(None, 1)
+    if len(parts) != 2:
+        return (s, "")
+    return parts[0], parts[1]
+
+
+def _parse_int(token: str) -> Optional[int]:
+    # Plain decimal only: "1e3", "0x10", "½" or "٣" (other scripts' digits) are errors.
+    if re.fullmatch(r"[+-]?[0-9]+", token):
+        return int(token)
+    return None
+
+
+# ------------------------------------------------------------------------------ class list
+
+
+def split_class_name(raw: str) -> tuple[str, str]:
+    """``'Caltech-101_Faces_easy'`` -> ``('Caltech-101', 'Faces easy')``.
+
+    The domain is the prefix before the first underscore (domain names contain none); the clean
+    name is the rest with underscores as spaces. A name without an underscore has domain ''.
+    """
+    if "_" in raw:
+        domain, name = raw.split("_", 1)
+        if domain and name:
+            return domain, name.replace("_", " ").strip()
+    return "", raw.replace("_", " ").strip()
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """The classes of a board, indexed by id (0..C-1)."""
+
+    names: tuple[str, ...]  # raw names as in the file, e.g. "Thu-dog_Shiba_Dog"
+    domains: tuple[str, ...]  # e.g. "Thu-dog"
+    clean_names: tuple[str, ...]  # e.g. "Shiba Dog" (for text prompts)
+    source: str = "<memory>"
+    _index: dict = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.names)})
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(len(self.names), dtype=np.int64)
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        """Distinct domains in order of first appearance (by id)."""
+        return tuple(dict.fromkeys(self.domains))
+
+    @property
+    def domain_array(self) -> np.ndarray:
+        """Domain of every class id as a numpy string array (for grouping metrics)."""
+        return np.asarray(self.domains)
+
+    def ids_in_domain(self, domain: str) -> np.ndarray:
+        """Sorted int64 ids of ``domain``'s classes; ListError for an unknown domain."""
+        if domain not in self.domain_names:
+            raise ListError(
+                f"{self.source}: no domain {domain!r}; domains: {', '.join(self.domain_names)}"
+            )
+        return np.flatnonzero(self.domain_array == domain).astype(np.int64)
+
+    def id_of(self, raw_name: str) -> int:
+        """Id of a raw class name (``'Animal_Bear'``)."""
+        try:
+            return self._index[raw_name]
+        except KeyError:
+            raise ListError(f"{self.source}: no class named {raw_name!r}") from None
+
+    def check_label(self, label: int, where: str) -> None:
+        if not 0 <= label < len(self.names):
+            raise ListError(
+                f"{where}: label {label} is not a class id of {self.source} "
+                f"(0..{len(self.names) - 1})"
+            )
+
+
+def parse_class_list(lines: Iterable[str], source: str = "<memory>") -> ClassList:
+    """Parse class-list lines (see ``read_class_list``)."""
+    by_id: dict[int, tuple[str, int]] = {}
+    by_name: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        parts = _split_line(line)
+        if parts is None:
+            continue
+        name, tok = parts
+        where = f"{source}:{lineno}"
+        cid = _parse_int(tok)
+        if cid is None:
+            raise ListError(f"{where}: expected '<Domain>_<name> <id>', got {line.strip()!r}")
+        if cid < 0:
+            raise ListError(f"{where}: negative class id {cid}")
+        if cid in by_id:
+            raise ListError(f"{where}: class id {cid} already used on line {by_id[cid][1]}")
+        if name in by_name:
+            raise ListError(f"{where}: class name {name!r} already used on line {by_name[name]}")
+        by_id[cid] = (name, lineno)
+        by_name[name] = lineno
+    if not by_id:
+        raise ListError(f"{source}: no classes")
+    n = len(by_id)
+    missing = sorted(set(range(n)) - set(by_id))
+    if missing:
+        extra = sorted(set(by_id) - set(range(n)))
+        raise ListError(
+            f"{source}: class ids must be 0..{n - 1}; missing {_short(missing)}, "
+            f"out of range {_short(extra)}"
+        )
+    names = tuple(by_id[i][0] for i in range(n))
+    split = [split_class_name(x) for x in names]
+    return ClassList(names, tuple(d for d, _ in split), tuple(c for _, c in split), source)
+
+
+def read_class_list(path: PathLike) -> ClassList:
+    """Read a class list (``<Domain>_<name> <id>`` per line, e.g. data/classes_b.txt).
+
+    Ids must be exactly 0..C-1 (in any order) and names unique; ListError otherwise.
+    """
+    return parse_class_list(_read_lines(path), os.fspath(path))
+
+
+def _short(xs: Sequence[int], k: int = 8) -> str:
+    if not xs:
+        return "none"
+    s = ", ".join(map(str, xs[:k]))
+    return s + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
+
+
+# --------------------------------------------------------------------------- labelled lists
+
+
+@dataclass(frozen=True)
+class LabeledList:
+    """Image paths (as written in the list, relative to its root) with integer labels."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray  # int64 [n]
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(labels) != len(self.paths):
+            raise ValueError(f"{len(self.paths)} paths for {len(labels)} labels")
+        labels.setflags(write=False)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def resolve(self, root: PathLike) -> list[str]:
+        """Paths joined to ``root`` (absolute paths in the list stay as they are)."""
+        return [os.path.join(root, p) for p in self.paths]
+
+    def counts(self, num_classes: int) -> np.ndarray:
+        """Images per class id, int64 [num_classes]."""
+        return np.bincount(self.labels, minlength=num_classes)[:num_classes]
+
+    def subset(
+        self, index: Sequence[int] | np.ndarray, source: Optional[str] = None
+    ) -> LabeledList:
+        index = np.asarray(index, dtype=np.int64)
+        return LabeledList(
+            tuple(self.paths[i] for i in index), self.labels[index], source or self.source
+        )
+
+    def lines(self) -> list[str]:
+        return [f"{p} {int(y)}" for p, y in zip(self.paths, self.labels)]
+
+
+def parse_labeled_list(
+    lines: Iterable[str], source: str = "<memory>", classes: Optional[ClassList] = None
+) -> LabeledList:
+    """Parse ``<path> <label>`` lines (see ``read_labeled_list``)."""
+    paths: list[str] = []
+    labels: list[int] = []
+    seen: dict[str, tuple[int, int]] = {}  # path -> (label, line)
+    duplicates: list[int] = []
+    for lineno, line in enumerate(lines, 1):
+        parts = _split_line(line)
+        if parts is None:
+            continue
+        where = f"{source}:{lineno}"
+        path, tok = parts
+        label = _parse_int(tok)
+        if label is None:
+            raise ListError(f"{where}: expected '<image path> <label>', got {line.strip()!r}")
+        if classes is not None:
+            classes.check_label(label, where)
+        elif label < 0:
+            raise ListError(f"{where}: negative label {label}")
+        path = path.replace("\\", "/")  # lists written on Windows
+        if path in seen:
+            first_label, first_line = seen[path]
+            if first_label != label:
+                raise ListError(
+                    f"{where}: {path} is labelled {label} here but {first_label} "
+                    f"on line {first_line}"
+                )
+            duplicates.append(lineno)
+            continue
+        seen[path] = (label, lineno)
+        paths.append(path)
+        labels.append(label)
+    if duplicates:
+        log.warning(
+            "%s: %d duplicate line(s) ignored (same image and label), first on line %d",
+            source,
+            len(duplicates),
+            duplicates[0],
+        )
+    return LabeledList(tuple(paths), np.asarray(labels, np.int64), source)
+
+
+def read_labeled_list(path: PathLike, classes: Optional[ClassList] = None) -> LabeledList:
+    """Read a ``<image path> <label>`` list such as train.txt.
+
+    Blank lines are skipped; a repeated line (same path and label) is dropped with one warning;
+    the same path with two different labels is an error, as is a label that is not an id of
+    ``classes`` (when given). Paths may contain spaces and any Unicode; backslashes become '/'.
+    """
+    return parse_labeled_list(_read_lines(path), os.fspath(path), classes)
+
+
+def write_labeled_list(path: PathLike, items: LabeledList) -> None:
+    """Write ``<path> <label>`` lines atomically (temporary file + rename)."""
+    write_text_atomic(path, "".join(line + "\n" for line in items.lines()))
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that a crash leaves either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------ seen/unseen
+
+
+def seen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
+    """Ids of classes with at least one image in ``train`` (sorted int64)."""
+    return np.flatnonzero(train.counts(len(classes)) > 0).astype(np.int64)
+
+
+def unseen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
+    """Ids of classes without any image in ``train`` (e.g. board B's 29 Stanford-Cars)."""
+    return np.flatnonzero(train.counts(len(classes)) == 0).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ test folder
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers numerically: image_2 < image_10."""
+    return tuple(
+        (0, int(tok), tok) if tok.isdigit() else (1, tok.lower(), tok)
+        for tok in re.split(r"(\d+)", name)
+        if tok
+    )
+
+
+def list_test_images(test_dir: PathLike) -> list[str]:
+    """File names (not paths) of the images in ``test_dir``, in natural order.
+
+    Files with an image extension (case-insensitive) are kept; anything else (sub-folders,
+    text files, hidden files) is skipped with one warning. A missing or image-less folder is
+    a ListError.
+    """
+    d = Path(test_dir)
+    if not d.is_dir():
+        raise ListError(f"{d}: test folder not found (set TEST_DIR or --test-dir)")
+    names, skipped = [], []
+    for entry in os.scandir(d):
+        ext = os.path.splitext(entry.name)[1].lower()
+        if entry.is_file() and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
+            names.append(entry.name)
+        else:
+            skipped.append(entry.name)
+    if skipped:
+        log.warning(
+            "%s: ignored %d entr%s that %s not image files: %s",
+            d,
+            len(skipped),
+            "y" if len(skipped) == 1 else "ies",
+            "is" if len(skipped) == 1 else "are",
+            ", ".join(sorted(skipped, key=natural_key)[:10])
+            + (" ..." if len(skipped) > 10 else ""),
+        )
+    if not names:
+        raise ListError(
+            f"{d}: no images in the test folder (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return sorted(names, key=natural_key)

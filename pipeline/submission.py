@@ -1,0 +1,183 @@
+"""The submission file ``result.txt``: writing, reading and validating it.
+
+Format: one line per test image, in the test folder's natural order::
+
+    image_1.jpg 371 332 350 358 360
+
+the file name, then five distinct class ids, best first, separated by single spaces.
+
+Command line: ``python -m pipeline.submission RESULT --test-dir DIR --classes FILE`` prints the
+problems and exits with status 1 when there are any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+from pipeline.lists import ListError, PathLike, list_test_images, read_class_list, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+TOPK = 5
+
+
+def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> None:
+    """Write ``result.txt`` atomically: ``names[i]`` followed by the ``top5_ids[i]`` row.
+
+    ``top5_ids``: integer [n, 5], best first, distinct within a row. Raises ValueError when the
+    shapes disagree, a row has repeated ids or a name contains whitespace, so a malformed file
+    is never written.
+    """
+    ids = np.asarray(top5_ids)
+    if ids.ndim != 2 or ids.shape != (len(names), TOPK):
+        raise ValueError(f"top5_ids has shape {ids.shape}, expected ({len(names)}, {TOPK})")
+    if not np.issubdtype(ids.dtype, np.integer):
+        if not np.array_equal(ids, np.round(ids)):
+            raise ValueError("top5_ids must hold integer class ids")
+        ids = ids.astype(np.int64)
+    if (ids < 0).any():
+        raise ValueError("top5_ids holds negative class ids")
+    srt = np.sort(ids, axis=1)
+    dup = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+    if len(dup):
+        raise ValueError(f"repeated class ids in the top-5 of {names[dup[0]]} ({len(dup)} rows)")
+    if len(set(names)) != len(names):
+        raise ValueError("repeated image names")
+    bad = [n for n in names if not n or any(c.isspace() for c in n)]
+    if bad:
+        raise ValueError(f"image name {bad[0]!r} is empty or contains whitespace")
+    lines = [f"{n} {' '.join(map(str, row))}\n" for n, row in zip(names, ids.tolist())]
+    write_text_atomic(path, "".join(lines))
+
+
+def read_result(path: PathLike) -> dict[str, list[int]]:
+    """Parse a result file into {image name: ids}; ListError naming the line on a bad line."""
+    out: dict[str, list[int]] = {}
+    try:
+        text = open(path, encoding="utf-8-sig").read()
+    except FileNotFoundError:
+        raise ListError(f"{path}: file not found") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            out[parts[0]] = [int(x) for x in parts[1:]]
+        except ValueError:
+            raise ListError(f"{path}:{lineno}: non-integer class id in {line.strip()!r}") from None
+    return out
+
+
+def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int) -> list[str]:
+    """Every problem of a result file, as messages naming the line (empty list: valid).
+
+    Checks: readable UTF-8; each line is a name and five integer ids separated by single spaces;
+    ids are distinct and in 0..num_classes-1; every test image appears exactly once and nothing
+    else; lines follow the order of ``test_names``.
+    """
+    problems: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return [f"{path}: cannot read ({e})"]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return [f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]
+    if "\r" in text:
+        problems.append(f"{path}: Windows line endings (\\r\\n); use \\n")
+    expected = set(test_names)
+    seen: dict[str, int] = {}
+    order: list[str] = []
+    for lineno, line in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+        where = f"{path}:{lineno}"
+        if not line.strip():
+            if lineno <= text.count("\n"):  # a blank line, not the final newline
+                problems.append(f"{where}: blank line")
+            continue
+        parts = line.split(" ")
+        if line != line.strip() or "" in parts or "\t" in line:
+            problems.append(f"{where}: fields must be separated by single spaces")
+            parts = line.split()
+        name, ids = parts[0], parts[1:]
+        if name in seen:
+            problems.append(f"{where}: {name} already on line {seen[name]}")
+            continue
+        seen[name] = lineno
+        if name not in expected:
+            problems.append(f"{where}: {name} is not an image of the test folder")
+        else:
+            order.append(name)
+        if len(ids) != TOPK:
+            problems.append(f"{where}: {len(ids)} class ids, expected {TOPK}")
+        vals = []
+        for tok in ids:
+            if not tok.isascii() or not tok.isdigit():
+                problems.append(f"{where}: {tok!r} is not a non-negative integer class id")
+                continue
+            v = int(tok)
+            if v >= num_classes:
+                problems.append(f"{where}: class id {v} out of range 0..{num_classes - 1}")
+            vals.append(v)
+        if len(set(vals)) != len(vals):
+            problems.append(f"{where}: repeated class ids {' '.join(ids)}")
+    missing = [n for n in test_names if n not in seen]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        problems.append(
+            f"{path}: {len(missing)} test image(s) missing: {', '.join(missing[:5])}{more}"
+        )
+    rank = {n: i for i, n in enumerate(test_names)}
+    if order != sorted(order, key=rank.__getitem__):
+        problems.append(f"{path}: lines are not in the test folder's natural order")
+    return problems
+
+
+def write_warnings(path: PathLike, entries: Sequence[tuple[str, str]]) -> None:
+    """Write ``warnings.txt`` atomically: one ``<image name>\\t<reason>`` line per test image
+    that could not be decoded but still got a prediction (from a placeholder). With no entries
+    the file is removed, so a stale one never outlives the problem."""
+    if not entries:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    head = "# test images that could not be decoded; each still has a prediction in result.txt\n"
+    body = "".join(f"{name}\t{' '.join(reason.split())}\n" for name, reason in entries)
+    write_text_atomic(path, head + body)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="Check a result.txt against the test folder.")
+    ap.add_argument("result", help="the result file")
+    ap.add_argument("--test-dir", required=True, help="folder of test images")
+    ap.add_argument("--classes", required=True, help="class list (gives the number of classes)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        names = list_test_images(args.test_dir)
+        classes = read_class_list(args.classes)
+    except ListError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    problems = validate_result(args.result, names, len(classes))
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.result}: valid ({len(names)} images, {len(classes)} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

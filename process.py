@@ -1,0 +1,134 @@
+"""Step 1 of 3: choose the 4-shot training list and the labelled validation list.
+
+Reads the class list and train.txt (from DATA_DIR, or the generated demo dataset when DATA_DIR is
+not set), picks ``--shots`` images per class reproducibly from ``--seed`` (or takes your own list
+with ``--shot-list``) and writes into ``$OUT_DIR/lists/``:
+
+    train_4shot.txt   the training shots (<path> <label>, paths relative to DATA_DIR)
+    val.txt           up to --val-per-class other images per class, never used for training
+    split.json        what was done (seed, sources, counts)
+    train_4shot_pseudo.txt, pseudo_unseen.json   with --pseudo-unseen K (evaluation only)
+
+Then run ``bash train.sh`` and ``bash test.sh``. See docs/DATA.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.config import Config, ConfigError, add_config_arguments
+from pipeline.lists import ListError, read_class_list, read_labeled_list
+from pipeline.split import (
+    SplitError,
+    make_checker,
+    select_shots,
+    split_from_shot_list,
+    write_split,
+)
+
+log = logging.getLogger("process")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--shot-list", help="use this <path> <label> list as the training shots")
+    ap.add_argument(
+        "--pseudo-unseen",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also hold out K seen classes per domain as pseudo-unseen (evaluation only)",
+    )
+    ap.add_argument(
+        "--allow-fewer",
+        action="store_true",
+        help="train classes with fewer than --shots images on all they have instead of failing",
+    )
+    ap.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not decode the chosen shots (by default an undecodable shot is replaced)",
+    )
+    add_config_arguments(
+        ap,
+        [
+            "data_dir",
+            "classes",
+            "train_list",
+            "out_dir",
+            "seed",
+            "shots",
+            "val_per_class",
+            "workers",
+        ],
+    )
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = Config.from_env(vars(args))
+        if cfg.is_demo:
+            from pipeline.demo_data import ensure_demo
+
+            log.info("DATA_DIR not set: using the generated demo dataset in %s", cfg.data_dir)
+            ensure_demo(cfg.data_dir)
+            cfg = Config.from_env(vars(args))  # class list / test folder defaults now exist
+        log.info("%s", cfg.describe())
+        classes = read_class_list(cfg.classes)
+        pool = read_labeled_list(cfg.train_list, classes)
+        if len(pool) == 0:
+            raise ListError(f"{cfg.train_list}: no images listed")
+        common = dict(val_per_class=cfg.val_per_class, pseudo_unseen=args.pseudo_unseen)
+        if args.shot_list:
+            shots = read_labeled_list(args.shot_list, classes)
+            split = split_from_shot_list(shots, pool, classes, cfg.shots, cfg.seed, **common)
+            source = args.shot_list
+        else:
+            check = None if args.no_check else make_checker(cfg.data_dir, cfg.workers)
+            split = select_shots(
+                pool,
+                classes,
+                cfg.shots,
+                cfg.seed,
+                allow_fewer=args.allow_fewer,
+                check=check,
+                **common,
+            )
+            source = f"seeded selection (seed {cfg.seed})"
+        info = {
+            "data_dir": str(cfg.data_dir),
+            "classes": str(cfg.classes),
+            "train_list": str(cfg.train_list),
+            "shots": cfg.shots,
+            "seed": cfg.seed,
+            "val_per_class": cfg.val_per_class,
+            "source": source,
+        }
+        written = write_split(split, cfg.lists_dir, classes, info)
+    except (ConfigError, ListError, SplitError, FileExistsError) as e:
+        log.error("%s", e)
+        return 2
+    counts = split.train.counts(len(classes))
+    log.info(
+        "%d training images (%d seen classes, %d unseen), %d validation images",
+        len(split.train),
+        int((counts > 0).sum()),
+        int((counts == 0).sum()),
+        len(split.val),
+    )
+    if split.pseudo_unseen:
+        log.info(
+            "pseudo-unseen classes: %s", ", ".join(classes.names[c] for c in split.pseudo_unseen)
+        )
+    for name, path in written.items():
+        log.info("wrote %s: %s", name, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

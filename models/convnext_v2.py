@@ -382,12 +382,15 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "state d
     cfg = infer_config(state_dict)
     model = ConvNeXtV2(cfg["depths"], cfg["dims"], cfg["num_classes"], cfg["in_chans"], seed=None)
     model.load_numpy(state_dict, source=source)
-    model.eval()
-    return model
+    return model.eval()
 
 
 def load(path: str | os.PathLike) -> ConvNeXtV2:
-    """Load a converted ConvNeXt-V2 safetensors file (see convert.py) in eval mode."""
+    """Load a converted ConvNeXt-V2 safetensors file (see convert.py) in eval mode.
+
+    Jittor's ``eval()`` also stops the parameters' gradients: call ``train()`` (or ``start_grad()``
+    on the parameters to tune) before fine-tuning.
+    """
     tensors, info = weights.load(path, expect_family=FAMILY)
     try:
         inferred = infer_config(tensors)

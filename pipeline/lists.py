@@ -329,11 +329,13 @@ def unseen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders embedded numbers numerically: image_2 < image_10."""
-    return tuple(
-        (0, int(tok), tok) if tok.isdigit() else (1, tok.lower(), tok)
-        for tok in re.split(r"(\d+)", name)
+    parts = tuple(
+        (0, int(tok)) if "0" <= tok[0] <= "9" else (1, tok.lower())
+        for tok in re.split(r"([0-9]+)", name)
         if tok
     )
+    # Ties ("a01" vs "a1", "A" vs "a") are broken by the raw name, so the order is total.
+    return (parts, name)
 
 
 def list_test_images(test_dir: PathLike) -> list[str]:

@@ -1,0 +1,283 @@
+"""Class list, labelled lists and the test folder listing (pipeline.lists)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.lists import (
+    ClassList,
+    LabeledList,
+    ListError,
+    list_test_images,
+    natural_key,
+    parse_class_list,
+    parse_labeled_list,
+    read_class_list,
+    read_labeled_list,
+    seen_class_ids,
+    split_class_name,
+    unseen_class_ids,
+    write_labeled_list,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, text: str, newline: str = "\n") -> Path:
+    path.write_bytes(text.replace("\n", newline).encode("utf-8"))
+    return path
+
+
+# ------------------------------------------------------------------------------ class list
+
+
+def test_official_class_lists():
+    a = read_class_list(REPO / "data" / "classes.txt")  # no trailing newline
+    b = read_class_list(REPO / "data" / "classes_b.txt")
+    assert len(a) == 374 and len(b) == 403
+    assert b.names[:374] == a.names
+    assert b.domain_names == ("Animal", "Caltech-101", "Food-101", "Thu-dog", "Stanford-Cars")
+    sizes = {d: len(b.ids_in_domain(d)) for d in b.domain_names}
+    assert sizes == {
+        "Animal": 52,
+        "Caltech-101": 91,
+        "Food-101": 101,
+        "Thu-dog": 130,
+        "Stanford-Cars": 29,
+    }
+    np.testing.assert_array_equal(b.ids_in_domain("Thu-dog"), np.arange(244, 374))
+    np.testing.assert_array_equal(b.ids_in_domain("Stanford-Cars"), np.arange(374, 403))
+    assert b.names[53] == "Caltech-101_Faces_easy"
+    assert b.clean_names[53] == "Faces easy"
+    assert b.domains[53] == "Caltech-101"
+    assert b.id_of("Thu-dog_papillon") == 373
+    assert b.source.endswith("classes_b.txt")
+
+
+def test_split_class_name():
+    assert split_class_name("Thu-dog_Shiba_Dog") == ("Thu-dog", "Shiba Dog")
+    assert split_class_name("Food-101_apple_pie") == ("Food-101", "apple pie")
+    assert split_class_name("Plain") == ("", "Plain")
+    assert split_class_name("_x") == ("", " x".strip())
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("trailing", [True, False])
+@pytest.mark.parametrize("bom", [True, False])
+def test_class_list_line_endings(tmp_path, newline, trailing, bom):
+    text = "Animal_Bear 0\nAnimal_Bee 1\n\nMyDomain_red_car 2" + ("\n" if trailing else "")
+    p = tmp_path / "c.txt"
+    p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.replace("\n", newline).encode())
+    cl = read_class_list(p)
+    assert cl.names == ("Animal_Bear", "Animal_Bee", "MyDomain_red_car")
+    assert cl.domains == ("Animal", "Animal", "MyDomain")
+    assert cl.clean_names[2] == "red car"
+    np.testing.assert_array_equal(cl.ids_in_domain("MyDomain"), [2])
+
+
+def test_class_list_ids_in_any_order():
+    cl = parse_class_list(["B_b 1", "A_a 0", "C_c 2"])
+    assert cl.names == ("A_a", "B_b", "C_c")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["A_a 0", "A_b 0"], "x.txt:2: class id 0 already used on line 1"),
+        (["A_a 0", "A_a 1"], "x.txt:2: class name 'A_a' already used on line 1"),
+        (["A_a 0", "A_b 2"], "class ids must be 0..1; missing 1, out of range 2"),
+        (["A_a zero"], "x.txt:1: expected '<Domain>_<name> <id>'"),
+        (["A_a"], "x.txt:1: expected"),
+        (["A_a -1"], "x.txt:1: negative class id -1"),
+        (["A_a 1.0"], "x.txt:1: expected"),
+        ([], "x.txt: no classes"),
+        (["", "  "], "x.txt: no classes"),
+    ],
+)
+def test_class_list_errors(lines, message):
+    with pytest.raises(ListError) as e:
+        parse_class_list(lines, "x.txt")
+    assert message in str(e.value)
+
+
+def test_class_list_file_errors(tmp_path):
+    with pytest.raises(ListError, match="file not found"):
+        read_class_list(tmp_path / "missing.txt")
+    with pytest.raises(ListError, match="is a directory"):
+        read_class_list(tmp_path)
+    p = tmp_path / "latin1.txt"
+    p.write_bytes(b"A_a 0\nA_caf\xe9 1\n")
+    with pytest.raises(ListError, match=r"latin1.txt:2: not valid UTF-8"):
+        read_class_list(p)
+
+
+def test_unknown_domain_is_clear():
+    cl = parse_class_list(["A_a 0"], "x.txt")
+    with pytest.raises(ListError, match="no domain 'B'"):
+        cl.ids_in_domain("B")
+    with pytest.raises(ListError, match="no class named"):
+        cl.id_of("A_b")
+
+
+# --------------------------------------------------------------------------- labelled lists
+
+
+@pytest.fixture
+def classes() -> ClassList:
+    return parse_class_list(["Animal_Bear 0", "Animal_Bee 1", "Thu-dog_pug 2", "Cars_x 3"], "c.txt")
+
+
+def test_train_list_basic(tmp_path, classes, caplog):
+    text = (
+        "TrainSet/Animal/Bear/1.jpg 0\n"
+        "\n"
+        "TrainSet/Animal/Bear/2.jpg 0\r\n"
+        "  TrainSet/Thu-dog/pug/a b.jpeg   2  \n"
+        "TrainSet/Animal/Bee/ü 蜜蜂.jpg 1\n"
+        "TrainSet\\Animal\\Bee\\win.jpg 1\n"
+        "TrainSet/Animal/Bear/1.jpg 0"  # duplicate, no trailing newline
+    )
+    p = write(tmp_path / "train.txt", text)
+    with caplog.at_level(logging.WARNING):
+        lst = read_labeled_list(p, classes)
+    assert lst.paths == (
+        "TrainSet/Animal/Bear/1.jpg",
+        "TrainSet/Animal/Bear/2.jpg",
+        "TrainSet/Thu-dog/pug/a b.jpeg",
+        "TrainSet/Animal/Bee/ü 蜜蜂.jpg",
+        "TrainSet/Animal/Bee/win.jpg",
+    )
+    assert lst.labels.tolist() == [0, 0, 2, 1, 1]
+    assert lst.labels.dtype == np.int64
+    assert "1 duplicate line(s) ignored" in caplog.text and "line 7" in caplog.text
+    np.testing.assert_array_equal(seen_class_ids(lst, classes), [0, 1, 2])
+    np.testing.assert_array_equal(unseen_class_ids(lst, classes), [3])
+    np.testing.assert_array_equal(lst.counts(4), [2, 2, 1, 0])
+    assert lst.resolve("/data")[0] == "/data/TrainSet/Animal/Bear/1.jpg"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a.jpg 0\na.jpg 1\n", "t.txt:2: a.jpg is labelled 1 here but 0 on line 1"),
+        ("a.jpg 0\nb.jpg 4\n", "t.txt:2: label 4 is not a class id of c.txt (0..3)"),
+        ("a.jpg -1\n", "t.txt:1: label -1 is not a class id"),
+        ("a.jpg\n", "t.txt:1: expected '<image path> <label>'"),
+        ("a.jpg x\n", "t.txt:1: expected"),
+    ],
+)
+def test_train_list_errors(classes, text, message):
+    with pytest.raises(ListError) as e:
+        parse_labeled_list(text.splitlines(), "t.txt", classes)
+    assert message in str(e.value)
+
+
+def test_labeled_list_roundtrip(tmp_path, classes):
+    lst = LabeledList(("x/ä b.jpg", "y.png"), np.array([3, 0]))
+    p = tmp_path / "sub" / "l.txt"
+    write_labeled_list(p, lst)
+    assert p.read_text(encoding="utf-8") == "x/ä b.jpg 3\ny.png 0\n"
+    back = read_labeled_list(p, classes)
+    assert back.paths == lst.paths and back.labels.tolist() == [3, 0]
+    assert [q.name for q in p.parent.iterdir()] == ["l.txt"]  # no temporary left behind
+    sub = lst.subset([1])
+    assert sub.paths == ("y.png",) and sub.labels.tolist() == [0]
+
+
+# Fuzzing: arbitrary text either parses or raises ListError, never anything else.
+_line = st.one_of(
+    st.text(max_size=30),
+    st.builds(
+        lambda a, b, sep: f"{a}{sep}{b}",
+        st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12),
+        st.one_of(st.integers(-3, 6).map(str), st.text(max_size=4)),
+        st.sampled_from([" ", "\t", "  ", "\u3000", "_"]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, max_size=8))
+def test_fuzz_class_list(lines):
+    try:
+        cl = parse_class_list(lines, "fuzz.txt")
+    except ListError as e:
+        assert str(e).startswith("fuzz.txt")
+        return
+    assert sorted(cl.ids.tolist()) == list(range(len(cl)))
+    assert len(set(cl.names)) == len(cl)
+    for d in cl.domain_names:
+        assert len(cl.ids_in_domain(d)) > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, max_size=8), st.booleans())
+def test_fuzz_labeled_list(lines, with_classes):
+    cl = parse_class_list(["A_a 0", "A_b 1", "B_c 2"]) if with_classes else None
+    try:
+        lst = parse_labeled_list(lines, "fuzz.txt", cl)
+    except ListError as e:
+        assert str(e).startswith("fuzz.txt")
+        return
+    assert len(set(lst.paths)) == len(lst)
+    assert (lst.labels >= 0).all()
+    if cl is not None:
+        assert (lst.labels < 3).all()
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=120))
+def test_fuzz_list_files_bytes(tmp_path, data):
+    p = tmp_path / "f.txt"
+    p.write_bytes(data)
+    for reader in (read_class_list, read_labeled_list):
+        try:
+            reader(p)
+        except ListError as e:
+            assert str(p) in str(e)
+
+
+# ------------------------------------------------------------------------------ test folder
+
+
+def test_natural_order_and_extensions(tmp_path, caplog):
+    names = ["image_10.jpg", "image_2.JPG", "image_1.jpeg", "image_3.png", "image_20.webp"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    with caplog.at_level(logging.WARNING):
+        got = list_test_images(tmp_path)
+    assert got == ["image_1.jpeg", "image_2.JPG", "image_3.png", "image_10.jpg", "image_20.webp"]
+    assert "ignored 3 entries" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_natural_key_mixed():
+    names = ["b2", "a10", "a2", "a", "10", "9", "A3"]
+    assert sorted(names, key=natural_key) == ["9", "10", "a", "a2", "A3", "a10", "b2"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=12), max_size=6))
+def test_fuzz_natural_key_total_order(names):
+    once = sorted(names, key=natural_key)
+    assert sorted(reversed(names), key=natural_key) == once  # total: input order is irrelevant
+
+
+def test_empty_or_missing_test_folder(tmp_path):
+    with pytest.raises(ListError, match="no images in the test folder"):
+        list_test_images(tmp_path)
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(ListError, match="no images"):
+        list_test_images(tmp_path)
+    with pytest.raises(ListError, match="test folder not found"):
+        list_test_images(tmp_path / "nope")

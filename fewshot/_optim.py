@@ -1,0 +1,81 @@
+"""Optimisers with PyTorch's exact update rules, over plain jt.Var parameters.
+
+The official codes train with torch.optim; Jittor's own Adam puts eps inside the bias correction
+(eps / sqrt(1 - beta2^t) in torch's terms), which with Tip-Adapter's and AMU's eps = 1e-4 changes
+the first steps noticeably. These re-state torch's formulas so the trajectories match.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from fewshot._tensor import jt
+
+
+def cosine_lr(base_lr: float, step: int, total: int, eta_min: float = 0.0) -> float:
+    """Learning rate of torch's CosineAnnealingLR(T_max=total) after `step` scheduler steps."""
+    return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * step / total)) / 2.0
+
+
+class AdamW:
+    """torch.optim.AdamW (amsgrad off): decoupled decay, then Adam with torch's eps placement.
+
+    p <- p (1 - lr wd);  m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
+    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    def __init__(
+        self,
+        params: Sequence,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        j = jt()
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.wd = weight_decay
+        self.t = 0
+        self.m = [j.zeros(p.shape, "float32") for p in params]
+        self.v = [j.zeros(p.shape, "float32") for p in params]
+
+    def step(self, params: Sequence, grads: Sequence, lr: float) -> list:
+        """One update with learning rate lr; returns the new parameters (and keeps the moments)."""
+        self.t += 1
+        bc1 = 1.0 - self.b1**self.t
+        bc2_sqrt = math.sqrt(1.0 - self.b2**self.t)
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self.m[i] = self.b1 * self.m[i] + (1.0 - self.b1) * g
+            self.v[i] = self.b2 * self.v[i] + (1.0 - self.b2) * g * g
+            p = p * (1.0 - lr * self.wd)
+            out.append(p - (lr / bc1) * self.m[i] / (self.v[i].sqrt() / bc2_sqrt + self.eps))
+        return out
+
+    def state(self) -> list:
+        """Vars to sync together with the parameters, so the lazy graph never grows."""
+        return self.m + self.v
+
+
+class SGDMomentum:
+    """torch.optim.SGD with momentum, no dampening, no Nesterov, no weight decay.
+
+    buf <- momentum * buf + g (buf starts at 0: equals g after the first step);  p <- p - lr buf
+    """
+
+    def __init__(self, params: Sequence, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self.buf = [jt().zeros(p.shape, "float32") for p in params]
+
+    def step(self, params: Sequence, grads: Sequence, lr: float) -> list:
+        """One update with learning rate lr; returns the new parameters."""
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self.buf[i] = self.momentum * self.buf[i] + g
+            out.append(p - lr * self.buf[i])
+        return out
+
+    def state(self) -> list:
+        """Vars to sync together with the parameters."""
+        return list(self.buf)

@@ -1,0 +1,107 @@
+"""Array plumbing shared by the few-shot methods: numpy/jt.Var in, float32 Jittor inside, numpy out.
+
+Also the numerically stable primitives every method needs (softmax, log-softmax, cross-entropy,
+column/row L2 normalisation) written once, so each method module only states its algorithm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from models.runtime import jittor
+
+
+def jt():
+    """The Jittor module, imported once through models.runtime (CUDA when present, quiet logs)."""
+    return jittor()
+
+
+def is_var(x: Any) -> bool:
+    """True for a jt.Var (without importing Jittor when x is plainly something else)."""
+    return type(x).__name__ == "Var" and type(x).__module__.startswith("jittor")
+
+
+def as_var(x: Any, name: str = "array", ndim: int | None = None, dtype: str = "float32"):
+    """numpy array, jt.Var or nested list -> jt.Var of `dtype`; checks the rank when asked.
+
+    Floating inputs are cast to float32 (the official codes compute in float32 on GPU; CLIP's fp16
+    features are upcast here, as InMaP's main.py does before its loops).
+    """
+    j = jt()
+    if is_var(x):
+        v = x if str(x.dtype) == dtype else x.astype(dtype)
+    else:
+        v = j.array(np.ascontiguousarray(np.asarray(x), dtype=dtype))
+    if ndim is not None and v.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(v.shape)}")
+    return v
+
+
+def as_numpy(x: Any, dtype: Any = np.float32) -> np.ndarray:
+    """jt.Var or array-like -> numpy array of `dtype` owning its memory (Var.numpy() may alias)."""
+    a = x.numpy() if is_var(x) else np.asarray(x)
+    return np.array(a, dtype=dtype, copy=True)
+
+
+def as_labels(y: Any, n: int, num_classes: int, name: str = "labels") -> np.ndarray:
+    """Integer labels -> int64 numpy vector of length n with every value in [0, num_classes)."""
+    lab = as_numpy(y, dtype=np.int64).reshape(-1)
+    if lab.shape[0] != n:
+        raise ValueError(f"{name} has {lab.shape[0]} entries but there are {n} feature rows")
+    if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}); got range [{lab.min()}, {lab.max()}]"
+        )
+    return lab
+
+
+def one_hot(labels: np.ndarray, num_classes: int):
+    """int labels (numpy) -> float32 one-hot jt.Var [n, num_classes]."""
+    oh = np.zeros((labels.shape[0], num_classes), dtype=np.float32)
+    oh[np.arange(labels.shape[0]), labels] = 1.0
+    return jt().array(oh)
+
+
+def softmax(x, dim: int = -1):
+    """Softmax with the max subtracted first (no overflow for logits / 0.01)."""
+    z = x - x.max(dim=dim, keepdims=True)
+    e = z.exp()
+    return e / e.sum(dim=dim, keepdims=True)
+
+
+def log_softmax(x, dim: int = -1):
+    """log(softmax(x)) computed as z - log(sum(exp(z))) with z = x - max(x)."""
+    z = x - x.max(dim=dim, keepdims=True)
+    return z - z.exp().sum(dim=dim, keepdims=True).log()
+
+
+def cross_entropy(logits, onehot, weights=None):
+    """Mean cross-entropy against one-hot targets (torch's F.cross_entropy, reduction 'mean').
+
+    weights: optional [n] row weights summing to 1; padded rows of a fixed-shape batch get 0, so
+    a short last batch runs through the same compiled kernels as the full ones.
+    """
+    nll = -(log_softmax(logits, dim=1) * onehot).sum(dim=1)
+    if weights is None:
+        return nll.mean()
+    return (nll * weights).sum()
+
+
+def l2_normalize(x, dim: int):
+    """x / max(||x||, 1e-12) along `dim` (torch.nn.functional.normalize's definition)."""
+    norm = (x * x).sum(dim=dim, keepdims=True).sqrt()
+    return x / norm.maximum(1e-12)
+
+
+def np_l2_normalize(x: np.ndarray, axis: int) -> np.ndarray:
+    """numpy twin of :func:`l2_normalize`, for host-side set-up steps."""
+    norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=axis, keepdims=True))
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def accuracy_count(logits, labels_var):
+    """Number of rows whose argmax equals the label, as a jt.Var [1] (stays on the device)."""
+    pred, _ = jt().argmax(logits, dim=1)
+    return (pred == labels_var).sum()

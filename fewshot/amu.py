@@ -1,0 +1,241 @@
+"""AMU-Tuning (Tang et al., CVPR 2024). Official code: TJU-sjyj/AMU-Tuning (clip/amu.py, train.py).
+
+An auxiliary feature extractor (MoCo-v3 in the paper; ConvNeXt-V2 in this project; any width)
+feeds a linear probe whose z-scored logits are added to zero-shot CLIP:
+
+    clip = 100 x_clip @ T                      (x_clip, x_aux: rows L2-normalised)
+    aux  = zscore_row(x_aux @ W^T)             zscore: (v - mean) / std, std with Bessel's n-1
+    logits = clip + factor(clip) * alpha * aux
+    loss = lambda * CE(logits, y) + (1 - lambda) * CE(aux, y)
+
+W [C, d_aux] starts at the per-class sum of the (view-averaged, L2-normalised) auxiliary training
+features divided by N / C (the per-class mean for a balanced few-shot set). Only W trains: AdamW
+lr 1e-3, weight decay 0.01, eps 1e-4, cosine schedule per step, batch 8, 50 epochs (run.sh).
+factor: 'none' -> 1 (what the released run.sh runs); 'moment' -> 1 / (kurtosis / 250)^power with
+the kurtosis of softmax(clip) over classes (the paper's uncertainty-based fusion).
+
+Deviation: the official script keeps the epoch with the best TEST accuracy; here the epoch is
+chosen on the validation features given to ``fit`` (the last epoch without them). Outputs are
+float32 numpy arrays; training is deterministic for a seed (seeded batch order, no random init).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fewshot._batches import as_views, epoch_batches
+from fewshot._optim import AdamW, cosine_lr
+from fewshot._tensor import (
+    as_labels,
+    as_numpy,
+    as_var,
+    cross_entropy,
+    jt,
+    l2_normalize,
+    one_hot,
+    softmax,
+)
+
+UNCERTAINTY_KINDS = ("moment", "none")
+
+
+@dataclass(frozen=True)
+class AMUConfig:
+    """AMU-Tuning hyperparameters; defaults from the official run.sh, default.yaml, train.py."""
+
+    alpha: float = 0.5  # weight of the auxiliary logits in the fusion (default.yaml, run.sh)
+    lambda_merge: float = 0.35  # weight of the fused loss (run.sh; parse_args default is 1)
+    uncertainty: str = "none"  # run.sh leaves parse_args' 'none'; the paper's method: 'moment'
+    power: float = 0.4  # rho of the 'moment' factor
+    clip_scale: float = 100.0
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    eps: float = 1e-4
+    epochs: int = 50
+    batch_size: int = 8
+    seed: int = 1  # run.sh: torch_rand_seed 1; here it seeds the batch order
+
+
+OFFICIAL = AMUConfig()
+
+
+def _std(x, dim: int):
+    """Standard deviation with Bessel's correction (torch.std's default)."""
+    n = x.shape[dim]
+    mu = x.mean(dim=dim, keepdims=True)
+    return (((x - mu) ** 2).sum(dim=dim, keepdims=True) / (n - 1)).sqrt()
+
+
+def _zscore(x):
+    return (x - x.mean(dim=1, keepdims=True)) / _std(x, 1)
+
+
+def zscore_rows(x) -> np.ndarray:
+    """Per-row (v - mean) / std, std with n - 1 (the official ``logit_normalize``)."""
+    return as_numpy(_zscore(as_var(x, "logits", ndim=2)))
+
+
+def _uncertainty(clip_logits, kind: str, power: float):
+    if kind == "none":
+        return 1.0
+    if kind != "moment":
+        raise ValueError(f"uncertainty kind must be one of {UNCERTAINTY_KINDS}, not {kind!r}")
+    p = softmax(clip_logits, dim=1)
+    z = (p - p.mean(dim=1, keepdims=True)) / _std(p, 1)
+    kurt = (z**4).mean(dim=1, keepdims=True)
+    return 1.0 / (kurt / 250.0).pow(power)
+
+
+def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) -> np.ndarray:
+    """Fusion factor [n, 1] from CLIP logits [n, C].
+
+    'moment': p = softmax(logits); k = mean_c ((p - mean p) / std p)^4 (std with n - 1);
+    factor = 1 / (k / 250)^power. Peaked predictions (large k) get a small factor, flat ones a
+    large one; an exactly uniform p gives 0/0 (NaN), as in the official code. 'none': ones.
+    """
+    lv = as_var(clip_logits, "clip logits", ndim=2)
+    f = _uncertainty(lv, kind, power)
+    if kind == "none":
+        return np.ones((lv.shape[0], 1), np.float32)
+    return as_numpy(f)
+
+
+def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
+    """Feature-initialised probe weight [C, d_aux] (official ``Linear_Adapter`` init).
+
+    aux_features: [views, N, d_aux] or [N, d_aux] raw features; averaged over views, rows
+    L2-normalised (``load_aux_weight``), summed per class and divided by N / C.
+    """
+    j = jt()
+    v = as_views(aux_features, "aux features")
+    f = l2_normalize(v.mean(dim=0), dim=1)
+    N = f.shape[0]
+    lab = as_labels(labels, N, num_classes)
+    W = one_hot(lab, num_classes).transpose(1, 0) @ f
+    j.sync([W])
+    return as_numpy(W / (N / num_classes))
+
+
+class AMUTuning:
+    """AMU-Tuning over cached features.
+
+    ``fit(clip_features, aux_features, labels, T, val=(clip_val, aux_val, y_val))`` then
+    ``logits(clip_X, aux_X)``. Train features are [views, N, d] or [N, d] (epoch e uses view
+    e mod views; both inputs must have the same number of views or one of them a single view).
+    """
+
+    def __init__(self, config: AMUConfig = OFFICIAL, **overrides: Any) -> None:
+        self.config = replace(config, **overrides)
+        if self.config.uncertainty not in UNCERTAINTY_KINDS:
+            raise ValueError(
+                f"uncertainty must be one of {UNCERTAINTY_KINDS}, not {self.config.uncertainty!r}"
+            )
+        self.W = self.T = None
+        self.best_epoch: int | None = None
+
+    def _forward(self, xc, xa, W, Tv):
+        cfg = self.config
+        xc, xa = l2_normalize(xc, 1), l2_normalize(xa, 1)
+        clip = cfg.clip_scale * (xc @ Tv)
+        aux = _zscore(xa @ W.transpose(1, 0))
+        factor = _uncertainty(clip, cfg.uncertainty, cfg.power)
+        return clip + factor * aux * cfg.alpha, aux
+
+    def fit(
+        self, clip_features, aux_features, labels, T, val: tuple | None = None, init_aux=None
+    ) -> AMUTuning:
+        """Train the auxiliary probe. init_aux: features for the weight init (default: the
+        auxiliary training features, averaged over their views)."""
+        j = jt()
+        cfg = self.config
+        Tv = as_var(T, "T [d, C]", ndim=2)
+        vc = as_views(clip_features, "clip features")
+        va = as_views(aux_features, "aux features")
+        if vc.shape[1] != va.shape[1]:
+            raise ValueError(f"{vc.shape[1]} CLIP feature rows but {va.shape[1]} auxiliary rows")
+        if vc.shape[0] != va.shape[0] and 1 not in (vc.shape[0], va.shape[0]):
+            raise ValueError(f"view counts differ: CLIP {vc.shape[0]}, auxiliary {va.shape[0]}")
+        if vc.shape[2] != Tv.shape[0]:
+            raise ValueError(f"CLIP features have d={vc.shape[2]}, T is {tuple(Tv.shape)}")
+        N, C = vc.shape[1], Tv.shape[1]
+        lab = as_labels(labels, N, C)
+        Y = one_hot(lab, C)
+        W = j.array(init_aux_weight(va if init_aux is None else init_aux, lab, C))
+        opt = AdamW([W], eps=cfg.eps, weight_decay=cfg.weight_decay)
+        rng = np.random.default_rng(cfg.seed)
+        total = cfg.epochs * -(-N // min(cfg.batch_size, N))
+        lam = cfg.lambda_merge
+        if val is not None:
+            xc_val = as_var(val[0], "val CLIP features", ndim=2)
+            xa_val = as_var(val[1], "val auxiliary features", ndim=2)
+            y_val = j.array(as_labels(val[2], xc_val.shape[0], C, "val labels").astype(np.int32))
+            best_count, best_W, best_epoch = -1, W, 0
+        j.sync([vc, va, Tv, Y, W])
+        step = 0
+        for epoch in range(cfg.epochs):
+            fc, fa = vc[epoch % vc.shape[0]], va[epoch % va.shape[0]]
+            for idx, w in epoch_batches(N, cfg.batch_size, rng):
+                idx_v, w_v = j.array(idx), j.array(w)
+                logits, aux = self._forward(fc[idx_v], fa[idx_v], W, Tv)
+                y_b = Y[idx_v]
+                loss = lam * cross_entropy(logits, y_b, w_v) + (1 - lam) * cross_entropy(
+                    aux, y_b, w_v
+                )
+                (gW,) = j.grad(loss, [W])
+                (W,) = opt.step([W], [gW], cosine_lr(cfg.lr, step, total))
+                step += 1
+                j.sync([W, *opt.state()])
+            if val is not None:
+                lv, _ = self._forward(xc_val, xa_val, W, Tv)
+                pred, _ = j.argmax(lv, dim=1)
+                count = int((pred == y_val).int32().sum().item())
+                if count > best_count:  # official: strictly better keeps the new epoch
+                    best_count, best_W, best_epoch = count, W, epoch
+        self.W = as_numpy(best_W if val is not None else W)
+        self.best_epoch = best_epoch if val is not None else cfg.epochs - 1
+        self.T = as_numpy(Tv)
+        return self
+
+    def _check(self) -> None:
+        if self.W is None:
+            raise RuntimeError("AMUTuning: call fit() or from_state_dict() first")
+
+    def logits(self, clip_X, aux_X) -> np.ndarray:
+        """Fused logits [n, C] from CLIP features [n, d] and auxiliary features [n, d_aux]."""
+        self._check()
+        j = jt()
+        lv, _ = self._forward(
+            as_var(clip_X, "CLIP features", ndim=2),
+            as_var(aux_X, "auxiliary features", ndim=2),
+            j.array(self.W),
+            j.array(self.T),
+        )
+        return as_numpy(lv)
+
+    def aux_logits(self, aux_X) -> np.ndarray:
+        """The z-scored auxiliary branch alone, [n, C]."""
+        self._check()
+        xa = l2_normalize(as_var(aux_X, "auxiliary features", ndim=2), 1)
+        return as_numpy(_zscore(xa @ jt().array(self.W).transpose(1, 0)))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """aux_weight [C, d_aux] and text [d, C]."""
+        self._check()
+        return {"aux_weight": self.W.copy(), "text": self.T.copy()}
+
+    def info(self) -> dict[str, Any]:
+        """JSON-friendly configuration and the kept epoch."""
+        return {"config": asdict(self.config), "best_epoch": self.best_epoch}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, np.ndarray], config: AMUConfig = OFFICIAL):
+        """Restore from :meth:`state_dict` output."""
+        missing = {"aux_weight", "text"} - set(state)
+        if missing:
+            raise KeyError(f"AMU state is missing {sorted(missing)}")
+        obj = cls(config)
+        obj.W, obj.T = as_numpy(state["aux_weight"]), as_numpy(state["text"])
+        return obj

@@ -1,0 +1,224 @@
+"""InMaP (Qian, Xu & Hu, NeurIPS 2023): transductive vision proxies from unlabelled test features.
+
+Official algorithm (idstcv/InMaP, main.py), default here:
+
+1. text logits ``X @ T``; pseudo-labels by Sinkhorn with temperature tau_t (class marginal
+   uniform, or colsum^gamma when gamma > 0);
+2. rows of the pseudo-labels whose maximum exceeds alpha become one-hot (once);
+3. starting from W = T, ``iters`` steps of gradient descent on the cross-entropy of
+   softmax(X W / tau_i) against the pseudo-labels: G = X^T P - X^T Y, the step lr / (n tau_i),
+   lr halved whenever ||G||_F grows, columns of W L2-normalised after every step.
+
+``inmap_challenge`` is the variant of the challenge solution this project follows (see
+docs/METHODS.md): softmax(T) text logits, no Sinkhorn on them, tau_i = 1, 20 steps, no hard labels,
+no column normalisation, lr halved on the first step, then Sinkhorn (100 iterations) on the
+proxies' logits and a second proxy pass that starts where the first ended.
+
+Every loop runs in Jittor with fixed shapes; the lr-halving decision stays on the device (a
+ternary on the norm comparison), so no scalar travels to the host per iteration. All functions
+take numpy arrays or jt.Var and return float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fewshot._tensor import as_numpy, as_var, jt, l2_normalize, softmax
+
+
+@dataclass(frozen=True)
+class InMaPConfig:
+    """InMaP hyperparameters. Official defaults: idstcv/InMaP main.py argparse defaults."""
+
+    tau_t: float = 0.01  # temperature of the text logits -> pseudo-labels
+    gamma: float = 0.0  # 0: uniform class marginal; > 0: marginal colsum(P)^gamma
+    iters_sinkhorn: int = 20
+    lr: float = 10.0
+    iters_proxy: int = 2000
+    tau_i: float = 0.04  # temperature of the proxy logits
+    alpha: float = 0.6  # pseudo-labels with max > alpha become one-hot
+
+
+OFFICIAL = InMaPConfig()
+# The challenge solution's Inmap(): tau_i 1, 20 proxy steps, alpha 1 (never one-hot: a softmax
+# never exceeds 1), Sinkhorn 100 iterations with gamma 0.
+CHALLENGE = InMaPConfig(iters_sinkhorn=100, iters_proxy=20, tau_i=1.0, alpha=1.0)
+
+
+def _sinkhorn(M, tau_t: float, gamma: float, iters: int):
+    """Sinkhorn on a jt.Var [n, C] (see :func:`sinkhorn`); returns a jt.Var."""
+    j = jt()
+    n, C = M.shape
+    P = softmax(M / tau_t, dim=1) / n
+    q = None
+    if gamma > 0:
+        q = P.sum(dim=0, keepdims=True).pow(gamma)
+        q = q / q.sum()
+    for _ in range(iters):
+        P = P / P.sum(dim=0, keepdims=True)
+        P = P * q if q is not None else P / C
+        P = P / P.sum(dim=1, keepdims=True)
+        P = P / n
+        # 20-100 cheap steps; syncing keeps each step's kernel the same (no growing graph).
+        j.sync([P])
+    return P * n
+
+
+def sinkhorn(
+    M,
+    tau_t: float = OFFICIAL.tau_t,
+    gamma: float = OFFICIAL.gamma,
+    iters: int = OFFICIAL.iters_sinkhorn,
+) -> np.ndarray:
+    """Pseudo-labels [n, C] from logits M [n, C] by Sinkhorn scaling, as in InMaP's main.py.
+
+    P = softmax(M / tau_t) / n; the class marginal q is uniform (1/C) when gamma == 0, else
+    colsum(P)^gamma normalised to sum 1 (computed once, before the loop). Each iteration scales
+    the columns to sum to q, then the rows to sum to 1/n. Returns P * n: every row sums to 1, and
+    after convergence column c sums to n q_c.
+    """
+    Mv = as_var(M, "M", ndim=2)
+    return as_numpy(_sinkhorn(Mv, tau_t, gamma, iters))
+
+
+def _hard_labels(Y, alpha: float):
+    """Rows of Y whose maximum exceeds alpha become one-hot at their argmax (jt.Var in/out)."""
+    j = jt()
+    idx, val = j.argmax(Y, dim=1)
+    cols = j.index(Y.shape, dim=1)
+    onehot = (cols == idx.unsqueeze(1)).float32()
+    return j.ternary((val > alpha).unsqueeze(1), onehot, Y)
+
+
+def hard_labels(Y, alpha: float = OFFICIAL.alpha) -> np.ndarray:
+    """Public form of the pseudo-label sharpening step (rows with max > alpha -> one-hot)."""
+    return as_numpy(_hard_labels(as_var(Y, "Y", ndim=2), alpha))
+
+
+def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_first: bool):
+    """Gradient descent on the proxies; jt.Var in, (W jt.Var, number of lr halvings) out.
+
+    halve_first: the challenge solution starts its previous-norm tracker at -100, so the first
+    comparison always succeeds and lr is halved before the first step; the official one starts at
+    +inf. The halving count lives on the device as a factor 2^-k, so the step scale
+    (lr / (n tau_i)) * 2^-k is the same float32 number torch computes from its Python lr.
+    """
+    j = jt()
+    n = X.shape[0]
+    Yh = _hard_labels(Y, alpha)
+    Xt = X.transpose(1, 0)
+    base = Xt @ Yh  # [d, C]; fixed for the whole loop
+    W = W0
+    step0 = lr / (n * tau_i)
+    factor = j.array(np.ones(1, np.float32))
+    prev = j.array(np.full(1, -np.inf if halve_first else np.inf, np.float32))
+    j.sync([Xt, base, W, factor, prev])
+    for _ in range(iters):
+        P = softmax((X @ W) / tau_i, dim=1)
+        G = Xt @ P - base
+        norm = (G * G).sum().sqrt()
+        factor = j.ternary(norm > prev, factor * 0.5, factor)
+        prev = norm
+        W = W - (step0 * factor) * G
+        if normalize:
+            W = l2_normalize(W, dim=0)
+        j.sync([W, factor, prev])
+    halvings = int(round(-np.log2(float(factor.item()))))
+    return W, halvings
+
+
+def _check_xt(X, T):
+    Xv = as_var(X, "X (image features [n, d])", ndim=2)
+    Tv = as_var(T, "T (text classifier [d, C])", ndim=2)
+    if Xv.shape[1] != Tv.shape[0]:
+        raise ValueError(
+            f"X has d={Xv.shape[1]} but T has {Tv.shape[0]} rows: T must be [d, C] (columns "
+            "are classes)"
+        )
+    return Xv, Tv
+
+
+def vision_proxies(
+    X,
+    T,
+    Y,
+    lr: float = OFFICIAL.lr,
+    iters: int = OFFICIAL.iters_proxy,
+    tau_i: float = OFFICIAL.tau_i,
+    alpha: float = OFFICIAL.alpha,
+) -> np.ndarray:
+    """Official InMaP proxy learning (``image_opt``): W [d, C] from X [n, d], T [d, C], Y [n, C].
+
+    Y rows with max > alpha become one-hot; W starts at T; each step P = softmax(X W / tau_i),
+    G = X^T P - X^T Y, lr halved when ||G||_F exceeds the previous one, W -= lr/(n tau_i) G, then
+    every column of W is L2-normalised.
+    """
+    Xv, Tv = _check_xt(X, T)
+    Yv = as_var(Y, "Y (pseudo-labels [n, C])", ndim=2)
+    if tuple(Yv.shape) != (Xv.shape[0], Tv.shape[1]):
+        raise ValueError(f"Y must be [n, C] = [{Xv.shape[0]}, {Tv.shape[1]}], got {Yv.shape}")
+    W, _ = _proxy_descent(Xv, Tv, Yv, lr, iters, tau_i, alpha, normalize=True, halve_first=False)
+    return as_numpy(W)
+
+
+def inmap(
+    X,
+    T,
+    tau_t: float = OFFICIAL.tau_t,
+    gamma: float = OFFICIAL.gamma,
+    iters_sinkhorn: int = OFFICIAL.iters_sinkhorn,
+    lr: float = OFFICIAL.lr,
+    iters_proxy: int = OFFICIAL.iters_proxy,
+    tau_i: float = OFFICIAL.tau_i,
+    alpha: float = OFFICIAL.alpha,
+) -> np.ndarray:
+    """Official InMaP: Sinkhorn pseudo-labels from X @ T, then vision proxies. Returns W [d, C].
+
+    X: L2-normalised image features [n, d] (all test images at once); T: text classifier [d, C]
+    with unit columns. Predict with ``X @ W``.
+    """
+    Xv, Tv = _check_xt(X, T)
+    Y = _sinkhorn(Xv @ Tv, tau_t, gamma, iters_sinkhorn)
+    W, _ = _proxy_descent(Xv, Tv, Y, lr, iters_proxy, tau_i, alpha, True, False)
+    return as_numpy(W)
+
+
+def inmap_challenge(
+    X,
+    T,
+    tau_t: float = CHALLENGE.tau_t,
+    gamma: float = CHALLENGE.gamma,
+    iters_sinkhorn: int = CHALLENGE.iters_sinkhorn,
+    lr: float = CHALLENGE.lr,
+    iters_proxy: int = CHALLENGE.iters_proxy,
+    tau_i: float = CHALLENGE.tau_i,
+    alpha: float = CHALLENGE.alpha,
+) -> np.ndarray:
+    """The challenge solution's InMaP variant. Returns the second-pass proxies W [d, C].
+
+    1. text logits X @ softmax(T over classes); pseudo-labels softmax(logits / tau_t);
+    2. proxies from W = T: tau_i, iters_proxy steps, lr halved on the first step (and whenever
+       ||G||_F grows), no column normalisation, hard labels only above alpha (never, at 1);
+    3. pseudo-labels by Sinkhorn(X @ W1, tau_t, gamma, iters_sinkhorn);
+    4. a second pass of step 2 that starts from W1 (the original updated its text classifier in
+       place) with lr reset to its initial value.
+    """
+    Xv, Tv = _check_xt(X, T)
+    Y0 = softmax((Xv @ softmax(Tv, dim=1)) / tau_t, dim=1)
+    W1, _ = _proxy_descent(Xv, Tv, Y0, lr, iters_proxy, tau_i, alpha, False, True)
+    Y1 = _sinkhorn(Xv @ W1, tau_t, gamma, iters_sinkhorn)
+    W2, _ = _proxy_descent(Xv, W1, Y1, lr, iters_proxy, tau_i, alpha, False, True)
+    return as_numpy(W2)
+
+
+VARIANTS = {"official": inmap, "challenge": inmap_challenge}
+
+
+def run_inmap(X, T, variant: str = "official", **params) -> np.ndarray:
+    """Dispatch by name: variant 'official' (:func:`inmap`) or 'challenge'
+    (:func:`inmap_challenge`); params override that variant's defaults."""
+    if variant not in VARIANTS:
+        raise ValueError(f"InMaP variant must be one of {sorted(VARIANTS)}, not {variant!r}")
+    return VARIANTS[variant](X, T, **params)

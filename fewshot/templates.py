@@ -1,0 +1,143 @@
+"""Prompt templates and class-name cleaning for the zero-shot text classifier.
+
+Template sets:
+  * ``single``: "a photo of a {}." (CLIP's default prompt);
+  * ``ensemble7``: the 7 templates of the CLIP ImageNet notebook that InMaP uses;
+  * ``domain``: one template per class from its challenge domain prefix ("..., a type of dog." for
+    Thu-dog, food for Food-101, car for Stanford-Cars, the plain prompt for Animal / Caltech-101);
+  * ``descriptions``: user sentences per class from a JSON file {class name: [sentence, ...]}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence, Union
+
+log = logging.getLogger(__name__)
+
+SINGLE: tuple[str, ...] = ("a photo of a {}.",)
+
+# The 7-template ensemble of OpenAI's "Prompt_Engineering_for_ImageNet" notebook (InMaP main.py).
+ENSEMBLE7: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+# Domain prefixes of the challenge class lists, in the order of classes_b.txt.
+DOMAINS: tuple[str, ...] = ("Animal", "Caltech-101", "Food-101", "Thu-dog", "Stanford-Cars")
+
+DOMAIN_TEMPLATES: dict[str, str] = {
+    "Animal": "a photo of a {}.",
+    "Caltech-101": "a photo of a {}.",
+    "Food-101": "a photo of a {}, a type of food.",
+    "Thu-dog": "a photo of a {}, a type of dog.",
+    "Stanford-Cars": "a photo of a {}, a type of car.",
+}
+
+TEMPLATE_SETS = ("single", "ensemble7", "domain", "descriptions")
+
+
+def class_domain(raw: str) -> str | None:
+    """Challenge domain of a class-list name ("Thu-dog_Chihuahua" -> "Thu-dog"), else None."""
+    for dom in DOMAINS:
+        if raw.startswith(dom + "_"):
+            return dom
+    return None
+
+
+def strip_class_id(raw: str) -> str:
+    """Drop the " <id>" of a class-list line ("Animal_Bear 0" -> "Animal_Bear")."""
+    name = raw.strip()
+    head, sep, tail = name.rpartition(" ")
+    return head.strip() if sep and tail.isdigit() else name
+
+
+def clean_class_name(raw: str) -> str:
+    """Readable class name: drop a trailing " <id>", the domain prefix, and turn "_" into " ".
+
+    "Stanford-Cars_Audi_R8_Coupe_2012 389" -> "Audi R8 Coupe 2012".
+    """
+    name = strip_class_id(raw)
+    dom = class_domain(name)
+    if dom is not None:
+        name = name[len(dom) + 1 :]
+    return " ".join(name.replace("_", " ").split())
+
+
+def load_descriptions(path: Union[str, Path]) -> dict[str, list[str]]:
+    """Read a JSON object {class name: [sentence, ...]} (a single string is accepted too)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read class descriptions: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping class name -> sentences")
+    out: dict[str, list[str]] = {}
+    for key, val in data.items():
+        sentences = [val] if isinstance(val, str) else val
+        if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+            raise ValueError(f"{path}: entry {key!r} must be a string or a list of strings")
+        if not sentences:
+            raise ValueError(f"{path}: entry {key!r} has no sentence")
+        out[key] = sentences
+    return out
+
+
+def class_prompts(
+    class_names: Sequence[str],
+    templates: Union[str, Sequence[str]] = "domain",
+    descriptions: Union[Mapping[str, Sequence[str]], str, Path, None] = None,
+) -> list[list[str]]:
+    """The prompts of every class: a list (one per class) of sentences.
+
+    class_names: raw class-list names (with domain prefix) or plain names.
+    templates: a set name from :data:`TEMPLATE_SETS` or a sequence of "{}" templates.
+    descriptions: mapping or JSON path, used with templates="descriptions"; looked up by raw
+    name, then by cleaned name; classes without an entry fall back to their domain template.
+    """
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            raise ValueError(f"template set must be one of {TEMPLATE_SETS}, not {templates!r}")
+        if templates == "descriptions" and descriptions is None:
+            raise ValueError("templates='descriptions' needs descriptions (a mapping or JSON path)")
+    elif not templates or not all("{}" in t for t in templates):
+        raise ValueError("every template must contain '{}' for the class name")
+    if isinstance(descriptions, (str, Path)):
+        descriptions = load_descriptions(descriptions)
+
+    prompts: list[list[str]] = []
+    missing = []
+    for raw in class_names:
+        key = strip_class_id(raw)
+        name = clean_class_name(key)
+        dom = class_domain(key)
+        domain_t = DOMAIN_TEMPLATES.get(dom, SINGLE[0])
+        if templates == "single":
+            prompts.append([SINGLE[0].format(name)])
+        elif templates == "ensemble7":
+            prompts.append([t.format(name) for t in ENSEMBLE7])
+        elif templates == "domain":
+            prompts.append([domain_t.format(name)])
+        elif templates == "descriptions":
+            sents = descriptions.get(key) or descriptions.get(name)
+            if sents is None:
+                missing.append(name)
+                sents = [domain_t.format(name)]
+            prompts.append(list(sents))
+        else:
+            prompts.append([t.format(name) for t in templates])
+    if missing:
+        log.warning(
+            "%d classes have no description and use their domain template (e.g. %s)",
+            len(missing),
+            ", ".join(missing[:3]),
+        )
+    return prompts

@@ -1,0 +1,105 @@
+"""Zero-shot CLIP text classifier T [d, C] from class names and prompts.
+
+As in CLIP's notebook and every method's official code: encode every prompt of a class, L2-normalise
+each embedding, average them, L2-normalise the average. Column c of T is class c. Zero-shot logits
+are ``100 X @ T`` (CLIP's learned logit scale is exp(log 100) for the released models).
+
+The model is duck-typed: anything with ``encode_text(tokens) -> jt.Var [n, d]`` (models.clip's
+CLIP), and a ``tokenize(list[str]) -> int array [n, 77]`` (default: models.clip.tokenize, imported
+only when needed). All prompts are encoded in fixed-size batches (the last one padded by repeating
+rows), so the text tower compiles for one batch shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+
+from fewshot._tensor import as_numpy, as_var, jt, l2_normalize
+from fewshot.templates import class_prompts
+
+
+def _default_tokenize() -> Callable[[list[str]], np.ndarray]:
+    from models.clip import tokenize
+
+    return tokenize
+
+
+def encode_prompts(
+    model: Any,
+    prompts: Sequence[str],
+    tokenize: Callable[[list[str]], Any] | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """L2-normalised text embeddings [P, d] of the prompts, encoded in batches of batch_size."""
+    j = jt()
+    tokenize = tokenize or _default_tokenize()
+    P = len(prompts)
+    if P == 0:
+        raise ValueError("no prompt to encode")
+    tokens = np.asarray(tokenize(list(prompts)))
+    if tokens.ndim != 2 or tokens.shape[0] != P:
+        raise ValueError(f"tokenize returned shape {tokens.shape} for {P} prompts, expected [P, L]")
+    bs = min(batch_size, P)
+    out = []
+    with j.no_grad():
+        for start in range(0, P, bs):
+            chunk = tokens[start : start + bs]
+            real = chunk.shape[0]
+            if real < bs:  # pad with repeated rows: one batch shape for the whole run
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], bs - real, axis=0)], axis=0)
+            emb = model.encode_text(j.array(chunk))
+            emb = l2_normalize(as_var(emb, "encode_text output", ndim=2), dim=1)
+            out.append(as_numpy(emb)[:real])
+    return np.concatenate(out, axis=0)
+
+
+def text_classifier_from_prompts(
+    model: Any,
+    prompts: Sequence[Sequence[str]],
+    tokenize: Callable[[list[str]], Any] | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """T [d, C] from a list (one per class) of prompt lists: normalised mean of normalised
+    embeddings per class."""
+    counts = np.array([len(p) for p in prompts])
+    if len(prompts) == 0 or (counts == 0).any():
+        raise ValueError("every class needs at least one prompt")
+    flat = [s for p in prompts for s in p]
+    E = encode_prompts(model, flat, tokenize, batch_size)
+    owner = np.repeat(np.arange(len(prompts)), counts)
+    # Averaging matrix [C, P]: row c holds 1/count_c on the prompts of class c.
+    A = np.zeros((len(prompts), len(flat)), np.float32)
+    A[owner, np.arange(len(flat))] = 1.0 / counts[owner]
+    j = jt()
+    means = j.array(A) @ j.array(E)
+    return as_numpy(l2_normalize(means, dim=1).transpose(1, 0))
+
+
+def build_text_classifier(
+    model: Any,
+    class_names: Sequence[str],
+    templates: Union[str, Sequence[str]] = "domain",
+    descriptions: Union[Mapping[str, Sequence[str]], str, Path, None] = None,
+    tokenize: Callable[[list[str]], Any] | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Zero-shot text classifier T [d, C] (float32 numpy, unit columns).
+
+    class_names: class-list names (domain prefix and " <id>" allowed; cleaned here).
+    templates: "single", "ensemble7", "domain", "descriptions" or a sequence of "{}" templates
+    (see fewshot.templates); descriptions: mapping or JSON path for "descriptions".
+    """
+    prompts = class_prompts(class_names, templates, descriptions)
+    return text_classifier_from_prompts(model, prompts, tokenize, batch_size)
+
+
+def zero_shot_logits(X, T, scale: float = 100.0) -> np.ndarray:
+    """scale * X @ T for L2-normalised image features X [n, d] (numpy out)."""
+    Xv = as_var(X, "X", ndim=2)
+    Tv = as_var(T, "T [d, C]", ndim=2)
+    if Xv.shape[1] != Tv.shape[0]:
+        raise ValueError(f"X has d={Xv.shape[1]} but T is {tuple(Tv.shape)}; T must be [d, C]")
+    return as_numpy(scale * (Xv @ Tv))

@@ -196,9 +196,23 @@ class ConvNeXtV2(nn.Module):
 
     def forward_features(self, x):
         """Pooled features after the final LayerNorm: ``[N, dims[-1]]``."""
-        for down, stage in zip(self.downsample_layers, self.stages):
-            x = stage(down(x))
-        return self.norm(x.mean([2, 3]))
+        return self.forward_last_stage(self.forward_trunk(x))
+
+    def forward_trunk(self, x):
+        """Everything before the last stage's blocks (its downsampling layer included).
+
+        Split out so that fine-tuning only the last stage can run (or cache) this part
+        without gradients.
+        """
+        for i, (down, stage) in enumerate(zip(self.downsample_layers, self.stages)):
+            x = down(x)
+            if i < len(self.stages) - 1:
+                x = stage(x)
+        return x
+
+    def forward_last_stage(self, x):
+        """Last stage's blocks, global average pooling and the final LayerNorm."""
+        return self.norm(self.stages[-1](x).mean([2, 3]))
 
     def forward_head(self, features):
         """Logits from pooled features."""
@@ -424,8 +438,12 @@ class EvalTransform:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        img = img.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+        img = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
         return _normalise(img, self.mean, self.std)
+
+    def describe(self) -> str:
+        """Identity for feature-cache keys (pipeline/features.py)."""
+        return f"convnextv2-eval:resize{self.size}sq:bicubic:mean{self.mean}:std{self.std}"
 
 
 @dataclass(frozen=True)
@@ -446,12 +464,26 @@ class TrainTransform:
             raise ValueError(f"crop {self.crop} larger than resize {self.resize}")
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        img = img.convert("RGB").resize((self.resize, self.resize), Image.BICUBIC)
+        return self.augment(self.resize_image(img), rng)
+
+    def resize_image(self, img: Image.Image) -> Image.Image:
+        """The deterministic first step; cache it to draw many views of one image cheaply."""
+        return img.convert("RGB").resize((self.resize, self.resize), Image.Resampling.BICUBIC)
+
+    def augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        """The random steps (crop, flip) and normalisation on an image from resize_image()."""
         top, left = (int(v) for v in rng.integers(0, self.resize - self.crop + 1, size=2))
         img = img.crop((left, top, left + self.crop, top + self.crop))
         if self.flip and rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return _normalise(img, self.mean, self.std)
+
+    def describe(self) -> str:
+        """Identity of the transform (the views also depend on the seed)."""
+        return (
+            f"convnextv2-train:resize{self.resize}sq:bicubic:crop{self.crop}:flip{self.flip}:"
+            f"mean{self.mean}:std{self.std}"
+        )
 
 
 def preprocess(size: int = 384) -> Callable[[Image.Image], np.ndarray]:

@@ -1,0 +1,158 @@
+"""CLIP architecture from a state dict alone, as OpenAI's ``build_model`` infers it.
+
+Pure Python on shapes and key names (no Jittor, no torch), so the converter can use it on torch
+tensors or numpy arrays alike. ``models.clip.model`` re-exports these helpers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+# The three non-weight buffers that OpenAI's TorchScript archives carry in their state dict.
+ARCHIVE_BUFFERS = ("input_resolution", "context_length", "vocab_size")
+
+# Released OpenAI architectures, keyed by the numbers that tell them apart (for logs and docs).
+KNOWN_ARCHITECTURES = {
+    # name: (vision_layers, vision_width, vision_patch_size, image_resolution, embed_dim)
+    "RN50": ((3, 4, 6, 3), 64, None, 224, 1024),
+    "RN101": ((3, 4, 23, 3), 64, None, 224, 512),
+    "RN50x4": ((4, 6, 10, 6), 80, None, 288, 640),
+    "RN50x16": ((6, 8, 18, 8), 96, None, 384, 768),
+    "RN50x64": ((3, 15, 36, 10), 128, None, 448, 1024),
+    "ViT-B/32": (12, 768, 32, 224, 512),
+    "ViT-B/16": (12, 768, 16, 224, 512),
+    "ViT-L/14": (24, 1024, 14, 224, 768),
+    "ViT-L/14@336px": (24, 1024, 14, 336, 768),
+}
+
+# Keys every CLIP state dict has, whatever its image tower.
+_TEXT_KEYS = (
+    "token_embedding.weight",
+    "positional_embedding",
+    "ln_final.weight",
+    "text_projection",
+)
+
+
+def _shape(v: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in v.shape)
+
+
+def matches(state_dict: Mapping[str, Any]) -> bool:
+    """True when ``state_dict`` has the key layout of an OpenAI CLIP (ViT or ModifiedResNet)."""
+    if not all(k in state_dict for k in _TEXT_KEYS):
+        return False
+    return "visual.proj" in state_dict or "visual.attnpool.positional_embedding" in state_dict
+
+
+def _count_blocks(keys, prefix: str) -> int:
+    """Number of distinct ``prefix<i>.`` indices, as OpenAI counts layers."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in keys if (m := pat.match(k))})
+
+
+def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """All architecture numbers of a CLIP state dict, inferred the way OpenAI's build_model does.
+
+    Heads are width // 64 for both transformers, and width * 32 // 64 for the ResNet attention
+    pool, as in OpenAI's code. Raises ValueError naming what is missing or inconsistent.
+    """
+    if not matches(state_dict):
+        missing = [k for k in _TEXT_KEYS if k not in state_dict]
+        if (
+            "visual.proj" not in state_dict
+            and "visual.attnpool.positional_embedding" not in state_dict
+        ):
+            missing.append("visual.proj or visual.attnpool.positional_embedding")
+        raise ValueError(f"not a CLIP state dict: missing {', '.join(missing)}")
+    keys = list(state_dict)
+    try:
+        cfg: dict[str, Any] = {}
+        if "visual.proj" in state_dict:
+            conv = _shape(state_dict["visual.conv1.weight"])
+            n_pos = _shape(state_dict["visual.positional_embedding"])[0]
+            grid = round((n_pos - 1) ** 0.5)
+            if grid * grid + 1 != n_pos:
+                raise ValueError(
+                    f"visual.positional_embedding has {n_pos} rows, not a square grid + 1"
+                )
+            cfg["vision_width"] = conv[0]
+            cfg["vision_layers"] = sum(
+                1 for k in keys if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")
+            )
+            cfg["vision_patch_size"] = conv[-1]
+            cfg["image_resolution"] = conv[-1] * grid
+            cfg["vision_heads"] = cfg["vision_width"] // 64
+        else:
+            cfg["vision_layers"] = [_count_blocks(keys, f"visual.layer{b}.") for b in (1, 2, 3, 4)]
+            cfg["vision_width"] = _shape(state_dict["visual.layer1.0.conv1.weight"])[0]
+            n_pos = _shape(state_dict["visual.attnpool.positional_embedding"])[0]
+            out = round((n_pos - 1) ** 0.5)
+            if out * out + 1 != n_pos:
+                raise ValueError(
+                    f"visual.attnpool.positional_embedding has {n_pos} rows, not a square grid + 1"
+                )
+            cfg["vision_patch_size"] = None
+            cfg["image_resolution"] = out * 32
+            cfg["vision_heads"] = cfg["vision_width"] * 32 // 64
+        cfg["embed_dim"] = _shape(state_dict["text_projection"])[1]
+        cfg["context_length"] = _shape(state_dict["positional_embedding"])[0]
+        cfg["vocab_size"] = _shape(state_dict["token_embedding.weight"])[0]
+        cfg["transformer_width"] = _shape(state_dict["ln_final.weight"])[0]
+        cfg["transformer_heads"] = cfg["transformer_width"] // 64
+        cfg["transformer_layers"] = _count_blocks(keys, "transformer.resblocks.")
+    except KeyError as e:
+        raise ValueError(f"incomplete CLIP state dict: missing {e.args[0]!r}") from e
+    for name in ("vision_width", "transformer_width"):
+        if cfg[name] < 64 or cfg[name] % 64:
+            # OpenAI derives the head count as width // 64: other widths have no released meaning.
+            raise ValueError(f"{name}={cfg[name]} is not a positive multiple of 64")
+    cfg["architecture"] = architecture_name(cfg)
+    return cfg
+
+
+def architecture_name(cfg: Mapping[str, Any]) -> str:
+    """The OpenAI release name ("ViT-B/32", "RN101", ...) of a config, or "custom"."""
+    layers = cfg["vision_layers"]
+    key = (
+        tuple(layers) if isinstance(layers, (list, tuple)) else layers,
+        cfg["vision_width"],
+        cfg["vision_patch_size"],
+        cfg["image_resolution"],
+        cfg["embed_dim"],
+    )
+    for name, known in KNOWN_ARCHITECTURES.items():
+        if known == key:
+            return name
+    return "custom"
+
+
+def prepare_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights only: drops OpenAI's archive buffers and BatchNorm ``num_batches_tracked``.
+
+    The archive buffers (``input_resolution``, ``context_length``, ``vocab_size``) must agree with
+    the shapes of the weights (they become config, see :func:`infer_config`); a disagreement means
+    a damaged or edited file and raises ValueError.
+    """
+    out = {
+        k: v
+        for k, v in state_dict.items()
+        if k not in ARCHIVE_BUFFERS and not k.endswith(".num_batches_tracked")
+    }
+    cfg = infer_config(out)
+    expect = {
+        "input_resolution": cfg["image_resolution"],
+        "context_length": cfg["context_length"],
+        "vocab_size": cfg["vocab_size"],
+    }
+    for name in ARCHIVE_BUFFERS:
+        if name in state_dict:
+            value = state_dict[name]
+            # JCLIP's pickles hold these as float tensors (it calls .float() on everything).
+            got = int(round(float(value.item() if hasattr(value, "item") else value)))
+            if got != expect[name]:
+                raise ValueError(
+                    f"buffer {name}={got} disagrees with the weights, which imply {expect[name]}"
+                )
+    return out

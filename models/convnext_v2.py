@@ -9,7 +9,8 @@ is fast only in that layout (the grouped-conv pattern is handed to oneDNN; an NH
 with ``reindex`` measured 15-20x slower). Inside a block the activations are permuted once to
 channels-last rows ``[N*H*W, C]`` so that LayerNorm, the two pointwise Linear layers and GRN run
 as plain 2-D matmuls and row reductions, then permuted back before the residual add. The two
-matmuls take about 80% of a block's time (see bench/bench_convnext.py); the permutes are noise.
+matmuls take most of a block's time (60-80% measured, see bench/bench_convnext.py --layouts);
+the permutes cost under 10%.
 
 Converted-file hooks used by models/convert.py: :func:`matches`, :func:`infer_config`,
 :func:`prepare_state_dict`.

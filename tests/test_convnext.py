@@ -1,14 +1,16 @@
 """ConvNeXt-V2 in Jittor against the transformers implementation, on random official checkpoints.
 
-The checkpoints use the official key layout (facebookresearch/ConvNeXt-V2) and pass through the
-converted-file format (models.weights) before loading, as real weights do. Weights are drawn at
-unit scale (not the 0.02 init) with non-trivial LayerNorm/GRN parameters so that every layer moves
-the logits far more than the tolerance; a sensitivity check below makes sure of it.
+The checkpoints are official-format files (``torch.save({'model': state_dict})`` with the keys
+of facebookresearch/ConvNeXt-V2) converted by convert.py before loading, as real weights are.
+Weights are drawn at unit scale (not the 0.02 init) with non-trivial LayerNorm/GRN parameters so
+that every layer moves the logits far more than the tolerance; a sensitivity check makes sure.
 """
 
 from __future__ import annotations
 
+import json
 import types
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -16,8 +18,10 @@ import torch  # before Jittor (see docs/CONTRIBUTING.md)
 from PIL import Image
 from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
 
+import convert as convert_cli
 from models import convnext_v2 as cx
 from models import weights
+from models.convert import convert
 
 jt = cx.jt
 REL_TOL = 1e-4
@@ -89,14 +93,27 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
 _PAIRS: dict[str, tuple] = {}
 
 
+def official_checkpoint(sd: dict[str, np.ndarray], path) -> None:
+    """What the official training script saves: torch.save({'model': state_dict})."""
+    torch.save({"model": OrderedDict((k, torch.from_numpy(v.copy())) for k, v in sd.items())}, path)
+
+
 def _pair(name: str, tmp_path_factory) -> tuple:
-    """(name, config, official sd, Jittor model loaded from a converted file, HF reference)."""
+    """(name, config, official sd, Jittor model loaded from the converted file, HF reference)."""
     if name not in _PAIRS:
         config = CONFIGS[name]
         sd = strong_state_dict(config, seed=len(name))
-        path = tmp_path_factory.mktemp("cnx") / f"{name}.safetensors"
-        weights.save(path, sd, family=cx.FAMILY, config=cx.infer_config(sd))
-        _PAIRS[name] = (name, config, sd, cx.load(path), hf_model(config, sd))
+        root = tmp_path_factory.mktemp("cnx")
+        official_checkpoint(sd, root / f"convnextv2_{name}.pt")
+        summary = convert(root / f"convnextv2_{name}.pt", root / f"{name}.safetensors")
+        assert summary["family"] == cx.FAMILY and summary["config"] == cx.infer_config(sd)
+        _PAIRS[name] = (
+            name,
+            config,
+            sd,
+            cx.load(root / f"{name}.safetensors"),
+            hf_model(config, sd),
+        )
     return _PAIRS[name]
 
 
@@ -313,3 +330,20 @@ def test_train_transform_crops_flips_and_is_seeded():
     assert len({v.tobytes() for v in views}) > 6
     with pytest.raises(ValueError):
         cx.train_transform(resize=20, crop=24)
+
+
+def test_convert_cli_on_an_official_file(tmp_path, capsys):
+    """``python convert.py X.pt Y.safetensors``: detected as ConvNeXt-V2, tensors kept exactly,
+    also for a DDP-prefixed checkpoint; the result loads."""
+    sd = strong_state_dict(CONFIGS["custom"], seed=5)
+    official_checkpoint({"module." + k: v for k, v in sd.items()}, tmp_path / "ddp.pt")
+    assert (
+        convert_cli.main([str(tmp_path / "ddp.pt"), str(tmp_path / "c.safetensors"), "--json"]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["family"] == "convnextv2" and summary["architecture"] == "custom"
+    tensors, info = weights.load(tmp_path / "c.safetensors", expect_family=cx.FAMILY)
+    assert info["config"] == cx.infer_config(sd)
+    assert tensors.keys() == sd.keys()
+    assert all(np.array_equal(tensors[k], v) for k, v in sd.items())
+    assert cx.load(tmp_path / "c.safetensors").config()["depths"] == [1, 2, 4, 1]

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -309,37 +309,39 @@ class DogExpert:
 # Feature extraction for training
 
 
-def _decode(items, what: str) -> tuple[list[Image.Image], list[int], list[str]]:
-    """Decode every image; undecodable ones are skipped with a warning and reported."""
+def _decode_train(
+    items: Sequence[tuple[str, int]], transform: cx.TrainTransform
+) -> tuple[list[Image.Image], list[int], list[str]]:
+    """Decode and resize (the deterministic first step of the training transform) every training
+    image, keeping only the small resized copy; undecodable ones are skipped with a warning."""
     images, labels, skipped = [], [], []
-    for path, label in tqdm(items, desc=f"decode {what}", unit="img", leave=False):
+    for path, label in tqdm(items, desc="decode train", unit="img", leave=False):
         try:
-            images.append(load_rgb(path))
+            images.append(transform.resize_image(load_rgb(path)))
             labels.append(label)
         except ImageError as e:
-            log.warning("%s: skipping image (%s)", what, e)
+            log.warning("train: skipping image (%s)", e)
             skipped.append(path)
     return images, labels, skipped
 
 
 def _view_features(
     model: cx.ConvNeXtV2,
-    images: list[Image.Image],
+    resized: list[Image.Image],
     transform: cx.TrainTransform,
     views: int,
     seed: int,
     batch_size: int,
 ) -> np.ndarray:
     """[n, views, D] features of seeded augmented views; the backbone sees each view once."""
-    n, d = len(images), model.num_features
+    n, d = len(resized), model.num_features
     out = np.zeros((n * views, d), np.float32)
     buffer: list[np.ndarray] = []
     done = 0
     with tqdm(total=n * views, desc="train views", unit="view") as bar:
-        for i, img in enumerate(images):
-            resized = transform.resize_image(img)
-            rng = np.random.default_rng([seed, 1, i])  # per image: independent of skips/order
-            buffer.extend(transform.augment(resized, rng) for _ in range(views))
+        for i, img in enumerate(resized):
+            rng = np.random.default_rng([seed, 1, i])  # per image: independent of the others
+            buffer.extend(transform.augment(img, rng) for _ in range(views))
             while len(buffer) >= batch_size or (i == n - 1 and buffer):
                 batch, buffer = buffer[:batch_size], buffer[batch_size:]
                 with jt.no_grad():
@@ -351,39 +353,136 @@ def _view_features(
 
 
 def _eval_outputs(
-    fn: Callable[[Any], Any], images: list[Image.Image], size: int, batch_size: int, what: str
-) -> np.ndarray:
-    """``fn`` (a backbone function) on the evaluation view of every image, as numpy."""
-    transform = cx.EvalTransform(size)
-    chunks = []
-    for i in tqdm(range(0, len(images), batch_size), desc=what, unit="batch"):
-        batch = np.stack([transform(im) for im in images[i : i + batch_size]])
-        with jt.no_grad():
-            chunks.append(_to_numpy(fn(jt.array(batch))))
-    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+    fn: Callable[[Any], Any], paths: Sequence[str], size: int, batch_size: int, what: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``fn`` (a backbone function) on the evaluation view of every decodable image.
+
+    Streams the files through the parallel loader (a large validation set is never held in
+    memory decoded). Returns (outputs of the decoded images, their positions, skipped paths).
+    """
+    skipped: list[str] = []
+
+    def on_error(i: int, message: str) -> None:
+        log.warning("%s: skipping image (%s)", what, message)
+        skipped.append(paths[i])
+
+    chunks, positions = [], []
+    batches = iter_batches(paths, cx.EvalTransform(size), batch_size, on_error=on_error)
+    with tqdm(total=len(paths), desc=what, unit="img") as bar:
+        for b in batches:
+            if len(b.indices):
+                with jt.no_grad():
+                    chunks.append(_to_numpy(fn(jt.array(b.images))))
+                positions.append(b.indices)
+            bar.update(len(b.indices) + len(b.failed))
+    if not chunks:
+        return np.zeros((0,), np.float32), np.zeros(0, np.int64), skipped
+    return np.concatenate(chunks), np.concatenate(positions), skipped
 
 
 # --------------------------------------------------------------------------------------------
 # Training
 
 
+class _Plan(NamedTuple):
+    """What differs between the modes; the epoch loop (_run_epochs) is shared."""
+
+    optimizer: Any  # a Jittor optimizer; param_groups[i]["lr"] is set every epoch
+    base_lrs: list[float]  # per param group
+    step: Callable[[np.ndarray, int], float]  # (image indices, epoch) -> summed batch loss
+    evaluate: Callable[[], np.ndarray]  # validation logits [n_val, K]
+    snapshot: Callable[[], dict[str, np.ndarray]]  # tensors to save, as numpy copies
+    tuned: dict[str, Any]  # backbone parameters being tuned (name -> jt.Var)
+
+
+def _head_plan(head, feats, y_train, val_feats, seed, lr, weight_decay) -> _Plan:
+    """Head-only training on cached view features ``feats`` [n, views, D]."""
+    n, views = feats.shape[:2]
+    # Epoch e shows image i through view order[i][e % views]: every view in turn.
+    view_order = np.stack(
+        [np.random.default_rng([seed, 2, i]).permutation(views) for i in range(n)]
+    )
+    optimizer = nn.AdamW([head.weight, head.bias], lr, weight_decay=weight_decay)
+
+    def step(idx: np.ndarray, epoch: int) -> float:
+        x = jt.array(feats[idx, view_order[idx, epoch % views]])
+        loss = nn.cross_entropy_loss(head(x), jt.array(y_train[idx]))
+        optimizer.step(loss)
+        return float(loss.item()) * len(idx)
+
+    def evaluate() -> np.ndarray:
+        with jt.no_grad():
+            return _to_numpy(head(jt.array(val_feats)))
+
+    return _Plan(optimizer, [lr], step, evaluate, lambda: _snapshot(head, {}), {})
+
+
+def _last_stage_plan(
+    model, head, resized, y_train, val_maps, train_tf, seed, lr, backbone_lr, weight_decay,
+    batch_size,
+) -> _Plan:  # fmt: skip
+    """Fine-tuning of the last stage + final norm + head, with fresh augmentation every step.
+
+    ``val_maps``: the validation images' trunk outputs (the last stage's input), computed once.
+    """
+    last = len(model.stages) - 1
+    tuned = {
+        name: p
+        for name, p in model.named_parameters()
+        if name.startswith((f"stages.{last}.", "norm."))
+    }
+    for p in tuned.values():
+        p.start_grad()  # model.eval() stopped them
+    optimizer = nn.AdamW(
+        [{"params": list(tuned.values())}, {"params": [head.weight, head.bias]}],
+        lr,
+        weight_decay=weight_decay,
+    )
+
+    def step(idx: np.ndarray, epoch: int) -> float:
+        rngs = [np.random.default_rng([seed, 4, epoch, i]) for i in idx]
+        batch = np.stack([train_tf.augment(resized[i], r) for i, r in zip(idx, rngs)])
+        maps = model.forward_trunk(jt.array(batch)).stop_grad()  # frozen: no graph kept
+        loss = nn.cross_entropy_loss(head(model.forward_last_stage(maps)), jt.array(y_train[idx]))
+        optimizer.step(loss)
+        return float(loss.item()) * len(idx)
+
+    def evaluate() -> np.ndarray:
+        out = []
+        with jt.no_grad():
+            for i in range(0, len(val_maps), batch_size):
+                maps = jt.array(val_maps[i : i + batch_size])
+                out.append(_to_numpy(head(model.forward_last_stage(maps))))
+        return np.concatenate(out)
+
+    return _Plan(
+        optimizer, [backbone_lr, lr], step, evaluate, lambda: _snapshot(head, tuned), tuned
+    )
+
+
+def _tuned_hash(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 of the tuned backbone tensors: part of the feature-cache key in last_stage mode."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        if name.startswith("backbone."):
+            h.update(name.encode() + tensors[name].tobytes())
+    return h.hexdigest()
+
+
+def _snapshot(head, tuned: dict[str, Any]) -> dict[str, np.ndarray]:
+    snap = {"head.weight": _to_numpy(head.weight), "head.bias": _to_numpy(head.bias)}
+    snap.update({f"backbone.{name}": _to_numpy(p) for name, p in tuned.items()})
+    return snap
+
+
 def _run_epochs(
-    epochs: int,
-    n_train: int,
-    batch_size: int,
-    optimizer,
-    base_lrs: list[float],
-    step: Callable[[np.ndarray, int], float],
-    evaluate: Callable[[], tuple[np.ndarray, np.ndarray]],
-    snapshot: Callable[[], dict[str, np.ndarray]],
-    val_labels: np.ndarray,
-    seed: int,
+    epochs: int, n_train: int, batch_size: int, plan: _Plan, val_labels: np.ndarray, seed: int
 ) -> tuple[list[dict[str, Any]], int, dict[str, np.ndarray]]:
     """The shared loop: cosine lr per epoch, shuffled batches, validation, best-epoch snapshot.
 
-    ``step(indices, epoch) -> summed loss of the batch``; ``evaluate() -> val logits, labels``.
     Returns (history, best epoch (1-based), snapshot of the best epoch).
     """
+    optimizer, base_lrs = plan.optimizer, plan.base_lrs
     order_rng = np.random.default_rng([seed, 3])
     history: list[dict[str, Any]] = []
     best_key: tuple[float, float] | None = None
@@ -396,15 +495,15 @@ def _run_epochs(
         order = order_rng.permutation(n_train)
         total = 0.0
         for start in range(0, n_train, batch_size):
-            total += step(order[start : start + batch_size], epoch)
+            total += plan.step(order[start : start + batch_size], epoch)
         record = {"epoch": epoch + 1, "lr": base_lrs[-1] * factor, "train_loss": total / n_train}
         if len(val_labels):
-            logits = evaluate()
+            logits = plan.evaluate()
             record["val_acc"] = float((logits.argmax(1) == val_labels).mean())
             record["val_loss"] = _cross_entropy(logits, val_labels)
             key = (record["val_acc"], -record["val_loss"])
             if best_key is None or key > best_key:  # strict: ties keep the earlier epoch
-                best_key, best_epoch, best = key, epoch + 1, snapshot()
+                best_key, best_epoch, best = key, epoch + 1, plan.snapshot()
         history.append(record)
         bar.set_postfix(
             loss=f"{record['train_loss']:.3f}", val_acc=f"{record.get('val_acc', float('nan')):.3f}"
@@ -419,7 +518,7 @@ def _run_epochs(
         )
     if not len(val_labels):
         log.warning("no validation images: keeping the last epoch (no checkpoint selection)")
-        best = snapshot()
+        best = plan.snapshot()
     return history, best_epoch, best
 
 
@@ -470,8 +569,8 @@ def train_expert(
     model = backbone if backbone is not None else cx.load(backbone_path)
     model.eval()  # also stops every parameter's gradient (Jittor); tuned ones restart below
 
-    train_images, train_cids, skipped_train = _decode(train_items, "train")
-    val_images, val_cids, skipped_val = _decode(val_items, "val")
+    train_tf = cx.TrainTransform(train_resize, train_crop)
+    resized, train_cids, skipped_train = _decode_train(train_items, train_tf)
     empty = sorted(set(class_ids) - set(train_cids))
     if empty:
         raise ValueError(
@@ -479,8 +578,13 @@ def train_expert(
             f"({len(skipped_train)} training images skipped)"
         )
     y_train = np.array([index[c] for c in train_cids], np.int64)
-    y_val = np.array([index[c] for c in val_cids], np.int64)
     n_train, k = len(y_train), len(class_ids)
+    val_paths = [p for p, _ in val_items]
+    val_fn = model.forward_features if mode == "head" else model.forward_trunk
+    val_out, val_pos, skipped_val = _eval_outputs(
+        val_fn, val_paths, eval_size, feature_batch, "val features"
+    )
+    y_val = np.array([index[val_items[i][1]] for i in val_pos], np.int64)
     log.info(
         "expert (%s): %d classes, %d train / %d val images (%d / %d skipped)",
         mode,
@@ -490,92 +594,24 @@ def train_expert(
         len(skipped_train),
         len(skipped_val),
     )
-    train_tf = cx.TrainTransform(train_resize, train_crop)
     head = _trunc_normal_head(model.num_features, k, seed)
-    head_params = [head.weight, head.bias]
-
     if mode == "head":
-        feats = _view_features(model, train_images, train_tf, views, seed, feature_batch)
-        val_feats = _eval_outputs(
-            model.forward_features, val_images, eval_size, feature_batch, "val features"
-        )
+        feats = _view_features(model, resized, train_tf, views, seed, feature_batch)
         t_feat = time.time() - t0
-        view_order = np.stack(
-            [np.random.default_rng([seed, 2, i]).permutation(views) for i in range(n_train)]
-        )
-        optimizer = nn.AdamW(head_params, lr, weight_decay=weight_decay)
-        base_lrs = [lr]
-
-        def step(idx: np.ndarray, epoch: int) -> float:
-            x = jt.array(feats[idx, view_order[idx, epoch % views]])
-            loss = nn.cross_entropy_loss(head(x), jt.array(y_train[idx]))
-            optimizer.step(loss)
-            return float(loss.item()) * len(idx)
-
-        def evaluate() -> np.ndarray:
-            with jt.no_grad():
-                return _to_numpy(head(jt.array(val_feats)))
-
-        tuned_params: dict[str, Any] = {}
+        plan = _head_plan(head, feats, y_train, val_out, seed, lr, weight_decay)
     else:
-        tuned_params = {
-            k_: p
-            for k_, p in model.named_parameters()
-            if k_.startswith(f"stages.{len(model.stages) - 1}.") or k_.startswith("norm.")
-        }
-        for p in tuned_params.values():
-            p.start_grad()
-        resized = [train_tf.resize_image(im) for im in train_images]
-        val_maps = _eval_outputs(
-            model.forward_trunk, val_images, eval_size, feature_batch, "val trunk"
-        )
         t_feat = time.time() - t0
-        optimizer = nn.AdamW(
-            [{"params": list(tuned_params.values())}, {"params": head_params}],
-            lr,
-            weight_decay=weight_decay,
-        )
-        base_lrs = [backbone_lr, lr]
-
-        def step(idx: np.ndarray, epoch: int) -> float:
-            batch = np.stack(
-                [
-                    train_tf.augment(resized[i], np.random.default_rng([seed, 4, epoch, i]))
-                    for i in idx
-                ]
-            )
-            maps = model.forward_trunk(jt.array(batch)).stop_grad()
-            logits = head(model.forward_last_stage(maps))
-            loss = nn.cross_entropy_loss(logits, jt.array(y_train[idx]))
-            optimizer.step(loss)
-            return float(loss.item()) * len(idx)
-
-        def evaluate() -> np.ndarray:
-            out = []
-            with jt.no_grad():
-                for i in range(0, len(val_maps), feature_batch):
-                    maps = jt.array(val_maps[i : i + feature_batch])
-                    out.append(_to_numpy(head(model.forward_last_stage(maps))))
-            return np.concatenate(out)
-
-    def snapshot() -> dict[str, np.ndarray]:
-        snap = {"head.weight": _to_numpy(head.weight), "head.bias": _to_numpy(head.bias)}
-        snap.update({f"backbone.{k_}": _to_numpy(p) for k_, p in tuned_params.items()})
-        return snap
-
-    history, best_epoch, best = _run_epochs(
-        epochs, n_train, batch_size, optimizer, base_lrs, step, evaluate, snapshot, y_val, seed
-    )
-    for p in tuned_params.values():
-        p.stop_grad()
+        plan = _last_stage_plan(
+            model, head, resized, y_train, val_out, train_tf, seed,
+            lr, backbone_lr, weight_decay, feature_batch,
+        )  # fmt: skip
+    try:
+        history, best_epoch, best = _run_epochs(epochs, n_train, batch_size, plan, y_val, seed)
+    finally:
+        for p in plan.tuned.values():
+            p.stop_grad()
     t_train = time.time() - t0 - t_feat
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tuned_hash = hashlib.sha256()
-    for name in sorted(best):
-        if name.startswith("backbone."):
-            tuned_hash.update(name.encode() + best[name].tobytes())
     info = {
         "version": ARTEFACT_VERSION,
         "mode": mode,
@@ -609,9 +645,11 @@ def train_expert(
         "n_train": n_train,
         "n_val": int(len(y_val)),
         "skipped": {"train": skipped_train, "val": skipped_val},
-        "tuned_sha256": tuned_hash.hexdigest() if mode == "last_stage" else None,
+        "tuned_sha256": _tuned_hash(best) if mode == "last_stage" else None,
         "seconds": {"features": round(t_feat, 2), "training": round(t_train, 2)},
     }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     weights.save(
         out_dir / WEIGHTS_FILE,
         best,
@@ -619,7 +657,7 @@ def train_expert(
         config={"mode": mode, "num_classes": k, "num_features": model.num_features},
         source={"backbone": info["backbone"]["path"]},
     )
-    _atomic_write_json(out_dir / INFO_FILE, info)
+    _atomic_write_json(out_dir / INFO_FILE, info)  # last: a complete JSON means a complete expert
     log.info(
         "expert saved to %s: best epoch %d (val acc %s); features %.1fs, training %.1fs",
         out_dir,

@@ -233,11 +233,11 @@ def test_selection_rule_on_scripted_epochs():
         epoch["n"] = e
         return float(len(idx))
 
-    history, best_epoch, snap = ex._run_epochs(
-        5, 4, 2, Opt(), [1.0],
-        step, lambda: scripted[epoch["n"]], lambda: {"epoch": np.array(epoch["n"] + 1)},
-        labels, seed=0,
+    plan = ex._Plan(
+        Opt(), [1.0], step, lambda: scripted[epoch["n"]],
+        lambda: {"epoch": np.array(epoch["n"] + 1)}, {},
     )  # fmt: skip
+    history, best_epoch, snap = ex._run_epochs(5, 4, 2, plan, labels, seed=0)
     assert [h["val_acc"] for h in history] == [0.75, 1.0, 1.0, 1.0, 0.0]
     assert best_epoch == 3 and int(snap["epoch"]) == 3
 

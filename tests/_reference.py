@@ -10,6 +10,7 @@ Import torch before Jittor in a process that uses both: import this module first
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -54,8 +55,9 @@ def openai_model():
     return _load("_openai_clip_model", "model.py")
 
 
+@functools.lru_cache(maxsize=1)
 def openai_tokenizer():
-    """A fresh OpenAI ``SimpleTokenizer`` with the wheel's vocabulary."""
+    """OpenAI's ``SimpleTokenizer`` with the wheel's vocabulary (one shared instance)."""
     return _load("_openai_simple_tokenizer", "simple_tokenizer.py").SimpleTokenizer()
 
 

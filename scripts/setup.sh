@@ -40,10 +40,14 @@ VPY="$FEWSHOT_VENV/bin/python"
 # --- 2. pinned packages, re-installed only when pyproject.toml or this script changed -----
 groups="runtime convert"
 [ "$dev" = 1 ] && groups="$groups dev"
-stamp_src=$(cat "$FEWSHOT_ROOT/pyproject.toml" "$FEWSHOT_ROOT/scripts/setup.sh"; echo "$groups")
-stamp=$(printf '%s' "$stamp_src" | sha256sum | cut -c1-16)
+# The stamp is named after the pins and this script and lists the groups installed with them.
+stamp=$(cat "$FEWSHOT_ROOT/pyproject.toml" "$FEWSHOT_ROOT/scripts/setup.sh" | sha256sum | cut -c1-16)
 stamp_file="$FEWSHOT_VENV/.fewshot-stamp-$stamp"
-if [ ! -f "$stamp_file" ]; then
+missing=""
+for g in $groups; do
+    grep -qx "$g" "$stamp_file" 2>/dev/null || missing="$missing $g"
+done
+if [ -n "$missing" ]; then
     reqs=$("$VPY" - "$FEWSHOT_ROOT/pyproject.toml" $groups <<'EOF'
 import sys
 try:
@@ -74,8 +78,9 @@ print(' '.join(tomllib.load(open(sys.argv[1], 'rb'))['tool']['fewshot']['nodeps'
     if "$VPY" -c "import torchvision" >/dev/null 2>&1; then
         log "warning: torchvision is installed in $FEWSHOT_VENV; it breaks transformers beside torch 2.13 here"
     fi
+    installed=$(cat "$stamp_file" 2>/dev/null || true)
     rm -f "$FEWSHOT_VENV"/.fewshot-stamp-*
-    touch "$stamp_file"
+    printf '%s\n' $installed $groups | sort -u >"$stamp_file"
 fi
 
 # --- 3. oneDNN for Jittor's CPU convolutions ---------------------------------------------

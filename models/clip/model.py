@@ -475,6 +475,8 @@ class CLIP(jt.Module):
             raise ValueError(
                 f"encode_image expects [N, 3, {r}, {r}] images, got {list(image.shape)}"
             )
+        if image.shape[0] == 0:
+            return jt.zeros((0, self.embed_dim), "float32")
         return self.visual(image)
 
     def encode_text(self, text: Union[np.ndarray, jt.Var]) -> jt.Var:
@@ -489,8 +491,10 @@ class CLIP(jt.Module):
             raise ValueError(
                 f"encode_text expects token ids [N, <= {self.context_length}], got {tokens.shape}"
             )
+        if tokens.shape[0] == 0:
+            return jt.zeros((0, self.embed_dim), "float32")
         eot = tokens.argmax(-1)
-        if self.trim_context and tokens.shape[0]:
+        if self.trim_context:
             # Causal attention: positions after the last EOT never reach any EOT feature.
             tokens = tokens[:, : int(eot.max()) + 1]
         n, n_ctx = tokens.shape

@@ -374,9 +374,17 @@ def _sha256(path: Path) -> str:
 
 
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
+    """numpy -> torch, in the upstream shapes: CLIP's ``logit_scale`` is 0-d in OpenAI's files,
+    while Jittor (no 0-d arrays) hands it over as [1]."""
     import torch
 
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+    out = {}
+    for k, v in state.items():
+        a = np.array(v, copy=True)
+        if k == "logit_scale" and a.shape == (1,):
+            a = a.reshape(())
+        out[k] = torch.from_numpy(a)
+    return out
 
 
 def write_openai_archive(

@@ -313,3 +313,18 @@ def test_convnext_checkpoint_is_detected_and_refused_by_clip_load(tmp_path):
         clip.load(tmp_path / "cnx.safetensors")
     with pytest.raises(C.ConversionError, match="does not look like a clip"):
         C.convert(src, tmp_path / "x.safetensors", family="clip")
+
+
+def test_jittor_initialised_model_round_trips_through_an_archive(tmp_path):
+    # What the demo does: a randomly initialised Jittor CLIP written as an OpenAI archive.
+    from models.clip.model import CLIP
+
+    model = CLIP(**R.SMALL_RN, seed=4)
+    state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    assert state["logit_scale"].shape == (1,)
+    src = C.write_openai_archive(state, tmp_path / "rn.pt", 64, 77, 49408, half=False)
+    assert torch.jit.load(str(src)).state_dict()["logit_scale"].shape == ()
+    C.convert(src, tmp_path / "rn.safetensors")
+    loaded, _ = clip.load(tmp_path / "rn.safetensors")
+    for k, v in loaded.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), state[k], err_msg=k)

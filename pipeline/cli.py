@@ -1,0 +1,75 @@
+"""What train.py and test.py share: arguments, logging, error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Callable
+
+from pipeline.config import Config, add_config_arguments
+from pipeline.settings import Settings
+
+log = logging.getLogger("pipeline")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or a missing step: reported in one line, no traceback."""
+    from models.weights import WeightsError
+    from pipeline.config import ConfigError
+    from pipeline.features import FeatureError
+    from pipeline.images import ImageError
+    from pipeline.lists import ListError
+    from pipeline.settings import SettingsError
+    from pipeline.split import SplitError
+
+    return (
+        FileNotFoundError,
+        FloatingPointError,
+        ConfigError,
+        FeatureError,
+        ImageError,
+        ListError,
+        SettingsError,
+        SplitError,
+        WeightsError,
+    )
+
+
+def add_common_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--settings", help="YAML file overriding method settings [$SETTINGS]")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[$FEWSHOT_DEVICE]")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_config_arguments(ap)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run_main(args: argparse.Namespace, work: Callable[[Config, Settings], Any]) -> int:
+    """Resolve configuration and settings, run ``work``; bad input exits 2 with one line."""
+    setup_logging(args.verbose)
+    if args.device:
+        import os
+
+        os.environ["FEWSHOT_DEVICE"] = args.device
+    try:
+        cfg = Config.from_env(vars(args))
+        settings = Settings.load(args.settings)
+        log.info(cfg.describe())
+        work(cfg, settings)
+    except KeyboardInterrupt:
+        log.error(
+            "interrupted: finished work is kept (feature cache, saved heads); re-run to resume"
+        )
+        return 130
+    except user_errors() as e:
+        if args.verbose:
+            raise
+        log.error("%s", e)
+        return 2
+    return 0

@@ -1,0 +1,58 @@
+"""Trained heads on disk: safetensors for arrays, JSON (in the header) for everything else.
+
+Each head records the class list it was trained for (a fingerprint of the names) and the weights
+of the backbone whose features it expects, so that test.py refuses a head that no longer fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import weights
+
+HEAD_FAMILY = "fewshot-head"
+
+
+class HeadError(weights.WeightsError):
+    """A trained head is missing or does not fit the current configuration."""
+
+
+def classes_fingerprint(names) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def head_path(heads_dir: str | os.PathLike, method: str, backbone: str, tag: str = "") -> Path:
+    return Path(heads_dir) / f"{method}_{backbone}{'_' + tag if tag else ''}.safetensors"
+
+
+def save_head(path: Path, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+    weights.save(path, arrays, family=HEAD_FAMILY, config=json.loads(json.dumps(info, default=_j)))
+
+
+def load_head(path: Path, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and info of a head; every (key, value) of ``expect`` must match the saved info."""
+    if not Path(path).is_file():
+        raise HeadError(f"trained head not found: {path} (run train.sh first)")
+    arrays, meta = weights.load(path, expect_family=HEAD_FAMILY)
+    info = meta["config"]
+    for k, v in expect.items():
+        if info.get(k) != v:
+            raise HeadError(
+                f"{path}: trained with {k}={info.get(k)!r}, but the current run has {v!r}; "
+                "re-run train.sh"
+            )
+    return arrays, info
+
+
+def _j(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

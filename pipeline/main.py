@@ -1,0 +1,101 @@
+"""The main command (``bash scripts/run.sh``): process -> train.sh -> test.sh -> evaluation.
+
+With ``DATA_DIR`` set it runs on the real data and the converted weights named by ``CLIP_VIT``,
+``CLIP_RN`` and ``CONVNEXT``. Without it, it runs the demo: a generated dataset in the challenge
+layout (several domains, an unseen car domain, a dog domain, some awkward image files) and small
+random-weight checkpoints written in the upstream formats and converted with convert.py, all under
+``$OUT_DIR`` (default ``out/demo``). The steps are the same scripts a user runs by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.cli import setup_logging
+
+log = logging.getLogger("main")
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("process", "train", "test", "eval")
+
+
+def prepare_demo(env: dict[str, str], seed: int) -> None:
+    """Generate the demo data and weights; point the environment at them."""
+    from pipeline.demo import convert_all, write_upstream_checkpoints
+    from pipeline.demo_data import DemoParams, ensure_demo
+
+    out = Path(env.setdefault("OUT_DIR", "out/demo"))
+    data = out / "data"
+    weights = out / "weights"
+    env["DATA_DIR"] = str(data)
+    targets = {
+        "vit": weights / "clip-vit-demo.safetensors",
+        "rn": weights / "clip-rn-demo.safetensors",
+        "convnext": weights / "convnextv2-atto-demo.safetensors",
+    }
+    env.update(
+        CLIP_VIT=str(targets["vit"]), CLIP_RN=str(targets["rn"]), CONVNEXT=str(targets["convnext"])
+    )
+    log.info("no DATA_DIR: running the demo in %s (random weights: accuracy means nothing)", out)
+    ensure_demo(data, DemoParams(seed=seed, nasty=True))
+    convert_all(write_upstream_checkpoints(out / "upstream", seed), targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"comma-separated subset of {','.join(STEPS)} (default: all)",
+    )
+    ap.add_argument(
+        "--pseudo-unseen",
+        type=int,
+        default=1,
+        metavar="K",
+        help="seen classes per domain held out for the routing evaluation (default 1)",
+    )
+    args = ap.parse_args(argv)
+    setup_logging()
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        ap.error(f"unknown steps {sorted(unknown)}")
+
+    env = dict(os.environ)
+    if not env.get("DATA_DIR"):
+        prepare_demo(env, int(env.get("SEED", "0")))
+    env.setdefault("PROCESS_ARGS", f"--pseudo-unseen {args.pseudo_unseen}")
+    commands = {
+        "process": [sys.executable, "process.py", *env["PROCESS_ARGS"].split()],
+        "train": ["bash", "train.sh"],
+        "test": ["bash", "test.sh"],
+        "eval": ["bash", "test.sh", "--eval"],
+    }
+    timings = {}
+    for step in steps:
+        log.info("=== %s: %s", step, " ".join(commands[step]))
+        t = time.time()
+        r = subprocess.run(commands[step], cwd=ROOT, env=env)
+        timings[step] = time.time() - t
+        if r.returncode != 0:
+            log.error("step %s failed (exit %d)", step, r.returncode)
+            return r.returncode
+    out = Path(env.get("OUT_DIR", "out"))
+    log.info("step times: %s", {k: f"{v:.1f}s" for k, v in timings.items()})
+    if "test" in steps:
+        log.info("submission: %s", out / "result.txt")
+    if "eval" in steps:
+        log.info("evaluation report: %s", out / "report" / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Step 3 of 3: the cascade on the test images -> ``$OUT_DIR/result.txt``.
+
+Stage 1, InMaP over all classes (CLIP backbones fused), answers the images whose top class has no
+training image; stage 2, LP++ (fused), classifies the rest; stage 3, the ConvNeXt-V2 expert,
+re-ranks images predicted as dogs. The submission is written atomically and validated; images that
+could not be decoded still get a line and are listed in ``$OUT_DIR/warnings.txt``.
+
+``--eval`` runs the same cascade on the labelled validation list instead and writes a report
+(top-1/top-5 overall, per domain and per stage, routing quality, stage-1 variants, timings and
+parameter count) to ``$OUT_DIR/report/report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import add_common_arguments, run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--eval", action="store_true", help="evaluate on the validation list instead of predicting"
+    )
+    add_common_arguments(ap)
+    args = ap.parse_args(argv)
+
+    def work(cfg, settings):
+        from pipeline.inference import evaluate, predict
+
+        return evaluate(cfg, settings) if args.eval else predict(cfg, settings)
+
+    return run_main(args, work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The whole pipeline on a generated dataset in the challenge layout, through the real scripts.
+
+Random-weight checkpoints are written in the upstream formats (OpenAI TorchScript archives, the
+official ConvNeXt-V2 ``{'model': sd}`` file), converted with convert.py, then process.py,
+train.py and test.py run as a user runs them. Accuracy is meaningless with random weights; what
+is checked is the contract: the submission format, the routing rules of the cascade, the
+expert's answers, determinism, and reuse of the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Fast settings: fewer epochs and views, smaller expert inputs; the code paths are the same.
+FAST_SETTINGS = """\
+lpp_epochs: 60
+expert_epochs: 4
+expert_views: 2
+expert_eval_size: 128
+expert_train_resize: 112
+expert_train_crop: 96
+"""
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Data, converted weights and a trained cascade in a fresh OUT_DIR."""
+    from pipeline.demo import convert_all, write_upstream_checkpoints
+    from pipeline.demo_data import DemoParams, ensure_demo
+
+    base = tmp_path_factory.mktemp("e2e")
+    data, weights, out = base / "data", base / "weights", base / "out"
+    ensure_demo(data, DemoParams(seed=3, train_per_class=8, test_per_class=4, nasty=True))
+    targets = {
+        "vit": weights / "vit.safetensors",
+        "rn": weights / "rn.safetensors",
+        "convnext": weights / "convnext.safetensors",
+    }
+    convert_all(write_upstream_checkpoints(base / "upstream", seed=3), targets)
+    (base / "settings.yaml").write_text(FAST_SETTINGS)
+    env = dict(os.environ)
+    env.update(
+        DATA_DIR=str(data),
+        OUT_DIR=str(out),
+        CLIP_VIT=str(targets["vit"]),
+        CLIP_RN=str(targets["rn"]),
+        CONVNEXT=str(targets["convnext"]),
+        SETTINGS=str(base / "settings.yaml"),
+        WORKERS="2",
+    )
+    run([sys.executable, "process.py", "--pseudo-unseen", "1"], env)
+    run([sys.executable, "train.py"], env)
+    run([sys.executable, "test.py"], env)
+    return {"env": env, "data": data, "out": out, "base": base}
+
+
+def read_result(path: Path) -> dict[str, list[int]]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        name, *ids = line.split()
+        assert name not in rows, f"{name} twice in result.txt"
+        rows[name] = [int(i) for i in ids]
+    return rows
+
+
+def test_submission_covers_every_test_image_once_with_five_valid_ids(demo):
+    from pipeline.lists import list_test_images, read_class_list
+    from pipeline.submission import validate_result
+
+    test_dir = demo["data"] / "TestSet"
+    names = list_test_images(test_dir)
+    classes = read_class_list(demo["data"] / "classes_b.txt")
+    result = demo["out"] / "result.txt"
+    assert validate_result(result, names, classes.num_classes) == []
+    rows = read_result(result)
+    assert list(rows) == names  # natural order, every image exactly once
+    for ids in rows.values():
+        assert len(ids) == 5 and len(set(ids)) == 5
+        assert all(0 <= i < classes.num_classes for i in ids)
+
+
+def test_undecodable_test_image_still_answered_and_listed(demo):
+    warned = [
+        line.split("\t")[0]
+        for line in (demo["out"] / "warnings.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert warned, "the demo's truncated JPEG should be listed in warnings.txt"
+    rows = read_result(demo["out"] / "result.txt")
+    assert all(name in rows for name in warned)
+
+
+def _stages(out: Path) -> dict[str, tuple[str, list[int]]]:
+    lines = (out / "predictions.tsv").read_text().splitlines()[1:]
+    return {n: (s, [int(i) for i in t.split()]) for n, s, t in (ln.split("\t") for ln in lines)}
+
+
+def test_unseen_classes_answered_only_by_stage_one(demo):
+    from pipeline.lists import read_class_list, read_labeled_list, seen_class_ids
+
+    classes = read_class_list(demo["data"] / "classes_b.txt")
+    train = read_labeled_list(demo["out"] / "lists" / "train_4shot.txt", classes)
+    unseen = set(np.setdiff1d(classes.ids, seen_class_ids(train, classes)).tolist())
+    assert unseen == set(classes.ids_in_domain("Stanford-Cars").tolist())
+    stages = _stages(demo["out"])
+    rows = read_result(demo["out"] / "result.txt")
+    for name, (stage, top5) in stages.items():
+        assert rows[name] == top5
+        assert (top5[0] in unseen) == (stage == "unseen"), name
+    assert any(s == "unseen" for s, _ in stages.values()), "stage 1 answered nothing"
+
+
+def test_dog_predictions_come_from_the_expert(demo):
+    from pipeline.expert import DogExpert
+    from pipeline.lists import read_class_list
+
+    classes = read_class_list(demo["data"] / "classes_b.txt")
+    dogs = set(classes.ids_in_domain("Thu-dog").tolist())
+    stages = _stages(demo["out"])
+    routed = [n for n, (s, _) in stages.items() if s == "expert"]
+    assert routed, "no image went to the expert"
+    for name, (stage, top5) in stages.items():
+        if top5[0] in dogs:
+            assert stage == "expert", name
+    # The expert's own ranking, recomputed independently, is the answer.
+    expert = DogExpert.load(demo["out"] / "expert", demo["env"]["CONVNEXT"])
+    paths = [demo["data"] / "TestSet" / n for n in routed]
+    logits = expert.logits(expert.features(paths, fill_failed=True))
+    order = expert.class_ids[np.argsort(-logits, axis=1, kind="stable")[:, :5]]
+    for name, row in zip(routed, order):
+        assert stages[name][1] == row.tolist(), name
+
+
+def test_rerun_is_identical_and_reuses_the_cache(demo):
+    out = demo["out"]
+    first = (out / "result.txt").read_bytes()
+    cache_files = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npy")}
+    run([sys.executable, "test.py"], demo["env"])
+    assert (out / "result.txt").read_bytes() == first
+    summary = json.loads((out / "test.json").read_text())
+    # Features and text classifiers came from the cache: no CLIP model was even loaded.
+    assert summary["clip_loaded"] == {"vit": False, "rn": False}
+    assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npy")} == cache_files
+
+
+def test_fresh_training_reproduces_the_submission(demo):
+    env = dict(demo["env"])
+    out2 = demo["base"] / "out2"
+    env["OUT_DIR"] = str(out2)
+    shutil.copytree(demo["out"] / "cache", out2 / "cache")  # same features, fresh heads
+    run([sys.executable, "process.py", "--pseudo-unseen", "1"], env)
+    run([sys.executable, "train.py"], env)
+    run([sys.executable, "test.py"], env)
+    assert (out2 / "result.txt").read_bytes() == (demo["out"] / "result.txt").read_bytes()
+
+
+def test_evaluation_report(demo):
+    run([sys.executable, "test.py", "--eval"], demo["env"])
+    report = demo["out"] / "report"
+    text = (report / "report.md").read_text()
+    for section in ("Per domain", "Per stage", "Pseudo-unseen protocol", "Stage-1 variants"):
+        assert f"## {section}" in text
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["metrics"]["overall"]["n"] > 0
+    assert set(metrics["variants"]) >= {"official-gamma0", "challenge"}
+    assert metrics["params"]["CLIP vit"] > 0 and "ConvNeXt-V2 expert" in metrics["params"]
+    pseudo = metrics["metrics"]["pseudo_unseen"]["routing"]["unseen"]
+    assert pseudo["owned"] > 0  # pseudo-unseen validation images exist and are measured

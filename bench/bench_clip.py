@@ -3,11 +3,13 @@
     python bench/bench_clip.py                        # ViT-B/32 and RN101, batch 32
     python bench/bench_clip.py --arch ViT-B/32 --batch 8 --repeats 3
 
-Both run in the same process on the same weights and inputs, alternately (so a busy machine
-slows both alike); the best of ``--repeats`` timed runs is reported after one warm-up (Jittor
-compiles its kernels there). Text is timed twice for Jittor: on the full 77-token context like
-OpenAI (``trim_context=False``), and with the default trimming after the last end-of-text
-token. The prompts are CLIP-style ("a photo of a {class}.", 7 to 12 tokens).
+Both run in the same process on the same weights and inputs, one call of each per round
+(after one warm-up round, where Jittor compiles its kernels), for ``--repeats`` rounds, so a
+machine shared with other work slows both alike. Reported per path: the best and the median
+time, and the median over rounds of the torch/Jittor time ratio. Text is timed twice for
+Jittor: on the full 77-token context like OpenAI (``trim_context=False``), and with the default
+trimming after the last end-of-text token. The prompts are CLIP-style ("a photo of a
+{class}.", 7 to 12 tokens).
 """
 
 from __future__ import annotations
@@ -30,18 +32,8 @@ ARCHS = {"ViT-B/32": R.VIT_B_32, "RN101": R.RN101}
 CLASSES = ["dog", "golden retriever", "tabby cat", "sports car", "pizza", "a red double-decker bus"]
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up (Jittor compiles here)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def bench_arch(name: str, batch: int, repeats: int) -> dict[str, float]:
-    """Best seconds per batch of each measured path for one architecture."""
+def bench_arch(name: str, batch: int, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """Per path: (best s/batch, median s/batch, median speed-up over torch)."""
     jt = jittor()
     from models.clip import tokenize
     from models.clip.model import build_model
@@ -71,36 +63,44 @@ def bench_arch(name: str, batch: int, repeats: int) -> dict[str, float]:
         with torch.no_grad():
             ref.encode_text(tt)
 
-    paths = {
-        "image torch": torch_image,
-        "image jittor": jt_image,
-        "text torch": torch_text,
-        "text jittor full-77": lambda: jt_text(False),
-        "text jittor trimmed": lambda: jt_text(True),
+    groups = {
+        "image": {"torch": torch_image, "jittor": jt_image},
+        "text": {
+            "torch": torch_text,
+            "jittor full-77": lambda: jt_text(False),
+            "jittor trimmed": lambda: jt_text(True),
+        },
     }
-    rows: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(2):  # alternate the libraries, twice
-        for k, fn in paths.items():
-            rows[k].append(_best(fn, repeats))
-    return {k: min(v) for k, v in rows.items()}
+    out = {}
+    for group, paths in groups.items():
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        for round_ in range(repeats + 1):
+            for k, fn in paths.items():
+                t = time.perf_counter()
+                fn()
+                if round_:  # round 0 warms up (and compiles)
+                    times[k].append(time.perf_counter() - t)
+        for k, ts in times.items():
+            ratios = [a / b for a, b in zip(times["torch"], ts)]
+            out[f"{group} {k}"] = (min(ts), float(np.median(ts)), float(np.median(ratios)))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", action="append", choices=list(ARCHS))
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds")
     args = ap.parse_args()
     jt = jittor()
     print(f"torch {torch.__version__} threads={torch.get_num_threads()}, jittor {jt.__version__}")
-    print(f"batch {args.batch}, best of {args.repeats}; images/s and texts/s (higher is better)")
+    print(f"batch {args.batch}, {args.repeats} rounds; items/s from the median time")
     for name in args.arch or list(ARCHS):
-        best = bench_arch(name, args.batch, args.repeats)
         print(f"\n{name}")
-        for k, t in best.items():
-            base = best["image torch" if k.startswith("image") else "text torch"]
+        for k, (best, med, ratio) in bench_arch(name, args.batch, args.repeats).items():
             print(
-                f"  {k:22s} {t:7.3f} s/batch  {args.batch / t:8.1f} /s  x{base / t:5.2f} vs torch"
+                f"  {k:22s} best {best:7.3f} s  median {med:7.3f} s/batch"
+                f"  {args.batch / med:7.1f} /s  x{ratio:5.2f} vs torch"
             )
 
 

@@ -5,7 +5,8 @@ checkpoint keys, so loading is a name mapping (:func:`load_state`). Differences 
 change the result (all are exact up to float rounding):
 
 - batch-first layout ([N, L, D]) instead of OpenAI's [L, N, D]; no permutes around the blocks;
-- attention is one fused ``in_proj`` matmul, one reshape to heads, and batched matmuls;
+- attention is one fused ``in_proj`` matmul and one reshape to heads, then either a fused CPU
+  kernel (under ``jt.no_grad()``) or batched matmuls (see models/clip/attention.py);
 - ``encode_text`` drops the positions after the last end-of-text token of the batch before the
   transformer: with the causal mask, no earlier position ever attends to them, so the EOT
   features are unchanged (OpenAI's model accepts such shorter contexts too); ``ln_final`` is

@@ -71,10 +71,49 @@ def softmax(x, dim: int = -1):
     return e / e.sum(dim=dim, keepdims=True)
 
 
+# One pass per row, rows spread over OpenMP threads. Jittor's fused CPU kernel for the generic
+# softmax below recomputes and reduces in separate single-threaded loops: on 4305 x 403 logits it
+# takes 9-30 ms against 1-2 ms here (torch: 3 ms), and InMaP runs it 2000 times.
+_ROW_SOFTMAX_CPU = r"""
+#pragma omp parallel for
+for (index_t i = 0; i < in0_shape0; i++) {
+    float m = @in0(i, 0);
+    for (index_t k = 1; k < in0_shape1; k++) m = std::max(m, @in0(i, k));
+    float s = 0.f;
+    for (index_t k = 0; k < in0_shape1; k++) {
+        float e = std::exp(@in0(i, k) - m);
+        @out(i, k) = e;
+        s += e;
+    }
+    float r = 1.f / s;
+    for (index_t k = 0; k < in0_shape1; k++) @out(i, k) *= r;
+}
+"""
+
+
+def row_softmax(x):
+    """Softmax over dim 1 of a 2-D float32 jt.Var, forward only (no gradient flows through it).
+
+    Same formula as :func:`softmax` (max subtracted, exp, divided by the sum); on the CPU it is
+    one hand-written kernel, on CUDA the generic fused ops.
+    """
+    j = jt()
+    if j.flags.use_cuda or x.ndim != 2 or str(x.dtype) != "float32":
+        return softmax(x, dim=1)
+    return j.code(x.shape, x.dtype, [x], cpu_src=_ROW_SOFTMAX_CPU)
+
+
 def log_softmax(x, dim: int = -1):
     """log(softmax(x)) computed as z - log(sum(exp(z))) with z = x - max(x)."""
     z = x - x.max(dim=dim, keepdims=True)
     return z - z.exp().sum(dim=dim, keepdims=True).log()
+
+
+def logsumexp(x, dim: int, keepdims: bool = True):
+    """log(sum(exp(x))) along dim with the max factored out (finite for finite x)."""
+    m = x.max(dim=dim, keepdims=True)
+    out = m + (x - m).exp().sum(dim=dim, keepdims=True).log()
+    return out if keepdims else out.squeeze(dim)
 
 
 def cross_entropy(logits, onehot, weights=None):

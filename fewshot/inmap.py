@@ -25,7 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fewshot._tensor import as_numpy, as_var, jt, l2_normalize, softmax
+from fewshot._tensor import (
+    as_numpy,
+    as_var,
+    jt,
+    l2_normalize,
+    log_softmax,
+    logsumexp,
+    row_softmax,
+    softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -48,22 +57,28 @@ CHALLENGE = InMaPConfig(iters_sinkhorn=100, iters_proxy=20, tau_i=1.0, alpha=1.0
 
 
 def _sinkhorn(M, tau_t: float, gamma: float, iters: int):
-    """Sinkhorn on a jt.Var [n, C] (see :func:`sinkhorn`); returns a jt.Var."""
+    """Sinkhorn on a jt.Var [n, C] (see :func:`sinkhorn`); returns a jt.Var.
+
+    Runs on log P: dividing by a column or row sum is subtracting its logsumexp. Same numbers as
+    the official multiplicative loop, but an entry exp(-200) that float32 flushes to 0 stays
+    representable, so a class whose whole column underflows (the official code then divides 0 by
+    0 and returns NaN everywhere) still receives its share of the mass.
+    """
     j = jt()
     n, C = M.shape
-    P = softmax(M / tau_t, dim=1) / n
-    q = None
+    logP = log_softmax(M / tau_t, dim=1) - float(np.log(n))
+    log_q = None
     if gamma > 0:
-        q = P.sum(dim=0, keepdims=True).pow(gamma)
-        q = q / q.sum()
+        log_q = gamma * logsumexp(logP, dim=0)
+        log_q = log_q - logsumexp(log_q, dim=1)
     for _ in range(iters):
-        P = P / P.sum(dim=0, keepdims=True)
-        P = P * q if q is not None else P / C
-        P = P / P.sum(dim=1, keepdims=True)
-        P = P / n
+        logP = logP - logsumexp(logP, dim=0)
+        logP = logP + log_q if log_q is not None else logP - float(np.log(C))
+        logP = logP - logsumexp(logP, dim=1)
+        logP = logP - float(np.log(n))
         # 20-100 cheap steps; syncing keeps each step's kernel the same (no growing graph).
-        j.sync([P])
-    return P * n
+        j.sync([logP])
+    return (logP + float(np.log(n))).exp()
 
 
 def sinkhorn(
@@ -77,7 +92,7 @@ def sinkhorn(
     P = softmax(M / tau_t) / n; the class marginal q is uniform (1/C) when gamma == 0, else
     colsum(P)^gamma normalised to sum 1 (computed once, before the loop). Each iteration scales
     the columns to sum to q, then the rows to sum to 1/n. Returns P * n: every row sums to 1, and
-    after convergence column c sums to n q_c.
+    after convergence column c sums to n q_c. Computed in the log domain (see ``_sinkhorn``).
     """
     Mv = as_var(M, "M", ndim=2)
     return as_numpy(_sinkhorn(Mv, tau_t, gamma, iters))
@@ -116,7 +131,7 @@ def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_fir
     prev = j.array(np.full(1, -np.inf if halve_first else np.inf, np.float32))
     j.sync([Xt, base, W, factor, prev])
     for _ in range(iters):
-        P = softmax((X @ W) / tau_i, dim=1)
+        P = row_softmax((X @ W) / tau_i)
         G = Xt @ P - base
         norm = (G * G).sum().sqrt()
         factor = j.ternary(norm > prev, factor * 0.5, factor)

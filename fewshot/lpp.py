@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fewshot._optim import SGDMomentum, cosine_lr
-from fewshot._tensor import as_labels, as_numpy, as_var, jt, one_hot, softmax
+from fewshot._tensor import as_labels, as_numpy, as_var, jt, one_hot, row_softmax
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class LPPlusPlus:
 
         for epoch in range(cfg.epochs):
             logits = Fv @ W.transpose(1, 0) + b + alpha * FT
-            G = (softmax(logits, dim=1) - Y) / N
+            G = (row_softmax(logits) - Y) / N
             gW = G.transpose(1, 0) @ Fv
             gb = G.sum(dim=0)
             lr = lr_w if cfg.schedule == "none" else cosine_lr(lr_w, epoch, cfg.epochs)

@@ -18,6 +18,13 @@ def cosine_lr(base_lr: float, step: int, total: int, eta_min: float = 0.0) -> fl
     return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * step / total)) / 2.0
 
 
+def _leaves(params: list) -> list:
+    """Vars made under no_grad, turned into differentiable leaves for the next step."""
+    for p in params:
+        p.start_grad()
+    return params
+
+
 class AdamW:
     """torch.optim.AdamW (amsgrad off): decoupled decay, then Adam with torch's eps placement.
 
@@ -41,17 +48,22 @@ class AdamW:
         self.v = [j.zeros(p.shape, "float32") for p in params]
 
     def step(self, params: Sequence, grads: Sequence, lr: float) -> list:
-        """One update with learning rate lr; returns the new parameters (and keeps the moments)."""
+        """One update with learning rate lr; returns the new parameters (and keeps the moments).
+
+        The update runs without autograd record and the new parameters are fresh leaves, so the
+        history of earlier steps is never kept.
+        """
         self.t += 1
         bc1 = 1.0 - self.b1**self.t
         bc2_sqrt = math.sqrt(1.0 - self.b2**self.t)
         out = []
-        for i, (p, g) in enumerate(zip(params, grads)):
-            self.m[i] = self.b1 * self.m[i] + (1.0 - self.b1) * g
-            self.v[i] = self.b2 * self.v[i] + (1.0 - self.b2) * g * g
-            p = p * (1.0 - lr * self.wd)
-            out.append(p - (lr / bc1) * self.m[i] / (self.v[i].sqrt() / bc2_sqrt + self.eps))
-        return out
+        with jt().no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                self.m[i] = self.b1 * self.m[i] + (1.0 - self.b1) * g
+                self.v[i] = self.b2 * self.v[i] + (1.0 - self.b2) * g * g
+                p = p * (1.0 - lr * self.wd)
+                out.append(p - (lr / bc1) * self.m[i] / (self.v[i].sqrt() / bc2_sqrt + self.eps))
+        return _leaves(out)
 
     def state(self) -> list:
         """Vars to sync together with the parameters, so the lazy graph never grows."""
@@ -69,12 +81,13 @@ class SGDMomentum:
         self.buf = [jt().zeros(p.shape, "float32") for p in params]
 
     def step(self, params: Sequence, grads: Sequence, lr: float) -> list:
-        """One update with learning rate lr; returns the new parameters."""
+        """One update with learning rate lr; returns the new parameters (fresh leaves)."""
         out = []
-        for i, (p, g) in enumerate(zip(params, grads)):
-            self.buf[i] = self.momentum * self.buf[i] + g
-            out.append(p - lr * self.buf[i])
-        return out
+        with jt().no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                self.buf[i] = self.momentum * self.buf[i] + g
+                out.append(p - lr * self.buf[i])
+        return _leaves(out)
 
     def state(self) -> list:
         """Vars to sync together with the parameters."""

@@ -6,7 +6,8 @@ column/row L2 normalisation) written once, so each method module only states its
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -16,6 +17,25 @@ from models.runtime import jittor
 def jt():
     """The Jittor module, imported once through models.runtime (CUDA when present, quiet logs)."""
     return jittor()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def forward_only(fn: F) -> F:
+    """Run fn under jt.no_grad().
+
+    Jittor records every op on float Vars for a possible backward pass: a 2000-step loop
+    (W = W - lr G) would keep every step's [n, C] intermediates alive, ~16 MB per InMaP step at
+    the challenge's sizes. Loops that never differentiate run without that record.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with jt().no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def is_var(x: Any) -> bool:

@@ -33,6 +33,7 @@ from fewshot._tensor import (
     as_numpy,
     as_var,
     cross_entropy,
+    forward_only,
     jt,
     l2_normalize,
     one_hot,
@@ -73,6 +74,7 @@ def _zscore(x):
     return (x - x.mean(dim=1, keepdims=True)) / _std(x, 1)
 
 
+@forward_only
 def zscore_rows(x) -> np.ndarray:
     """Per-row (v - mean) / std, std with n - 1 (the official ``logit_normalize``)."""
     return as_numpy(_zscore(as_var(x, "logits", ndim=2)))
@@ -89,6 +91,7 @@ def _uncertainty(clip_logits, kind: str, power: float):
     return 1.0 / (kurt / 250.0).pow(power)
 
 
+@forward_only
 def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) -> np.ndarray:
     """Fusion factor [n, 1] from CLIP logits [n, C].
 
@@ -103,6 +106,7 @@ def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) ->
     return as_numpy(f)
 
 
+@forward_only
 def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
     """Feature-initialised probe weight [C, d_aux] (official ``Linear_Adapter`` init).
 
@@ -189,9 +193,10 @@ class AMUTuning:
                 step += 1
                 j.sync([W, *opt.state()])
             if val is not None:
-                lv, _ = self._forward(xc_val, xa_val, W, Tv)
-                pred, _ = j.argmax(lv, dim=1)
-                count = int((pred == y_val).int32().sum().item())
+                with j.no_grad():
+                    lv, _ = self._forward(xc_val, xa_val, W, Tv)
+                    pred, _ = j.argmax(lv, dim=1)
+                    count = int((pred == y_val).int32().sum().item())
                 if count > best_count:  # official: strictly better keeps the new epoch
                     best_count, best_W, best_epoch = count, W, epoch
         self.W = as_numpy(best_W if val is not None else W)
@@ -203,6 +208,7 @@ class AMUTuning:
         if self.W is None:
             raise RuntimeError("AMUTuning: call fit() or from_state_dict() first")
 
+    @forward_only
     def logits(self, clip_X, aux_X) -> np.ndarray:
         """Fused logits [n, C] from CLIP features [n, d] and auxiliary features [n, d_aux]."""
         self._check()
@@ -215,6 +221,7 @@ class AMUTuning:
         )
         return as_numpy(lv)
 
+    @forward_only
     def aux_logits(self, aux_X) -> np.ndarray:
         """The z-scored auxiliary branch alone, [n, C]."""
         self._check()

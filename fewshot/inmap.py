@@ -28,6 +28,7 @@ import numpy as np
 from fewshot._tensor import (
     as_numpy,
     as_var,
+    forward_only,
     jt,
     l2_normalize,
     log_softmax,
@@ -81,6 +82,7 @@ def _sinkhorn(M, tau_t: float, gamma: float, iters: int):
     return (logP + float(np.log(n))).exp()
 
 
+@forward_only
 def sinkhorn(
     M,
     tau_t: float = OFFICIAL.tau_t,
@@ -107,6 +109,7 @@ def _hard_labels(Y, alpha: float):
     return j.ternary((val > alpha).unsqueeze(1), onehot, Y)
 
 
+@forward_only
 def hard_labels(Y, alpha: float = OFFICIAL.alpha) -> np.ndarray:
     """Public form of the pseudo-label sharpening step (rows with max > alpha -> one-hot)."""
     return as_numpy(_hard_labels(as_var(Y, "Y", ndim=2), alpha))
@@ -155,6 +158,7 @@ def _check_xt(X, T):
     return Xv, Tv
 
 
+@forward_only
 def vision_proxies(
     X,
     T,
@@ -178,6 +182,7 @@ def vision_proxies(
     return as_numpy(W)
 
 
+@forward_only
 def inmap(
     X,
     T,
@@ -200,6 +205,7 @@ def inmap(
     return as_numpy(W)
 
 
+@forward_only
 def inmap_challenge(
     X,
     T,

@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from fewshot._optim import SGDMomentum, cosine_lr
-from fewshot._tensor import as_labels, as_numpy, as_var, jt, one_hot, row_softmax
+from fewshot._tensor import (
+    as_labels,
+    as_numpy,
+    as_var,
+    forward_only,
+    jt,
+    one_hot,
+    row_softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ OFFICIAL = LPPConfig()
 CHALLENGE = LPPConfig(epochs=1000, learn_alpha=False, schedule="cosine")
 
 
+@forward_only
 def lpp_init(
     F, y, T, alpha_scale: float = OFFICIAL.alpha_scale, lr_w_scale: float = OFFICIAL.lr_w_scale
 ) -> dict[str, Any]:
@@ -107,6 +116,7 @@ class LPPlusPlus:
         self.best_epoch: int | None = None
         self.val_history: np.ndarray | None = None
 
+    @forward_only
     def fit(self, F, y, T, val: tuple | None = None) -> LPPlusPlus:
         """Train on features F [N, d] (L2-normalised), labels y [N], text classifier T [d, C].
 
@@ -181,7 +191,8 @@ class LPPlusPlus:
         if val is not None:
             W, b, alpha = best
             self.best_epoch = int(best_epoch.item())
-            self.val_history = as_numpy(j.concat(counts, dim=0)) / float(Fval.shape[0])
+            hist = as_numpy(j.concat(counts, dim=0)) if counts else np.zeros(0, np.float32)
+            self.val_history = hist / float(Fval.shape[0])
         else:
             self.best_epoch = cfg.epochs - 1
         self.W, self.b, self.alpha, self.T = as_numpy(W), as_numpy(b), as_numpy(alpha), as_numpy(Tv)
@@ -191,6 +202,7 @@ class LPPlusPlus:
         if self.W is None:
             raise RuntimeError("LPPlusPlus: call fit() or from_state_dict() first")
 
+    @forward_only
     def logits(self, X) -> np.ndarray:
         """Logits [n, C] = X W^T + b + alpha (.) (X @ T) for features X [n, d] (numpy out)."""
         self._check_fitted()

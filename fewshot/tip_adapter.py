@@ -32,6 +32,7 @@ from fewshot._tensor import (
     as_numpy,
     as_var,
     cross_entropy,
+    forward_only,
     jt,
     l2_normalize,
     one_hot,
@@ -59,6 +60,7 @@ class TipConfig:
 OFFICIAL = TipConfig()
 
 
+@forward_only
 def build_cache_keys(features) -> np.ndarray:
     """Cache keys [NK, d] from [views, NK, d] (averaged over views) or [NK, d] image features.
 
@@ -69,6 +71,7 @@ def build_cache_keys(features) -> np.ndarray:
     return as_numpy(l2_normalize(v.mean(dim=0), dim=1))
 
 
+@forward_only
 def build_cache_values(labels, num_classes: int) -> np.ndarray:
     """Cache values: one-hot labels [NK, C] (float32)."""
     lab = as_numpy(labels, np.int64).reshape(-1)
@@ -79,6 +82,7 @@ def _cache_logits(X, K, L, beta):
     return (-(beta - beta * (X @ K.transpose(1, 0)))).exp() @ L
 
 
+@forward_only
 def cache_logits(X, keys, values, beta: float) -> np.ndarray:
     """exp(-beta (1 - X K^T)) @ L: X [n, d], keys [NK, d], values [NK, C] -> [n, C]."""
     Xv = as_var(X, "X", ndim=2)
@@ -89,6 +93,7 @@ def cache_logits(X, keys, values, beta: float) -> np.ndarray:
     return as_numpy(_cache_logits(Xv, K, L, beta))
 
 
+@forward_only
 def tip_logits(X, T, keys, values, alpha: float, beta: float, clip_scale: float = 100.0):
     """Tip-Adapter logits 100 X @ T + alpha * cache_logits(X, keys, values, beta) (numpy)."""
     Xv = as_var(X, "X", ndim=2)
@@ -104,6 +109,7 @@ def search_grid(search_scale, search_step) -> tuple[list[float], list[float]]:
     return betas, alphas
 
 
+@forward_only
 def search_hp(
     X,
     y,
@@ -281,9 +287,10 @@ class TipAdapterF(TipAdapter):
                 step += 1
                 j.sync([K, *opt.state()])
             if val is not None:
-                lv = clip_val + alpha * _cache_logits(Xval, K, L, beta)
-                pred, _ = j.argmax(lv, dim=1)
-                count = int((pred == yval).int32().sum().item())
+                with j.no_grad():
+                    lv = clip_val + alpha * _cache_logits(Xval, K, L, beta)
+                    pred, _ = j.argmax(lv, dim=1)
+                    count = int((pred == yval).int32().sum().item())
                 if count > best_count:  # official: strictly better keeps the new epoch
                     best_count, best_K = count, K
         self.keys = as_numpy(best_K if val is not None else K)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from fewshot._tensor import as_numpy, as_var, jt, l2_normalize
+from fewshot._tensor import as_numpy, as_var, forward_only, jt, l2_normalize
 from fewshot.templates import class_prompts
 
 
@@ -56,6 +56,7 @@ def encode_prompts(
     return np.concatenate(out, axis=0)
 
 
+@forward_only
 def text_classifier_from_prompts(
     model: Any,
     prompts: Sequence[Sequence[str]],
@@ -96,6 +97,7 @@ def build_text_classifier(
     return text_classifier_from_prompts(model, prompts, tokenize, batch_size)
 
 
+@forward_only
 def zero_shot_logits(X, T, scale: float = 100.0) -> np.ndarray:
     """scale * X @ T for L2-normalised image features X [n, d] (numpy out)."""
     Xv = as_var(X, "X", ndim=2)

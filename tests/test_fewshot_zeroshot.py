@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _reference import SMALL_VIT  # imports torch first, as the project asks
 
 from fewshot import templates as TP
 from fewshot._tensor import jt
@@ -152,3 +153,23 @@ def test_zero_shot_logits_are_100_x_at_t():
     np.testing.assert_allclose(zero_shot_logits(X, T), 100 * X @ T, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match=r"\[d, C\]"):
         zero_shot_logits(X, T.T)
+
+
+def test_with_the_jittor_clip_and_its_tokenizer():
+    """The duck-typed interface against models.clip: batched, padded encoding of the real
+    tokenizer's ids gives the classifier built prompt by prompt."""
+    from models.clip import tokenize
+    from models.clip.model import CLIP
+
+    model = CLIP(**SMALL_VIT, seed=0)
+    model.eval()
+    names = ["Animal_Bear", "Thu-dog_Chihuahua", "Food-101_apple_pie"]
+    T = build_text_classifier(model, names, "ensemble7", batch_size=8)  # 21 prompts: 8, 8, 5+3
+    cols = []
+    with jt().no_grad():
+        for prompts in TP.class_prompts(names, "ensemble7"):
+            e = np.concatenate([model.encode_text(tokenize([p])).numpy() for p in prompts])
+            e = e.astype(np.float64) / np.linalg.norm(e, axis=1, keepdims=True)
+            cols.append(e.mean(0) / np.linalg.norm(e.mean(0)))
+    np.testing.assert_allclose(T, np.stack(cols, 1), atol=1e-5)
+    assert T.shape == (SMALL_VIT["embed_dim"], 3)

@@ -328,3 +328,16 @@ def test_jittor_initialised_model_round_trips_through_an_archive(tmp_path):
     loaded, _ = clip.load(tmp_path / "rn.safetensors")
     for k, v in loaded.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), state[k], err_msg=k)
+
+
+def test_jt_save_of_jittor_vars_converts(tmp_path):
+    # A state dict saved from Jittor itself pickles jittor Vars (rebuilt from numpy arrays).
+    from models.clip.model import CLIP
+
+    model = CLIP(**R.SMALL_VIT, seed=2)
+    jt.save(model.state_dict(), str(tmp_path / "jittor.pkl"))
+    summary = C.convert(tmp_path / "jittor.pkl", tmp_path / "jittor.safetensors")
+    assert summary["format"] == "jittor-pickle" and summary["family"] == "clip"
+    tensors, _ = weights.load(tmp_path / "jittor.safetensors")
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(tensors[k].reshape(v.shape), v.numpy(), err_msg=k)

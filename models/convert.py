@@ -87,7 +87,8 @@ def detect_format(path: Union[str, os.PathLike]) -> str:
     """ "torchscript", "torch-zip", "torch-legacy", "jittor-pickle" or "safetensors" (or raise)."""
     path = Path(path)
     if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+        hints = "\n  ".join(weights.DOWNLOADS.values())
+        raise ConversionError(f"{path}: no such file; the upstream files are:\n  {hints}")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(16)

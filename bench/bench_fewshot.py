@@ -32,9 +32,18 @@ import numpy as np  # noqa: E402
 log = logging.getLogger("bench_fewshot")
 
 
-def planted_features(y: np.ndarray, d: int, c: int, seed: int, gap: float = 3.0):
+def planted_features(
+    y: np.ndarray,
+    d: int,
+    c: int,
+    seed: int,
+    gap: float = 3.0,
+    spread: float = 1.5,
+    text_noise: float = 2.0,
+):
     """CLIP-like unit features clustered by label y and text columns offset by a modality gap
-    (the generator of tests/test_fewshot_planted.py at full size)."""
+    (the generator of tests/test_fewshot_planted.py; at 512-d these defaults give zero-shot
+    ~60% top-1 while the clusters stay separable)."""
     rng = np.random.default_rng(seed)
 
     def unit(x, axis=-1):
@@ -42,8 +51,9 @@ def planted_features(y: np.ndarray, d: int, c: int, seed: int, gap: float = 3.0)
 
     centres = unit(rng.normal(size=(c, d)))
     u, v = unit(rng.normal(size=d)), unit(rng.normal(size=d))
-    X = unit(centres[y] + 1.1 * rng.normal(size=(len(y), d)) / np.sqrt(d) + gap * u)
-    T = unit(unit(centres + unit(rng.normal(size=(c, d)))) + gap * unit(0.35 * u + v), 1).T
+    X = unit(centres[y] + spread * rng.normal(size=(len(y), d)) / np.sqrt(d) + gap * u)
+    text = unit(centres + text_noise * unit(rng.normal(size=(c, d))))
+    T = unit(text + gap * unit(0.35 * u + v), 1).T
     return X, np.ascontiguousarray(T)
 
 
@@ -196,6 +206,13 @@ def main() -> None:
         same_in = np.mean((X @ res["InMaP", "cpu"]).argmax(1) == (X @ W_pt).argmax(1))
         same_lp = np.mean(res["LP++", "cpu"].logits(Fv).argmax(1) == lp_torch.argmax(1))
         print(f"top-1 agreement, Jittor vs torch: InMaP {same_in:.4f}, LP++ {same_lp:.4f}")
+    acc = {k: np.mean((X @ W).argmax(1) == y_in) for k, W in (("zero-shot", T),)}
+    acc.update(
+        {f"InMaP {dev}": np.mean((X @ res["InMaP", dev]).argmax(1) == y_in) for dev in devices}
+    )
+    if not args.skip_torch:
+        acc["InMaP torch"] = np.mean((X @ res["InMaP", "torch"].numpy()).argmax(1) == y_in)
+    print("InMaP top-1 on the planted labels: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))
 
 
 if __name__ == "__main__":

@@ -143,7 +143,8 @@ def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_fir
         if normalize:
             W = l2_normalize(W, dim=0)
         j.sync([W, factor, prev])
-    halvings = int(round(-np.log2(float(factor.item()))))
+    f = float(factor.item())
+    halvings = int(round(-np.log2(f))) if f > 0 else 150  # float32 2^-k reaches 0 past k=149
     return W, halvings
 
 

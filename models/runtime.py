@@ -23,6 +23,10 @@ def jittor(device: str | None = None):
     if _jt is None:
         # Jittor logs every compile at info level; keep warnings and errors only unless asked.
         os.environ.setdefault("log_silent", "1")
+        # Jittor imports torch at start-up when it is installed (a workaround for their MKL
+        # clash); train/test never need torch, and importing it costs seconds and memory.
+        # Code that needs both imports torch first, which avoids the clash anyway.
+        os.environ.setdefault("FIX_TORCH_ERROR", "0")
         import jittor as jt
 
         _jt = jt

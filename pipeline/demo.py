@@ -61,6 +61,8 @@ def clip_state(config: dict, seed: int) -> dict[str, np.ndarray]:
 
 def write_upstream_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write the three demo checkpoints in their upstream formats (skipping existing files)."""
+    import torch  # noqa: F401  - before Jittor: their MKL runtimes clash the other way round
+
     from models import convnext_v2
     from models.convert import write_openai_archive, write_torch_checkpoint
 

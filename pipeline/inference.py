@@ -63,7 +63,9 @@ def cascade(
     result = run_cascade(all_scores, unseen, seen_scores, seen)
     if expert is None:
         return result
-    expert_ids = np.intersect1d(expert.class_ids, seen)
+    # Under the pseudo-unseen protocol some expert classes may be held out: it ranks the rest.
+    keep = np.isin(expert.class_ids, seen)
+    expert_ids = expert.class_ids[keep]
     routed = np.nonzero((result.stage == SEEN) & np.isin(result.top1, expert_ids))[0]
     expert_scores = np.zeros((n, expert.num_classes), np.float32)
     if routed.size:
@@ -78,7 +80,7 @@ def cascade(
                 label=f"{label}-expert",
             )
             expert_scores[routed] = expert.logits(fs["orig"])
-    return run_cascade(all_scores, unseen, seen_scores, seen, expert_scores, expert.class_ids)
+    return run_cascade(all_scores, unseen, seen_scores, seen, expert_scores[:, keep], expert_ids)
 
 
 def _stage_counts(result: CascadeResult) -> dict[str, int]:

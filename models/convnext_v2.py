@@ -64,10 +64,14 @@ def _layer_norm(x, weight, bias, axis: int):
     Jittor's nn.LayerNorm computes E[x^2] - E[x]^2, which loses digits when the mean is large
     against the spread; the stem output of real checkpoints is such a case.
     """
+    dtype = x.dtype
+    if dtype != "float32":  # half precision: normalise in float32, as torch autocast does
+        x = x.float32()
     mean = x.mean(axis, keepdims=True)
     centred = x - mean
     var = (centred * centred).mean(axis, keepdims=True)
-    return centred / jt.sqrt(var + LN_EPS) * weight + bias
+    out = centred / jt.sqrt(var + LN_EPS) * weight + bias
+    return out if dtype == "float32" else out.cast(dtype)
 
 
 class LayerNorm(nn.Module):
@@ -97,11 +101,15 @@ class GRN(nn.Module):
         self.beta = jt.zeros((1, 1, 1, dim))
 
     def execute(self, x):
+        dtype = x.dtype
+        if dtype != "float32":  # half precision: a sum of squares over H*W overflows float16
+            x = x.float32()
         spatial = list(range(1, x.ndim - 1))
         gx = jt.sqrt((x * x).sum(spatial, keepdims=True))
         nx = gx / (gx.mean(-1, keepdims=True) + GRN_EPS)
         dim = x.shape[-1]
-        return self.gamma.reshape(dim) * (x * nx) + self.beta.reshape(dim) + x
+        out = self.gamma.reshape(dim) * (x * nx) + self.beta.reshape(dim) + x
+        return out if dtype == "float32" else out.cast(dtype)
 
 
 class DropPath(nn.Module):
@@ -205,6 +213,9 @@ class ConvNeXtV2(nn.Module):
         Split out so that fine-tuning only the last stage can run (or cache) this part
         without gradients.
         """
+        stem = self.downsample_layers[0][0].weight
+        if x.dtype != stem.dtype:  # e.g. float32 images into a model.float16() copy
+            x = x.cast(stem.dtype)
         for i, (down, stage) in enumerate(zip(self.downsample_layers, self.stages)):
             x = down(x)
             if i < len(self.stages) - 1:

@@ -15,6 +15,8 @@ change the result (all are exact up to float rounding):
 - the ViT patch convolution (kernel = stride = patch) is computed as a patch matmul.
 
 Everything runs in float32 (converted files are float32; OpenAI's fp16 only matters on GPU).
+``model.float16()`` gives a half-precision image tower (LayerNorm and the BatchNorm statistics
+still in float32, as OpenAI's fp16 models): for GPUs, checked by bench/bench_fp16.py.
 """
 
 from __future__ import annotations
@@ -125,8 +127,13 @@ class BatchNorm2d(jt.Module):
     def execute(self, x: jt.Var) -> jt.Var:
         # Per-channel scale and shift first (C values), so the image-sized work is one fused
         # multiply-add that Jittor merges with the following ReLU.
-        scale = self.weight / jt.sqrt(self.running_var + self.eps)
-        shift = self.bias - self.running_mean * scale
+        w, b, mean, var = self.weight, self.bias, self.running_mean, self.running_var
+        if x.dtype != "float32":  # half precision: the C statistics in float32, as OpenAI's
+            w, b, mean, var = (v.float32() for v in (w, b, mean, var))  # fp32 BatchNorm
+        scale = w / jt.sqrt(var + self.eps)
+        shift = b - mean * scale
+        if x.dtype != "float32":
+            scale, shift = scale.cast(x.dtype), shift.cast(x.dtype)
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
@@ -248,7 +255,11 @@ class ModifiedResNet(jt.Module):
 
 
 class LayerNorm(jt.Module):
-    """LayerNorm over the last axis in float32 (torch's names: weight, bias; eps 1e-5)."""
+    """LayerNorm over the last axis in float32 (torch's names: weight, bias; eps 1e-5).
+
+    Half-precision input is normalised in float32 and cast back, like OpenAI's LayerNorm
+    subclass does for its fp16 models.
+    """
 
     def __init__(self, d: int, init: _Init, eps: float = 1e-5):
         self.weight = init.const((d,), 1.0)
@@ -256,10 +267,14 @@ class LayerNorm(jt.Module):
         self.eps = eps
 
     def execute(self, x: jt.Var) -> jt.Var:
+        dtype = x.dtype
+        if dtype != "float32":
+            x = x.float32()
         mu = x.mean(-1, keepdims=True)
         xc = x - mu
         var = (xc * xc).mean(-1, keepdims=True)  # biased, as torch
-        return xc * jt.rsqrt(var + self.eps) * self.weight + self.bias
+        out = xc * jt.rsqrt(var + self.eps) * self.weight + self.bias
+        return out if dtype == "float32" else out.cast(dtype)
 
 
 class Embedding(jt.Module):
@@ -292,7 +307,7 @@ class MultiheadAttention(jt.Module):
         n, length, d = x.shape
         h = self.n_head
         qkv = _linear(x, self.in_proj_weight, self.in_proj_bias).reshape(n, length, 3, h, d // h)
-        if attention.use_fused():
+        if attention.use_fused() and qkv.dtype == "float32":
             out = attention.fused_attention(qkv, causal=mask is not None)
         else:
             out = attention.matmul_attention(qkv, mask)
@@ -466,18 +481,21 @@ class CLIP(jt.Module):
 
     @property
     def dtype(self) -> str:
-        return "float32"
+        """The image tower's weight type: "float32" (converted files), or "float16" after
+        ``model.float16()`` (a half-precision run on a GPU)."""
+        return str(self.visual.conv1.weight.dtype)
 
     def encode_image(self, image: Union[np.ndarray, jt.Var]) -> jt.Var:
-        """Image features [N, embed_dim] (not normalised) of preprocessed images [N, 3, R, R]."""
-        image = _as_var(image, "float32")
+        """Image features [N, embed_dim] (not normalised) of preprocessed images [N, 3, R, R],
+        in the model's dtype."""
+        image = _as_var(image, self.dtype)
         r = self.visual.input_resolution
         if image.ndim != 4 or tuple(image.shape[1:]) != (3, r, r):
             raise ValueError(
                 f"encode_image expects [N, 3, {r}, {r}] images, got {list(image.shape)}"
             )
         if image.shape[0] == 0:
-            return jt.zeros((0, self.embed_dim), "float32")
+            return jt.zeros((0, self.embed_dim), self.dtype)
         return self.visual(image)
 
     def encode_text(self, text: Union[np.ndarray, jt.Var]) -> jt.Var:

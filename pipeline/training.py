@@ -24,6 +24,7 @@ from pipeline.heads import classes_fingerprint, head_path, save_head
 from pipeline.lists import (
     ClassList,
     LabeledList,
+    ListError,
     read_class_list,
     read_labeled_list,
     seen_class_ids,
@@ -144,6 +145,13 @@ def train(cfg: Config, settings: Settings) -> dict[str, Any]:
     T = ws.text_classifiers()
     Xtr, keep_tr = ws.features(train_list, "train")
     ytr = train_list.labels[keep_tr]
+    lost = np.setdiff1d(seen, ytr)
+    if lost.size:
+        names = ", ".join(ws.classes.names[c] for c in lost[:5])
+        raise ListError(
+            f"{cfg.train_shots_list}: every training image of {lost.size} class(es) failed to "
+            f"decode ({names}); replace them or re-run process.py, which skips undecodable shots"
+        )
     Xval = yval = None
     if val_list is not None and len(val_list):
         Xval, keep_val = ws.features(val_list, "val")

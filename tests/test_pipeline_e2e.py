@@ -250,3 +250,24 @@ def test_interrupted_test_leaves_no_partial_submission(demo, tmp_path):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*tmp*"))
     run([sys.executable, "test.py"], env)  # resumes from what the cache kept
     assert (out / "result.txt").read_bytes() == (demo["out"] / "result.txt").read_bytes()
+
+
+def test_class_left_without_decodable_shots_is_a_clear_error(demo, tmp_path):
+    from pipeline.lists import read_class_list, read_labeled_list
+
+    data = tmp_path / "data"
+    shutil.copytree(demo["data"], data)
+    classes = read_class_list(data / "classes_b.txt")
+    shots = read_labeled_list(demo["out"] / "lists" / "train_4shot.txt", classes)
+    victim = int(shots.labels[0])
+    for path, label in zip(shots.paths, shots.labels):
+        if label == victim:
+            (data / path).write_bytes(b"not a jpeg")
+    env = dict(demo["env"], DATA_DIR=str(data), OUT_DIR=str(tmp_path / "out"))
+    shutil.copytree(demo["out"] / "lists", tmp_path / "out" / "lists")
+    r = subprocess.run(
+        [sys.executable, "train.py"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert classes.names[victim] in r.stderr and "failed to decode" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -12,9 +12,17 @@ import numpy as np
 
 from models import weights
 from pipeline import stages
-from pipeline.cascade import EXPERT, SEEN, STAGE_NAMES, UNSEEN, CascadeResult, run_cascade
+from pipeline.cascade import (
+    EXPERT,
+    SEEN,
+    STAGE_NAMES,
+    UNSEEN,
+    CascadeResult,
+    run_cascade,
+    topk,
+)
 from pipeline.config import Config
-from pipeline.heads import head_path
+from pipeline.heads import head_path, load_head
 from pipeline.lists import list_test_images, write_text_atomic
 from pipeline.metrics import evaluate as evaluate_metrics
 from pipeline.settings import Settings
@@ -136,6 +144,45 @@ def predict(cfg: Config, settings: Settings) -> Path:
     return cfg.result_path
 
 
+def compare_seen_heads(
+    ws: Workspace,
+    paths: list[str],
+    X: dict[str, np.ndarray],
+    y: np.ndarray,
+    T: dict[str, np.ndarray],
+    probes: dict[str, Any],
+    seen: np.ndarray,
+) -> dict[str, dict]:
+    """Heads over the seen classes alone (no routing), on the validation images of seen classes:
+    zero-shot CLIP per backbone, LP++ fused, and AMU-Tuning when it was trained."""
+    from fewshot.amu import AMUConfig, AMUTuning
+    from fewshot.zeroshot import zero_shot_logits
+    from pipeline.metrics import accuracy
+
+    mask = np.isin(y, seen)
+    Xs = {k: v[mask] for k, v in X.items()}
+    ys = y[mask]
+
+    def acc(scores: np.ndarray) -> dict:
+        return accuracy(topk(scores, 5, seen), ys).as_dict()
+
+    out = {f"zero-shot {k}": acc(zero_shot_logits(Xs[k], T[k][:, seen])) for k in Xs}
+    out["LP++ fused"] = acc(stages.stage2_scores(Xs, probes, ws.settings.lpp_fusion))
+    name = ws.settings.backbones[0]
+    amu_path = head_path(ws.heads_dir, "amu", name)
+    if ws.settings.amu and amu_path.is_file():
+        from pipeline.auxiliary import ConvNeXtFeatures
+
+        arrays, info = load_head(amu_path, {"weights": ws.backbones[name].key_parts()["weights"]})
+        if info["seen_ids"] == seen.tolist():
+            amu = AMUTuning.from_state_dict(arrays, AMUConfig(**info["config"]))
+            aux = ConvNeXtFeatures(ws.cfg.convnext, ws.cache, ws.settings.expert_eval_size)
+            seen_paths = [p for p, k in zip(paths, mask) if k]
+            A, _ = aux.features(seen_paths, "val", workers=ws.cfg.workers)
+            out[f"AMU {name} + ConvNeXt-V2"] = acc(amu.logits(Xs[name], A))
+    return out
+
+
 def parameter_counts(ws: Workspace, expert) -> dict[str, int]:
     """Parameters of every model the cascade loads (CLIP counted whole: both towers)."""
     counts = {f"CLIP {name}": bb.num_parameters() for name, bb in ws.backbones.items()}
@@ -191,6 +238,7 @@ def evaluate(cfg: Config, settings: Settings) -> Path:
         notes.append("Run process.py with --pseudo-unseen K to measure routing to stage 1.")
     name, variant, params = stages.stage1_choice(ws)
     notes.append(f"Stage 1 ran InMaP {name} ({variant}, {params or 'defaults'}).")
+    metrics["seen_heads"] = compare_seen_heads(ws, paths, X, y, T, probes, seen)
     params_count = parameter_counts(ws, expert)
     path = write_report(
         cfg.out_dir / "report", metrics, dict(ws.timings), params_count, variants, notes

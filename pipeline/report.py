@@ -116,6 +116,15 @@ def write_report(
         md.append(_routing_table(p["routing"]))
         po = p["overall"]
         md += ["", f"Overall top-1 {_fmt(po['top1'])}, top-5 {_fmt(po['top5'])}."]
+    if metrics.get("seen_heads"):
+        md += ["", "## Seen-class heads", ""]
+        md += ["Each head alone on the validation images of the seen classes (no routing):", ""]
+        md.append(
+            _table(
+                ["head", "images", "top-1", "top-5"],
+                [[k, v["n"], v["top1"], v["top5"]] for k, v in metrics["seen_heads"].items()],
+            )
+        )
     if variants:
         md += ["", "## Stage-1 variants", ""]
         md.append(

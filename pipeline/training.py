@@ -159,6 +159,20 @@ def train(cfg: Config, settings: Settings) -> dict[str, Any]:
 
     summary["lpp"] = fit_probes(ws, "lpp", Xtr, ytr, T, Xval, yval, seen)
 
+    if settings.amu:
+        val_paths = val_list.resolve(cfg.data_dir) if Xval is not None else []
+        summary["amu"] = fit_amu(
+            ws,
+            [train_list.resolve(cfg.data_dir)[i] for i in keep_tr],
+            Xtr,
+            ytr,
+            T,
+            [val_paths[i] for i in keep_val] if Xval is not None else None,
+            Xval,
+            yval,
+            seen,
+        )
+
     pseudo = read_pseudo_unseen(cfg)
     if pseudo is not None and Xval is not None:
         train_pseudo = ws.read_list(cfg.lists_dir / "train_4shot_pseudo.txt", "pseudo-unseen")
@@ -237,6 +251,53 @@ def fit_probes(
         out[name] = {k: info[k] for k in ("best_epoch", "alpha0") if k in info}
         out[name]["val_accuracy"] = info.get("val_accuracy")
     return out
+
+
+def fit_amu(
+    ws: Workspace,
+    train_paths: list[str],
+    Xtr: dict[str, np.ndarray],
+    ytr: np.ndarray,
+    T: dict[str, np.ndarray],
+    val_paths: list[str] | None,
+    Xval: dict[str, np.ndarray] | None,
+    yval: np.ndarray | None,
+    seen: np.ndarray,
+) -> dict[str, Any]:
+    """AMU-Tuning on the first CLIP backbone with ConvNeXt-V2 auxiliary features, over the seen
+    classes; validation selects the epoch. Saved to heads/amu_<backbone>.safetensors."""
+    from fewshot.amu import AMUTuning
+    from pipeline.auxiliary import ConvNeXtFeatures
+
+    name = ws.settings.backbones[0]
+    aux = ConvNeXtFeatures(ws.cfg.convnext, ws.cache, ws.settings.expert_eval_size)
+    index = np.full(ws.classes.num_classes, -1, np.int64)
+    index[seen] = np.arange(seen.size)
+    with ws.timed("features aux"):
+        Atr, _ = aux.features(train_paths, "train", workers=ws.cfg.workers)
+        Aval = aux.features(val_paths, "val", workers=ws.cfg.workers)[0] if val_paths else None
+    m = index[ytr] >= 0
+    val = None
+    if Aval is not None:
+        mv = index[yval] >= 0
+        val = (Xval[name][mv], Aval[mv], index[yval[mv]])
+    with ws.timed(f"amu {name}"):
+        amu = AMUTuning(seed=ws.cfg.seed).fit(
+            Xtr[name][m], Atr[m], index[ytr[m]], T[name][:, seen], val=val
+        )
+    info = amu.info()
+    info.update(
+        {
+            "backbone": name,
+            "weights": ws.backbones[name].key_parts()["weights"],
+            "aux_weights": ws.cache.fingerprint(ws.cfg.convnext),
+            "classes": classes_fingerprint(ws.classes.names),
+            "seen_ids": seen.tolist(),
+        }
+    )
+    save_head(head_path(ws.heads_dir, "amu", name), amu.state_dict(), info)
+    log.info("AMU-Tuning %s + ConvNeXt-V2 auxiliary: best epoch %s", name, info["best_epoch"])
+    return {"backbone": name, "best_epoch": info["best_epoch"]}
 
 
 def read_pseudo_unseen(cfg: Config) -> np.ndarray | None:

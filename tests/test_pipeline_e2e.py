@@ -32,6 +32,7 @@ expert_views: 2
 expert_eval_size: 128
 expert_train_resize: 112
 expert_train_crop: 96
+amu: true
 """
 
 
@@ -187,11 +188,14 @@ def test_evaluation_report(demo):
     run([sys.executable, "test.py", "--eval"], demo["env"])
     report = demo["out"] / "report"
     text = (report / "report.md").read_text()
-    for section in ("Per domain", "Per stage", "Pseudo-unseen protocol", "Stage-1 variants"):
+    sections = ("Per domain", "Per stage", "Pseudo-unseen protocol", "Seen-class heads")
+    for section in sections + ("Stage-1 variants",):
         assert f"## {section}" in text
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["metrics"]["overall"]["n"] > 0
     assert set(metrics["variants"]) >= {"official-gamma0", "challenge"}
+    heads = metrics["metrics"]["seen_heads"]
+    assert {"zero-shot vit", "LP++ fused", "AMU vit + ConvNeXt-V2"} <= set(heads)
     assert metrics["params"]["CLIP vit"] > 0 and "ConvNeXt-V2 expert" in metrics["params"]
     pseudo = metrics["metrics"]["pseudo_unseen"]["routing"]["unseen"]
     assert pseudo["owned"] > 0  # pseudo-unseen validation images exist and are measured

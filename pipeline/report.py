@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+# Jittor's kernels switch the CPU to flush-denormals-to-zero; numpy then warns, once per float
+# type, when matplotlib asks for the type's limits. Harmless for plots.
+warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 
 def _fmt(x) -> str:

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from models import convnext_v2 as cx
 from models import weights
+from pipeline.fileio import write_json_atomic
 from pipeline.images import ImageError, iter_batches, load_rgb
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,6 @@ def _trunc_normal_head(num_features: int, num_classes: int, seed: int) -> nn.Lin
 
 def _to_numpy(v) -> np.ndarray:
     return np.array(v.numpy(), dtype=np.float32, copy=True)  # Jittor may alias its buffer
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _check_items(items: Sequence[Item], index: dict[int, int], what: str) -> list[tuple[str, int]]:
@@ -657,7 +652,7 @@ def train_expert(
         config={"mode": mode, "num_classes": k, "num_features": model.num_features},
         source={"backbone": info["backbone"]["path"]},
     )
-    _atomic_write_json(out_dir / INFO_FILE, info)  # last: a complete JSON means a complete expert
+    write_json_atomic(out_dir / INFO_FILE, info)  # last: a complete JSON means a complete expert
     log.info(
         "expert saved to %s: best epoch %d (val acc %s); features %.1fs, training %.1fs",
         out_dir,

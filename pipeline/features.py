@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline.fileio import write_atomic, write_json_atomic
 from pipeline.images import VIEWS, Preprocess, iter_view_batches
 
 log = logging.getLogger(__name__)
@@ -127,25 +127,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-")[:60] or "entry"
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    _atomic_write_bytes(path, lambda f: f.write(data))
-
-
 def _to_numpy(x: Any) -> np.ndarray:
     # jt.Var (and torch tensors) expose .numpy(); copy because Jittor may alias its buffer.
     if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
@@ -186,7 +167,7 @@ class FeatureCache:
         digest = _sha256_file(p)
         book[ap] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(book_path, book)
+        write_json_atomic(book_path, book)
         return digest
 
     # ------------------------------------------------------------------ keys
@@ -247,7 +228,7 @@ class FeatureCache:
         return feats, failed
 
     def _write_shard(self, path: Path, feats: np.ndarray, failed: np.ndarray, keyhash: str) -> str:
-        _atomic_write_bytes(
+        write_atomic(
             path,
             lambda f: np.savez(f, features=feats, failed=failed, key=np.array(keyhash)),
         )
@@ -352,7 +333,7 @@ class FeatureCache:
             )
             failed_all.update(failed)
             if not (vdir / "manifest.json").exists() or missing:
-                _atomic_write_json(
+                write_json_atomic(
                     vdir / "manifest.json",
                     {
                         "format": FORMAT_VERSION,
@@ -397,7 +378,7 @@ class FeatureCache:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-        _atomic_write_json(kp, key)
+        write_json_atomic(kp, key)
 
     def _read_manifest(self, vdir: Path, key: dict) -> Optional[dict]:
         mp = vdir / "manifest.json"

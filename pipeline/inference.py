@@ -22,8 +22,9 @@ from pipeline.cascade import (
     topk,
 )
 from pipeline.config import Config
+from pipeline.fileio import write_text_atomic
 from pipeline.heads import head_path, load_head
-from pipeline.lists import list_test_images, write_text_atomic
+from pipeline.lists import list_test_images
 from pipeline.metrics import evaluate as evaluate_metrics
 from pipeline.settings import Settings
 from pipeline.submission import validate_result, write_result, write_warnings

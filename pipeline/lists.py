@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+
+from pipeline.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -292,23 +293,6 @@ def read_labeled_list(path: PathLike, classes: Optional[ClassList] = None) -> La
 def write_labeled_list(path: PathLike, items: LabeledList) -> None:
     """Write ``<path> <label>`` lines atomically (temporary file + rename)."""
     write_text_atomic(path, "".join(line + "\n" for line in items.lines()))
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` so that a crash leaves either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------ seen/unseen

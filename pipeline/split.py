@@ -23,13 +23,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from pipeline.fileio import write_text_atomic
 from pipeline.lists import (
     ClassList,
     LabeledList,
     ListError,
     PathLike,
     write_labeled_list,
-    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.lists import ListError, PathLike, list_test_images, read_class_list, write_text_atomic
+from pipeline.fileio import write_text_atomic
+from pipeline.lists import ListError, PathLike, list_test_images, read_class_list
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from pipeline import stages
 from pipeline.backbones import ClipBackbone
 from pipeline.config import Config
 from pipeline.features import FeatureCache
+from pipeline.fileio import write_text_atomic
 from pipeline.heads import classes_fingerprint, head_path, save_head
 from pipeline.lists import (
     ClassList,
@@ -28,7 +29,6 @@ from pipeline.lists import (
     read_class_list,
     read_labeled_list,
     seen_class_ids,
-    write_text_atomic,
 )
 from pipeline.settings import Settings
 

@@ -1,0 +1,45 @@
+"""Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never half.
+
+Every file the pipeline writes (lists, cache shards and manifests, heads' JSON, result.txt) goes
+through here: the data goes to a temporary file in the same folder, is flushed to disk, then
+renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_atomic(path: PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(binary_file)`` on a temporary file, then move it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8 with ``\\n`` line ends."""
+    data = text.encode("utf-8")
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path: PathLike, obj: Any, **dumps: Any) -> None:
+    """Write ``obj`` as JSON (indent 1, sorted keys unless overridden)."""
+    dumps = {"indent": 1, "sort_keys": True, **dumps}
+    write_text_atomic(path, json.dumps(obj, **dumps) + "\n")

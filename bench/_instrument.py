@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TOTALS: dict[str, dict[str, float]] = {}
+TOTALS: dict[str, dict] = {}
+_ACTIVE: list[str] = []  # keys of the wrapped calls in progress, outermost first
 
 # (module, attribute path, key): key may use {name} (the backbone's name) or {arg0}.
 TARGETS = [
@@ -47,16 +48,25 @@ TARGETS = [
     ("pipeline.expert", "_run_epochs", "expert: epochs"),
     ("pipeline.expert", "DogExpert.load", "expert: load"),
     ("pipeline.expert", "DogExpert.encode", "expert: encode"),
+    ("pipeline.expert", "_to_numpy", "expert: device compute (_to_numpy)"),
     ("models.clip", "load", "clip.load"),
     ("models.convnext_v2", "load", "convnext_v2.load"),
 ]
 
 
 def _add(key: str, seconds: float, items: int = 0) -> None:
-    rec = TOTALS.setdefault(key, {"seconds": 0.0, "calls": 0, "items": 0})
+    rec = TOTALS.setdefault(key, {"seconds": 0.0, "calls": 0, "items": 0, "nested": {}})
     rec["seconds"] += seconds
     rec["calls"] += 1
     rec["items"] += items
+    # Charge this call to every enclosing wrapped call too (e.g. a model load that happens
+    # inside the first feature extraction), so callers can subtract it.
+    for outer in _ACTIVE:
+        if outer != key:
+            nested = TOTALS.setdefault(
+                outer, {"seconds": 0.0, "calls": 0, "items": 0, "nested": {}}
+            )["nested"]
+            nested[key] = nested.get(key, 0.0) + seconds
 
 
 def _items(args) -> int:
@@ -78,9 +88,11 @@ def _wrap(fn, key: str):
         arg1 = next((a for a in args[1:] if isinstance(a, str)), "")
         k = key.format(name=name, arg0=arg1).strip()
         t = time.perf_counter()
+        _ACTIVE.append(k)
         try:
             return fn(*args, **kwargs)
         finally:
+            _ACTIVE.pop()
             _add(k, time.perf_counter() - t, _items(rest))
 
     return wrapper

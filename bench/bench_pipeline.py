@@ -182,8 +182,8 @@ def summarise(records: dict[str, dict], sizes: dict) -> list[dict]:
                 "same")  # fmt: skip
             sec, items = _net(rec, f"features test {name}", f"load CLIP {name}")
             row(key, f"features test {name} (without load)", sec, items, "img", FULL["test"])
-            e = _fn(rec, f"encode {name}")
-            row(key, f"  of which encoder {name}", e["seconds"], e["items"], "img", FULL["test"])
+            sec, items = _net(rec, f"encode {name}", f"load CLIP {name}")
+            row(key, f"  of which encoder {name}", sec, items, "img", FULL["test"])
         row(key, "blocked on loader (feature cache)",
             _fn(rec, "blocked on loader (feature cache)")["seconds"])  # fmt: skip
         row(key, "stage 1 (InMaP, both backbones)", _fn(rec, "stage 1 scores")["seconds"], None,
@@ -195,6 +195,52 @@ def summarise(records: dict[str, dict], sizes: dict) -> list[dict]:
         row(key, "expert: encode routed images (384 px)", e["seconds"], e["items"], "img",
             routed_full, "routed share assumed 130/403")  # fmt: skip
     return rows
+
+
+def add_totals(rows: list[dict], records: dict[str, dict], synthetic: dict[str, float]) -> None:
+    """Per script: the measured wall time, and that time with every scaled part replaced by its
+    extrapolation (nested "of which" rows are not counted twice) and the feature-level stages
+    replaced by their full-size synthetic measurements. What is neither (start-up, imports,
+    writing files) is carried over unchanged."""
+    by_step: dict[str, list[dict]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    lpp = synthetic.get("LP++ fit (1 backbone, 300 epochs, val every epoch)")
+    s1 = synthetic.get("stage 1: InMaP challenge, 2 backbones")
+    s2 = synthetic.get("stage 2: LP++ logits, 2 backbones")
+    for step, rs in by_step.items():
+        if step not in records or step == "process":
+            continue
+        wall = records[step]["wall_outer_s"]
+        total = wall
+        for r in rs:
+            if r["what"].startswith("  ") or "count" not in r:
+                continue
+            total += r["extrapolated s"] - r["seconds"]
+        swaps = {
+            "LP++ fits (2 backbones)": None if lpp is None else 2 * lpp,
+            "stage 1 (InMaP, both backbones)": s1,
+            "stage 2 (LP++ logits)": s2,
+        }
+        complete = True
+        for r in rs:
+            if r["what"] in swaps:
+                if swaps[r["what"]] is None:
+                    complete = False
+                else:
+                    total += swaps[r["what"]] - r["seconds"]
+        rows.append(
+            {
+                "step": step,
+                "what": "TOTAL",
+                "seconds": wall,
+                "extrapolated s": total if complete else float("nan"),
+                "note": "extrapolation to the challenge's sizes" if complete else "",
+            }
+        )
+
+
+COLUMNS = ["step", "what", "seconds", "count", "s/unit", "full count", "extrapolated s", "note"]
 
 
 def main() -> None:
@@ -216,7 +262,22 @@ def main() -> None:
     ap.add_argument("--weights-dir", default="out/bench/weights")
     ap.add_argument("--no-synthetic", action="store_true", help="skip the full-size feature rows")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--summarise", metavar="JSON", help="only rebuild the table of a saved run")
     args = ap.parse_args()
+    if args.summarise:
+        saved = json.loads(Path(args.summarise).read_text())
+        rows = summarise(saved["records"], saved["sizes"])
+        synthetic = saved.get("synthetic_full_size", {})
+        for what, sec in synthetic.items():
+            rows.append({"step": "full size", "what": what, "seconds": sec,
+                         "extrapolated s": sec, "note": "synthetic features"})  # fmt: skip
+        if not saved["args"].get("full"):
+            add_totals(rows, saved["records"], synthetic)
+        saved["rows"] = rows
+        Path(args.summarise).write_text(json.dumps(saved, indent=1, default=str) + "\n")
+        print(f"sizes here: {saved['sizes']}")
+        print(C.format_table(rows, COLUMNS))
+        return
     if args.full:
         args.class_step, args.val_per_class = 1, FULL["val"]
         args.test_images, args.expert_views = FULL["test"], FULL["views"]
@@ -305,14 +366,15 @@ def main() -> None:
                     "note": "synthetic features",
                 }
             )
+    if not args.full:
+        add_totals(rows, records, synthetic)
     from models.runtime import jittor
 
     jt = jittor()
     print(f"\ndevice: {C.device_description(jt)}; sizes here: {sizes}")
     if not args.full:
         print("'extrapolated s': per-unit rate here x the challenge's count (an extrapolation)")
-    cols = ["step", "what", "seconds", "count", "s/unit", "full count", "extrapolated s", "note"]
-    print(C.format_table(rows, cols))
+    print(C.format_table(rows, COLUMNS))
     C.write_json(
         args.json,
         {

@@ -23,7 +23,9 @@ GIL for batch/R seconds without using a core (as a GPU encoder running at R imag
 through Jittor), ``fake-nogil:R`` sleeps that long with the GIL released. Reported: wall time,
 time the consumer spent blocked waiting for the next batch, time in the encoder, and the rest
 (shard writes, checks). With a GIL-holding encoder the decoding threads stop during every
-encoder call; the process backend keeps decoding.
+encoder call; the process backend keeps decoding. Several encoders joined by ``+`` (``vit+rn``,
+``fake-gil:400+fake-gil:400``) share one decoding pass through ``get_or_compute_many``, as the
+pipeline's two CLIP backbones do; compare with running them one after the other.
 """
 
 from __future__ import annotations
@@ -214,16 +216,20 @@ def make_encoder(spec: str, weights_dir: str):
     return encode, pre, f"{name} ({C.device_description(jt)})"
 
 
-def extract_once(paths, encode, pre, batch, workers, backend, prefetch, cache_root) -> dict:
-    """One get_or_compute on a fresh cache, instrumented."""
+def extract_once(paths, encoders, pre, batch, workers, backend, prefetch, cache_root) -> dict:
+    """One get_or_compute_many on a fresh cache (all ``encoders`` over one decoding pass),
+    instrumented."""
     import pipeline.features as features
     from pipeline import images
 
     sw = C.Stopwatch()
 
-    def timed_encode(x):
-        with sw("encode"):
-            return encode(x)
+    def timed(encode):
+        def timed_encode(x):
+            with sw("encode"):
+                return encode(x)
+
+        return timed_encode
 
     def timed_batches(*a, **kw):
         kw.update(backend=backend, prefetch=prefetch)
@@ -240,9 +246,11 @@ def extract_once(paths, encode, pre, batch, workers, backend, prefetch, cache_ro
     features.iter_view_batches = timed_batches
     try:
         t = time.perf_counter()
-        cache.get_or_compute(
-            {"backbone": "bench"}, paths, timed_encode, pre, batch, workers, progress=False
-        )
+        jobs = [
+            features.EncoderJob({"backbone": f"bench{i}"}, timed(enc), f"bench{i}")
+            for i, enc in enumerate(encoders)
+        ]
+        cache.get_or_compute_many(jobs, paths, pre, batch, workers, progress=False)
         wall = time.perf_counter() - t
     finally:
         features.iter_view_batches = original
@@ -264,8 +272,11 @@ def cmd_extract(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         paths = write_images(Path(d) / "img", args.n, (300, 640))
         for spec in args.encoder.split(","):
-            encode, pre, desc = make_encoder(spec, args.weights_dir)
-            encode(np.zeros((args.batch, 3, pre_size(pre), pre_size(pre)), np.float32))  # compile
+            made = [make_encoder(part, args.weights_dir) for part in spec.split("+")]
+            pre, desc = made[0][1], " + ".join(m[2] for m in made)
+            encoders = [m[0] for m in made]
+            for encode in encoders:  # compile
+                encode(np.zeros((args.batch, 3, pre_size(pre), pre_size(pre)), np.float32))
             for backend in args.backend.split(","):
                 for w in [int(x) for x in args.workers.split(",")]:
                     if backend == "process" and w == 0:
@@ -274,7 +285,7 @@ def cmd_extract(args) -> list[dict]:
                         C.wait_for_quiet(args.quiet)
                     with C.Contention() as cpu:
                         res = extract_once(
-                            paths, encode, pre, args.batch, w, backend, args.prefetch,
+                            paths, encoders, pre, args.batch, w, backend, args.prefetch,
                             Path(d) / f"cache-{spec}-{backend}-{w}",
                         )  # fmt: skip
                     row = {"encoder": desc, "backend": backend if w else "inline", "workers": w}

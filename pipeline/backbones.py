@@ -11,13 +11,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from models import weights
-from pipeline.features import FeatureCache, FeatureSet
+from pipeline.features import EncoderJob, FeatureCache, FeatureSet, describe_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,10 @@ class ClipBackbone:
             out = model.encode_image(jt.array(batch)).numpy()
         return np.array(out, np.float32)  # own the memory: Jittor may reuse the buffer
 
+    def job(self, label: str) -> EncoderJob:
+        """This backbone as one encoder of ``FeatureCache.get_or_compute_many``."""
+        return EncoderJob(self.key_parts(), self._encode, f"{label}-{self.name}")
+
     def features(
         self,
         paths: Sequence[str],
@@ -113,18 +117,15 @@ class ClipBackbone:
         workers: int | None = None,
     ) -> tuple[np.ndarray, tuple[int, ...]]:
         """(L2-normalised features [n, d], indices of undecodable images) of ``paths``."""
-        views = ("orig", "flip") if flip_tta else ("orig",)
-        fs = self.cache.get_or_compute(
-            self.key_parts(),
+        X, failed = backbone_features(
+            {self.name: self},
             paths,
-            self._encode,
-            self.preprocess,
+            label,
+            flip_tta=flip_tta,
             batch_size=batch_size,
             workers=workers,
-            views=views,
-            label=f"{label}-{self.name}",
         )
-        return combine_views(fs, flip_tta), fs.failed
+        return X[self.name], tuple(sorted(failed))
 
     # ------------------------------------------------------------------ text
     def text_classifier(
@@ -159,3 +160,38 @@ class ClipBackbone:
         config = {"key": key, "templates": templates}
         weights.save(path, {"T": T}, family=TEXT_FAMILY, config=config)
         return T
+
+
+def backbone_features(
+    backbones: Mapping[str, ClipBackbone],
+    paths: Sequence[str],
+    label: str,
+    *,
+    flip_tta: bool = False,
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> tuple[dict[str, np.ndarray], set[int]]:
+    """L2-normalised features of ``paths`` from every backbone, and the undecodable images.
+
+    Backbones with the same preprocessing (ViT-B/32 and RN101 both take 224 px) share one
+    decoding pass: each image is read once for all of them. Each keeps its own cache entry.
+    """
+    views = ("orig", "flip") if flip_tta else ("orig",)
+    groups: dict[str, list[ClipBackbone]] = {}
+    for bb in backbones.values():
+        groups.setdefault(describe_preprocess(bb.preprocess), []).append(bb)
+    X: dict[str, np.ndarray] = {}
+    failed: set[int] = set()
+    for group in groups.values():
+        sets = group[0].cache.get_or_compute_many(
+            [bb.job(label) for bb in group],
+            paths,
+            group[0].preprocess,
+            batch_size=batch_size,
+            workers=workers,
+            views=views,
+        )
+        for bb, fs in zip(group, sets):
+            X[bb.name] = combine_views(fs, flip_tta)
+            failed.update(fs.failed)
+    return {name: X[name] for name in backbones}, failed

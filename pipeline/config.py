@@ -17,7 +17,7 @@ CLIP_VIT           ``$OUT_DIR/weights/ViT-B-32.safetensors``       converted CLI
 CLIP_RN            ``$OUT_DIR/weights/RN101.safetensors``          converted CLIP RN101
 CONVNEXT           ``$OUT_DIR/weights/convnextv2_base.safetensors``  converted ConvNeXt-V2 base
 BATCH_SIZE         64                                              images per encoder batch
-WORKERS            cores - 1, at most 16                           image decoding threads
+WORKERS            one per core, at most 16                        image decoding threads
 SEED               0                                               every random choice
 SHOTS              4                                               training images per class
 VAL_PER_CLASS      20                                              validation images per class
@@ -46,7 +46,9 @@ class ConfigError(ValueError):
 
 
 def _default_workers() -> int:
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+    # One decoding thread per core: see pipeline.images.default_workers for why no core is
+    # kept back for the encoder.
+    return max(1, min(16, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)

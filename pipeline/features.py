@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -79,6 +79,31 @@ class FeatureSet:
         mask = np.ones(self.n, bool)
         mask[list(self.failed)] = False
         return mask
+
+
+class EncoderJob(NamedTuple):
+    """One encoder of ``FeatureCache.get_or_compute_many``: what identifies it in the key
+    (``key_parts``), the encode function and the entry's label."""
+
+    key_parts: Mapping[str, Any]
+    encode_fn: EncodeFn
+    label: Optional[str] = None
+
+
+@dataclass
+class _Entry:
+    """One cache entry while it is being read or filled."""
+
+    job: EncoderJob
+    key: dict
+    keyhash: str
+    directory: Path
+    name: str
+    rows: list[int]
+    # have[view][shard] = (features, failed local indices)
+    have: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]
+    dim: Optional[int]
+    missing: list[int]
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -259,106 +284,54 @@ class FeatureCache:
         drop them. Raises FeatureError when the encoder returns non-finite values or a wrong
         shape.
         """
+        (fs,) = self.get_or_compute_many(
+            [EncoderJob(key_parts, encode_fn, label)],
+            paths,
+            preprocess,
+            batch_size,
+            workers,
+            views,
+            draft_min_side=draft_min_side,
+            progress=progress,
+        )
+        return fs
+
+    def get_or_compute_many(
+        self,
+        jobs: Sequence[EncoderJob],
+        paths: Sequence[str | os.PathLike],
+        preprocess: Preprocess,
+        batch_size: int = 64,
+        workers: Optional[int] = None,
+        views: Sequence[str] = ("orig",),
+        *,
+        draft_min_side: Optional[int] = None,
+        progress: bool = True,
+    ) -> list[FeatureSet]:
+        """``get_or_compute`` for several encoders that share one preprocessing: each image is
+        decoded once and every batch goes through every encoder whose entry misses it.
+
+        Each job keeps its own entry, exactly as ``get_or_compute`` would write it, so the
+        entries are interchangeable with single-encoder runs. Decoding dominates nothing on a
+        CPU, but a Jittor call holds the GIL (docs/PERFORMANCE.md), so on a GPU a second
+        decoding pass is time the encoders simply wait.
+        """
         views = tuple(dict.fromkeys(views))
         bad = [v for v in views if v not in VIEWS]
         if bad or not views:
             raise ValueError(f"unknown views {bad or views}; choose from {VIEWS}")
+        if not jobs:
+            raise ValueError("get_or_compute_many: no encoder jobs")
         paths = [os.fspath(p) for p in paths]
-        n = len(paths)
-        if n == 0:
+        if not paths:
             raise ValueError("get_or_compute: empty image list")
-        key = self.make_key(key_parts, paths, preprocess)
-        keyhash = self.key_hash(key)
-        entry = self.entry_dir(key, label)
-        name = label or entry.name
-        entry.mkdir(parents=True, exist_ok=True)
-        self._check_entry_key(entry, key)
-
-        num_shards = (n + self.shard_size - 1) // self.shard_size
-        rows = [min(self.shard_size, n - s * self.shard_size) for s in range(num_shards)]
-
-        # Which shards of which view are already there (manifest first, then loose shards).
-        have: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-        dim: Optional[int] = None
-        for v in views:
-            vdir = entry / v
-            vdir.mkdir(exist_ok=True)
-            manifest = self._read_manifest(vdir, key)
-            if manifest is not None:
-                dim = dim or manifest["dim"]
-            have[v] = {}
-            for s in range(num_shards):
-                path = self._shard_path(vdir, s)
-                if manifest is not None and path.exists():
-                    if _sha256_file(path) != manifest["shards"][s]:
-                        log.warning("feature cache: %s fails its checksum; recomputing it", path)
-                        path.unlink()
-                        manifest = None
-                        (vdir / "manifest.json").unlink(missing_ok=True)
-                        continue
-                got = self._load_shard(path, keyhash, rows[s], dim)
-                if got is not None:
-                    dim = dim or got[0].shape[1]
-                    have[v][s] = got
-            if manifest is not None and len(have[v]) < num_shards:
-                (vdir / "manifest.json").unlink(missing_ok=True)
-
-        missing = [s for s in range(num_shards) if any(s not in have[v] for v in views)]
-        if missing:
-            dim = self._compute(
-                entry,
-                keyhash,
-                name,
-                paths,
-                missing,
-                rows,
-                views,
-                have,
-                encode_fn,
-                preprocess,
-                batch_size,
-                workers,
-                draft_min_side,
-                progress,
-                dim,
+        entries = [self._open_entry(job, paths, preprocess, views) for job in jobs]
+        todo = [e for e in entries if e.missing]
+        if todo:
+            self._compute(
+                todo, paths, views, preprocess, batch_size, workers, draft_min_side, progress
             )
-
-        out: dict[str, np.ndarray] = {}
-        failed_all: set[int] = set()
-        for v in views:
-            vdir = entry / v
-            feats = np.concatenate([have[v][s][0] for s in range(num_shards)])
-            failed = sorted(
-                int(s * self.shard_size + i) for s in range(num_shards) for i in have[v][s][1]
-            )
-            failed_all.update(failed)
-            if not (vdir / "manifest.json").exists() or missing:
-                write_json_atomic(
-                    vdir / "manifest.json",
-                    {
-                        "format": FORMAT_VERSION,
-                        "key": key,
-                        "key_hash": keyhash,
-                        "view": v,
-                        "n": n,
-                        "dim": int(feats.shape[1]),
-                        "failed": failed,
-                        "shards": [
-                            _sha256_file(self._shard_path(vdir, s)) for s in range(num_shards)
-                        ],
-                    },
-                )
-            out[v] = feats
-        if failed_all:
-            log.warning(
-                "%s: %d of %d image(s) could not be decoded (placeholder features): %s%s",
-                name,
-                len(failed_all),
-                n,
-                ", ".join(paths[i] for i in sorted(failed_all)[:5]),
-                " ..." if len(failed_all) > 5 else "",
-            )
-        return FeatureSet(out, tuple(sorted(failed_all)), keyhash, entry)
+        return [self._finish(e, paths, views) for e in entries]
 
     # ------------------------------------------------------------------ helpers
     def _check_entry_key(self, entry: Path, key: dict) -> None:
@@ -400,45 +373,115 @@ class FeatureCache:
             return None
         return m
 
+    def _open_entry(
+        self, job: EncoderJob, paths: list[str], preprocess: Preprocess, views: tuple[str, ...]
+    ) -> _Entry:
+        """Key, folder and the shards already there (manifest first, then loose shards)."""
+        n = len(paths)
+        key = self.make_key(job.key_parts, paths, preprocess)
+        keyhash = self.key_hash(key)
+        entry = self.entry_dir(key, job.label)
+        entry.mkdir(parents=True, exist_ok=True)
+        self._check_entry_key(entry, key)
+        num_shards = (n + self.shard_size - 1) // self.shard_size
+        rows = [min(self.shard_size, n - s * self.shard_size) for s in range(num_shards)]
+        have: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        dim: Optional[int] = None
+        for v in views:
+            vdir = entry / v
+            vdir.mkdir(exist_ok=True)
+            manifest = self._read_manifest(vdir, key)
+            if manifest is not None:
+                dim = dim or manifest["dim"]
+            have[v] = {}
+            for s in range(num_shards):
+                path = self._shard_path(vdir, s)
+                if manifest is not None and path.exists():
+                    if _sha256_file(path) != manifest["shards"][s]:
+                        log.warning("feature cache: %s fails its checksum; recomputing it", path)
+                        path.unlink()
+                        manifest = None
+                        (vdir / "manifest.json").unlink(missing_ok=True)
+                        continue
+                got = self._load_shard(path, keyhash, rows[s], dim)
+                if got is not None:
+                    dim = dim or got[0].shape[1]
+                    have[v][s] = got
+            if manifest is not None and len(have[v]) < num_shards:
+                (vdir / "manifest.json").unlink(missing_ok=True)
+        missing = [s for s in range(num_shards) if any(s not in have[v] for v in views)]
+        name = job.label or entry.name
+        return _Entry(job, key, keyhash, entry, name, rows, have, dim, missing)
+
+    def _finish(self, e: _Entry, paths: list[str], views: tuple[str, ...]) -> FeatureSet:
+        """Assemble the views and (re)write their manifests where anything changed."""
+        n, num_shards = len(paths), len(e.rows)
+        out: dict[str, np.ndarray] = {}
+        failed_all: set[int] = set()
+        for v in views:
+            vdir = e.directory / v
+            feats = np.concatenate([e.have[v][s][0] for s in range(num_shards)])
+            failed = sorted(
+                int(s * self.shard_size + i) for s in range(num_shards) for i in e.have[v][s][1]
+            )
+            failed_all.update(failed)
+            if not (vdir / "manifest.json").exists() or e.missing:
+                write_json_atomic(
+                    vdir / "manifest.json",
+                    {
+                        "format": FORMAT_VERSION,
+                        "key": e.key,
+                        "key_hash": e.keyhash,
+                        "view": v,
+                        "n": n,
+                        "dim": int(feats.shape[1]),
+                        "failed": failed,
+                        "shards": [
+                            _sha256_file(self._shard_path(vdir, s)) for s in range(num_shards)
+                        ],
+                    },
+                )
+            out[v] = feats
+        if failed_all:
+            log.warning(
+                "%s: %d of %d image(s) could not be decoded (placeholder features): %s%s",
+                e.name,
+                len(failed_all),
+                n,
+                ", ".join(paths[i] for i in sorted(failed_all)[:5]),
+                " ..." if len(failed_all) > 5 else "",
+            )
+        return FeatureSet(out, tuple(sorted(failed_all)), e.keyhash, e.directory)
+
     def _compute(
         self,
-        entry: Path,
-        keyhash: str,
-        name: str,
+        entries: list[_Entry],
         paths: list[str],
-        missing: list[int],
-        rows: list[int],
         views: tuple[str, ...],
-        have: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
-        encode_fn: EncodeFn,
         preprocess: Preprocess,
         batch_size: int,
         workers: Optional[int],
         draft_min_side: Optional[int],
         progress: bool,
-        dim: Optional[int],
-    ) -> int:
-        """Encode the images of the ``missing`` shards, writing each shard as soon as it is
-        complete; fills ``have`` and returns the feature dimension."""
-        need = tuple(v for v in views if any(s not in have[v] for s in missing))
+    ) -> None:
+        """Decode the images of every shard some entry misses, once, and encode each batch with
+        every entry's encoder, writing each entry's shard as soon as it is complete (so an
+        interruption loses at most one shard per entry); fills ``have`` of each entry."""
+        missing = sorted(set().union(*(e.missing for e in entries)))
+        rows = entries[0].rows
+        need = tuple(v for v in views if any(s not in e.have[v] for e in entries for s in missing))
         positions = np.concatenate(
             [np.arange(s * self.shard_size, s * self.shard_size + rows[s]) for s in missing]
         )
-        n_done = len(paths) - len(positions)
+        asm = [_ShardAssembler(self, e, missing, need) for e in entries]
         bar = tqdm(
             total=len(paths),
-            initial=n_done,
-            desc=name,
+            initial=len(paths) - len(positions),
+            desc=" + ".join(e.name for e in entries),
             unit="img",
             disable=not progress,
             dynamic_ncols=True,
         )
-        # Rows of the shard being assembled, per view, and its failed local indices.
-        buf: dict[str, list[np.ndarray]] = {v: [] for v in need}
-        buf_failed: list[int] = []
-        shard_iter = iter(missing)
-        cur = next(shard_iter)
-        filled = 0
         try:
             batches = iter_view_batches(
                 [paths[i] for i in positions],
@@ -451,53 +494,73 @@ class FeatureCache:
             )
             for batch in batches:
                 local = positions[batch.indices]
-                feats = {}
-                for v in need:
-                    f = _to_numpy(encode_fn(batch.images[v]))
-                    if f.ndim != 2 or f.shape[0] != len(local) or (dim and f.shape[1] != dim):
-                        raise FeatureError(
-                            f"{name}: encoder returned shape {f.shape} for a batch of "
-                            f"{len(local)} images (expected [{len(local)}, {dim or 'd'}])"
-                        )
-                    bad = ~np.isfinite(f).all(axis=1)
-                    if bad.any():
-                        which = ", ".join(paths[i] for i in local[bad][:5])
-                        raise FeatureError(
-                            f"{name} ({v} view): the encoder produced NaN/inf features for "
-                            f"{int(bad.sum())} image(s), e.g. {which}; check the weights and "
-                            "the preprocessing (fp16 overflow?)"
-                        )
-                    dim = f.shape[1]
-                    feats[v] = f
                 failed_set = set(int(positions[i]) for i in batch.failed)
-                start = 0
-                while start < len(local):
-                    # Rows of this batch that belong to the current shard.
-                    take = min(len(local) - start, rows[cur] - filled)
-                    for v in need:
-                        buf[v].append(feats[v][start : start + take])
-                    base = cur * self.shard_size
-                    buf_failed.extend(
-                        int(g) - base for g in local[start : start + take] if int(g) in failed_set
-                    )
-                    filled += take
-                    start += take
-                    if filled == rows[cur]:
-                        failed_arr = np.asarray(buf_failed, np.int64)
-                        for v in need:
-                            if cur in have[v]:
-                                continue
-                            arr = np.concatenate(buf[v])
-                            self._write_shard(
-                                self._shard_path(entry / v, cur), arr, failed_arr, keyhash
-                            )
-                            have[v][cur] = (arr, failed_arr)
-                        buf = {v: [] for v in need}
-                        buf_failed = []
-                        filled = 0
-                        cur = next(shard_iter, -1)
+                for a in asm:
+                    feats = {v: a.encode(batch.images[v], local, v, paths) for v in need}
+                    a.feed(local, feats, failed_set)
                 bar.update(len(local))
         finally:
             bar.close()
-        assert dim is not None
-        return dim
+
+
+class _ShardAssembler:
+    """Collects one entry's encoded rows in image order and writes each shard when complete."""
+
+    def __init__(self, cache: FeatureCache, e: _Entry, shards: list[int], views: tuple[str, ...]):
+        self.cache, self.e, self.views = cache, e, views
+        self.shards = iter(shards)
+        self.cur = next(self.shards)
+        self.filled = 0
+        self.buf: dict[str, list[np.ndarray]] = {v: [] for v in views}
+        self.buf_failed: list[int] = []
+
+    def encode(self, images: np.ndarray, local: np.ndarray, view: str, paths: list[str]):
+        e = self.e
+        f = _to_numpy(e.job.encode_fn(images))
+        if f.ndim != 2 or f.shape[0] != len(local) or (e.dim and f.shape[1] != e.dim):
+            raise FeatureError(
+                f"{e.name}: encoder returned shape {f.shape} for a batch of "
+                f"{len(local)} images (expected [{len(local)}, {e.dim or 'd'}])"
+            )
+        bad = ~np.isfinite(f).all(axis=1)
+        if bad.any():
+            which = ", ".join(paths[i] for i in local[bad][:5])
+            raise FeatureError(
+                f"{e.name} ({view} view): the encoder produced NaN/inf features for "
+                f"{int(bad.sum())} image(s), e.g. {which}; check the weights and "
+                "the preprocessing (fp16 overflow?)"
+            )
+        e.dim = f.shape[1]
+        return f
+
+    def feed(self, local: np.ndarray, feats: dict[str, np.ndarray], failed: set[int]) -> None:
+        e, size = self.e, self.cache.shard_size
+        start = 0
+        while start < len(local):
+            # Rows of this batch that belong to the current shard.
+            take = min(len(local) - start, e.rows[self.cur] - self.filled)
+            for v in self.views:
+                self.buf[v].append(feats[v][start : start + take])
+            base = self.cur * size
+            self.buf_failed.extend(
+                int(g) - base for g in local[start : start + take] if int(g) in failed
+            )
+            self.filled += take
+            start += take
+            if self.filled == e.rows[self.cur]:
+                self._flush()
+
+    def _flush(self) -> None:
+        e = self.e
+        failed_arr = np.asarray(self.buf_failed, np.int64)
+        for v in self.views:
+            if self.cur in e.have[v]:
+                continue
+            arr = np.concatenate(self.buf[v])
+            path = self.cache._shard_path(e.directory / v, self.cur)
+            self.cache._write_shard(path, arr, failed_arr, e.keyhash)
+            e.have[v][self.cur] = (arr, failed_arr)
+        self.buf = {v: [] for v in self.views}
+        self.buf_failed = []
+        self.filled = 0
+        self.cur = next(self.shards, -1)

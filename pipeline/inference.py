@@ -12,6 +12,7 @@ import numpy as np
 
 from models import weights
 from pipeline import stages
+from pipeline.backbones import backbone_features
 from pipeline.cascade import (
     EXPERT,
     SEEN,
@@ -103,17 +104,15 @@ def predict(cfg: Config, settings: Settings) -> Path:
     paths = [str(Path(cfg.test_dir) / n) for n in names]
     log.info("%d test images in %s", len(names), cfg.test_dir)
     T = ws.text_classifiers()
-    X, failed = {}, set()
     with ws.timed("features test"):
-        for name, bb in ws.backbones.items():
-            X[name], bad = bb.features(
-                paths,
-                "test",
-                flip_tta=settings.flip_tta,
-                batch_size=cfg.batch_size,
-                workers=cfg.workers,
-            )
-            failed.update(bad)
+        X, failed = backbone_features(
+            ws.backbones,
+            paths,
+            "test",
+            flip_tta=settings.flip_tta,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+        )
     probes, seen = stages.load_probes(ws)
     result = cascade(ws, paths, X, T, probes, seen, _load_expert(ws), "test")
     write_result(cfg.result_path, names, result.top5)

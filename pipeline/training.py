@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import stages
-from pipeline.backbones import ClipBackbone
+from pipeline.backbones import ClipBackbone, backbone_features
 from pipeline.config import Config
 from pipeline.features import FeatureCache
 from pipeline.fileio import write_text_atomic
@@ -95,18 +95,15 @@ class Workspace:
         """Per-backbone normalised features of a labelled list, undecodable images dropped
         (with a warning); returns (features by backbone, kept row indices)."""
         paths = items.resolve(self.cfg.data_dir)
-        feats, failed = {}, set()
         with self.timed(f"features {label}"):
-            for name, bb in self.backbones.items():
-                x, bad = bb.features(
-                    paths,
-                    label,
-                    flip_tta=self.settings.flip_tta,
-                    batch_size=self.cfg.batch_size,
-                    workers=self.cfg.workers,
-                )
-                feats[name] = x
-                failed.update(bad)
+            feats, failed = backbone_features(
+                self.backbones,
+                paths,
+                label,
+                flip_tta=self.settings.flip_tta,
+                batch_size=self.cfg.batch_size,
+                workers=self.cfg.workers,
+            )
         keep = np.array(sorted(set(range(len(paths))) - failed), np.int64)
         if failed:
             log.warning("%s: %d undecodable image(s) skipped", label, len(failed))

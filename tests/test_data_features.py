@@ -300,3 +300,91 @@ def test_list_fingerprint(tmp_path, images):
     assert a != list_fingerprint(images[::-1])
     assert a != list_fingerprint(images[:-1])
     assert list_fingerprint([tmp_path / "missing.jpg"]) != list_fingerprint([tmp_path / "m2.jpg"])
+
+
+class CountingPreprocess(TinyPreprocess):
+    """TinyPreprocess that counts the images it is given (= images decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def __call__(self, im: Image.Image) -> np.ndarray:
+        self.seen += 1
+        return super().__call__(im)
+
+
+def jobs_for(*encoders):
+    return [
+        features.EncoderJob({**PARTS, "backbone": f"tiny{i}"}, enc, f"test-tiny{i}")
+        for i, enc in enumerate(encoders)
+    ]
+
+
+def test_many_encoders_decode_each_image_once(tmp_path, images):
+    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    a, b = CountingEncoder(dim=6), CountingEncoder(dim=6)
+    b.w = b.w[:, ::-1].copy()  # another encoder
+    pre = CountingPreprocess()
+    fa, fb = cache.get_or_compute_many(
+        jobs_for(a, b), images, pre, batch_size=3, workers=1, progress=False
+    )
+    assert pre.seen == 10  # one decoding pass for both encoders
+    assert a.images == 10 and b.images == 10
+    np.testing.assert_allclose(fa["orig"], reference(images, a), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fb["orig"], reference(images, b), rtol=1e-5, atol=1e-5)
+    assert fa.directory != fb.directory
+    # Each entry is exactly what a single-encoder run writes: reused without encoding.
+    for i, fs in enumerate([fa, fb]):
+        again = CountingEncoder()
+        got = cache.get_or_compute(
+            {**PARTS, "backbone": f"tiny{i}"},
+            images,
+            again,
+            TinyPreprocess(),
+            label=f"test-tiny{i}",
+            progress=False,
+        )
+        assert again.calls == 0 and got.directory == fs.directory
+        np.testing.assert_array_equal(got["orig"], fs["orig"])
+
+
+def test_many_encoders_compute_only_what_is_missing(tmp_path, images):
+    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    a, b = CountingEncoder(), CountingEncoder()
+    cache.get_or_compute(
+        {**PARTS, "backbone": "tiny0"},
+        images,
+        a,
+        TinyPreprocess(),
+        label="test-tiny0",
+        progress=False,
+    )
+    a2 = CountingEncoder()
+    fa, fb = cache.get_or_compute_many(
+        jobs_for(a2, b), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
+    )
+    assert a2.calls == 0 and b.images == 10
+    np.testing.assert_allclose(fb["orig"], reference(images, b), rtol=1e-5, atol=1e-5)
+
+
+def test_many_encoders_interrupted_keep_finished_shards(tmp_path, images):
+    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    a, b = CountingEncoder(), CountingEncoder(fail_after=6)  # b dies on the 3rd batch of 3
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute_many(
+            jobs_for(a, b), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
+        )
+    a2, b2 = CountingEncoder(), CountingEncoder()
+    fa, fb = cache.get_or_compute_many(
+        jobs_for(a2, b2), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
+    )
+    # Shard 0 (images 0-3) of both entries survived; shards 1-2 are computed again.
+    assert a2.images == 6 and b2.images == 6
+    np.testing.assert_allclose(fa["orig"], reference(images, a2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fb["orig"], reference(images, b2), rtol=1e-5, atol=1e-5)
+
+
+def test_many_encoders_need_jobs(tmp_path, images):
+    with pytest.raises(ValueError, match="no encoder jobs"):
+        FeatureCache(tmp_path).get_or_compute_many([], images, TinyPreprocess())

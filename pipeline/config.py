@@ -17,7 +17,9 @@ CLIP_VIT           ``$OUT_DIR/weights/ViT-B-32.safetensors``       converted CLI
 CLIP_RN            ``$OUT_DIR/weights/RN101.safetensors``          converted CLIP RN101
 CONVNEXT           ``$OUT_DIR/weights/convnextv2_base.safetensors``  converted ConvNeXt-V2 base
 BATCH_SIZE         64                                              images per encoder batch
-WORKERS            one per core, at most 16                        image decoding threads
+WORKERS            one per core, at most 16                        image decoding workers
+DECODE_BACKEND     ``auto``: processes when Jittor runs on CUDA,   how images are decoded
+                   threads on the CPU                              (``thread``/``process``)
 SEED               0                                               every random choice
 SHOTS              4                                               training images per class
 VAL_PER_CLASS      20                                              validation images per class
@@ -39,6 +41,10 @@ from typing import Any, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_CLASSES = REPO_ROOT / "data" / "classes_b.txt"
+
+
+# The first is the default (see pipeline.images.resolve_backend).
+DECODE_BACKENDS = ("auto", "thread", "process")
 
 
 class ConfigError(ValueError):
@@ -65,6 +71,7 @@ class Config:
     convnext: Path
     batch_size: int = 64
     workers: int = dataclasses.field(default_factory=_default_workers)
+    decode_backend: str = "auto"
     seed: int = 0
     shots: int = 4
     val_per_class: int = 20
@@ -142,6 +149,17 @@ class Config:
                 )
             return x
 
+        def choice(field: str, var: str, allowed: tuple[str, ...]) -> str:
+            val = get(field, var)
+            if val is None:
+                return allowed[0]
+            if val not in allowed:
+                raise ConfigError(
+                    f"{var}/--{field.replace('_', '-')}: must be one of {', '.join(allowed)}, "
+                    f"got {val!r}"
+                )
+            return val
+
         out_dir = path("out_dir", "OUT_DIR", Path("out"))
         data_given = get("data_dir", "DATA_DIR")
         data_dir = Path(data_given).expanduser() if data_given else out_dir / "demo"
@@ -166,6 +184,7 @@ class Config:
             convnext=path("convnext", "CONVNEXT", weights / "convnextv2_base.safetensors"),
             batch_size=integer("batch_size", "BATCH_SIZE", 64, 1),
             workers=integer("workers", "WORKERS", _default_workers(), 0),
+            decode_backend=choice("decode_backend", "DECODE_BACKEND", DECODE_BACKENDS),
             seed=integer("seed", "SEED", 0, 0),
             shots=integer("shots", "SHOTS", 4, 1),
             val_per_class=integer("val_per_class", "VAL_PER_CLASS", 20, 0),
@@ -194,7 +213,8 @@ _ARGS = {
     "clip_rn": ("CLIP_RN", str, "converted CLIP RN101 weights"),
     "convnext": ("CONVNEXT", str, "converted ConvNeXt-V2 weights"),
     "batch_size": ("BATCH_SIZE", int, "images per encoder batch"),
-    "workers": ("WORKERS", int, "image decoding threads (0: decode inline)"),
+    "workers": ("WORKERS", int, "image decoding workers (0: decode inline)"),
+    "decode_backend": ("DECODE_BACKEND", str, "auto, thread or process (auto: process on CUDA)"),
     "seed": ("SEED", int, "random seed"),
     "shots": ("SHOTS", int, "training images per class"),
     "val_per_class": ("VAL_PER_CLASS", int, "validation images per class"),

@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.fileio import write_atomic, write_json_atomic
-from pipeline.images import VIEWS, Preprocess, iter_view_batches
+from pipeline.images import VIEWS, Preprocess, iter_view_batches, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,16 @@ def _to_numpy(x: Any) -> np.ndarray:
 class FeatureCache:
     """Feature cache rooted at ``root`` (see the module docstring for the layout)."""
 
-    def __init__(self, root: str | os.PathLike, shard_size: int = SHARD_SIZE) -> None:
+    def __init__(
+        self, root: str | os.PathLike, shard_size: int = SHARD_SIZE, backend: str = "thread"
+    ) -> None:
+        """``backend``: how images are decoded when features must be computed ("thread",
+        "process" or "auto", see ``pipeline.images.resolve_backend``)."""
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.root = Path(root)
         self.shard_size = int(shard_size)
+        self.backend = backend
 
     # ------------------------------------------------------------------ weights fingerprint
     def fingerprint(self, weights: str | os.PathLike) -> str:
@@ -491,6 +496,7 @@ class FeatureCache:
                 views=need,
                 fill_failed=True,
                 draft_min_side=draft_min_side,
+                backend=resolve_backend(self.backend),
             )
             for batch in batches:
                 local = positions[batch.indices]

@@ -7,8 +7,11 @@ threads, ahead of the consumer, and yield batches in list order with the failure
 
 Threads, not processes, are the default: PIL releases the GIL while decoding and resizing and
 numpy does while normalising, so threads scale about as well as processes (see
-bench/bench_data_loader.py) without pickling the preprocess callable or re-importing Jittor in
-every worker.
+bench/bench_data_loader.py) without pickling the preprocess callable. But a Jittor call holds
+the GIL from start to end, so decoding threads stop while the encoder runs; where the encoder
+does not use the CPU (a GPU), the "process" backend keeps decoding during encoder calls. Its
+workers write the preprocessed arrays into shared memory, so nothing but file names and error
+messages is pickled (docs/PERFORMANCE.md, section 2).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterator, Sequence
+from multiprocessing import shared_memory
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -153,6 +158,20 @@ def default_workers() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
+def resolve_backend(backend: str) -> str:
+    """ "thread" or "process" for a backend name; "auto" picks processes when Jittor runs on
+    CUDA (the encoder then holds the GIL without using a core, and decoding processes keep
+    working during its calls) and threads on the CPU (there the encoder uses every core, and
+    threads stop while it runs instead of competing with it)."""
+    if backend == "auto":
+        from models.runtime import jittor
+
+        return "process" if jittor().flags.use_cuda else "thread"
+    if backend not in ("thread", "process"):
+        raise ValueError(f"backend must be 'auto', 'thread' or 'process', got {backend!r}")
+    return backend
+
+
 def _preprocess_views(
     im: Image.Image, preprocess: Preprocess, views: Sequence[str]
 ) -> tuple[np.ndarray, ...]:
@@ -185,6 +204,91 @@ def _decode_chunk(
             # A preprocessing failure on a decoded image is a bug, not a bad file: surface it.
             raise RuntimeError(f"{p}: preprocessing failed ({type(e).__name__}: {e})") from e
     return out
+
+
+def _decode_chunk_shared(
+    paths: Sequence[str],
+    preprocess: Preprocess,
+    views: Sequence[str],
+    draft_min_side: Optional[int],
+    block: str,
+    offset: int,
+    shape: tuple[int, ...],
+) -> list[Optional[str]]:
+    """Process worker task: like ``_decode_chunk``, but the arrays go into the shared-memory
+    ``block`` at byte ``offset`` as float32 [len(paths), len(views), *shape]; returns the error
+    message of each image (None where decoded)."""
+    shm = shared_memory.SharedMemory(name=block)
+    try:
+        out = np.ndarray((len(paths), len(views), *shape), np.float32, shm.buf, offset)
+        errors: list[Optional[str]] = []
+        for j, (arrays, err) in enumerate(_decode_chunk(paths, preprocess, views, draft_min_side)):
+            if arrays is not None:
+                for k, a in enumerate(arrays):
+                    if a.shape != shape:
+                        raise RuntimeError(
+                            f"{paths[j]}: preprocess returned shape {a.shape}, expected {shape} "
+                            "(the process backend needs one shape for every image)"
+                        )
+                    out[j, k] = a
+            errors.append(err)
+        del out  # release the buffer before closing the mapping
+    finally:
+        shm.close()
+    return errors
+
+
+def _watch_parent() -> None:
+    """Process worker initializer: exit as soon as the process that started the pool is gone.
+
+    A pool's workers only learn of a shutdown from their owner; if it dies without one (a
+    signal at an unlucky moment, SIGKILL, a crash), they would wait for work forever, keep the
+    forkserver alive and hold the owner's stdout/stderr open, hanging whoever reads them.
+    multiprocessing gives each child a sentinel of its parent (a pipe end that closes when the
+    parent exits, zombie or not)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+class _SharedSlots:
+    """``count`` slots of ``chunk`` images in one shared-memory block, handed out and returned
+    in any order; the block is unlinked by ``close``."""
+
+    def __init__(self, count: int, chunk: int, views: int, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.per_slot = chunk * views * int(np.prod(shape))
+        self.shm = shared_memory.SharedMemory(create=True, size=max(1, count * self.per_slot * 4))
+        self.array = np.ndarray((count, chunk, views, *shape), np.float32, self.shm.buf)
+        self.free = list(range(count))[::-1]
+
+    def take(self) -> int:
+        return self.free.pop()
+
+    def offset(self, slot: int) -> int:
+        return slot * self.per_slot * 4
+
+    def read(self, slot: int, errors: list[Optional[str]]):
+        """The slot's images as ``_decode_chunk`` returns them (copies), and free the slot."""
+        out = []
+        for j, err in enumerate(errors):
+            if err is None:
+                out.append((tuple(a.copy() for a in self.array[slot, j]), None))
+            else:
+                out.append((None, err))
+        self.free.append(slot)
+        return out
+
+    def close(self) -> None:
+        del self.array
+        self.shm.close()
+        self.shm.unlink()
 
 
 def _placeholder(preprocess: Preprocess, views: Sequence[str]) -> tuple[np.ndarray, ...]:
@@ -233,19 +337,23 @@ def iter_view_batches(
     args = (preprocess, views, draft_min_side)
 
     executor: Optional[cf.Executor] = None
+    slots: Optional[_SharedSlots] = None
+    placeholder: Optional[tuple[np.ndarray, ...]] = None
+    pending: collections.deque = collections.deque()
+    next_chunk = 0
+    max_pending = max(1, (prefetch * batch_size + chunk - 1) // chunk)
     if workers > 0 and n > 0:
         if backend == "thread":
             executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode")
         elif backend == "process":
             # spawn/forkserver, never fork: the parent may hold Jittor/CUDA threads.
             ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-            executor = cf.ProcessPoolExecutor(workers, mp_context=ctx)
+            # One shape for every image: learn it from the placeholder (preprocessed here).
+            placeholder = _placeholder(preprocess, views)
+            slots = _SharedSlots(max_pending, chunk, len(views), placeholder[0].shape)
+            executor = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch_parent)
         else:
             raise ValueError(f"backend must be 'thread' or 'process', got {backend!r}")
-
-    pending: collections.deque = collections.deque()
-    next_chunk = 0
-    max_pending = max(1, (prefetch * batch_size + chunk - 1) // chunk)
 
     def submit_more() -> None:
         nonlocal next_chunk
@@ -254,11 +362,14 @@ def iter_view_batches(
             sub = paths[s : s + chunk]
             if executor is None:
                 pending.append(_decode_chunk(sub, *args))
-            else:
+            elif slots is None:
                 pending.append(executor.submit(_decode_chunk, sub, *args))
+            else:
+                slot = slots.take()
+                task = (_decode_chunk_shared, sub, *args, slots.shm.name, slots.offset(slot))
+                pending.append((executor.submit(*task, slots.shape), slot))
             next_chunk += 1
 
-    placeholder: Optional[tuple[np.ndarray, ...]] = None
     try:
         pos = 0  # index of the next image to take out of `pending`
         buffer: list[tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]] = []
@@ -267,7 +378,13 @@ def iter_view_batches(
             while pos + len(buffer) < b1:
                 submit_more()
                 head = pending.popleft()
-                buffer.extend(head if isinstance(head, list) else head.result())
+                if isinstance(head, list):
+                    buffer.extend(head)
+                elif isinstance(head, tuple):
+                    future, slot = head
+                    buffer.extend(slots.read(slot, future.result()))
+                else:
+                    buffer.extend(head.result())
             take, buffer = buffer[: b1 - b0], buffer[b1 - b0 :]
             pos = b1
             submit_more()
@@ -303,6 +420,9 @@ def iter_view_batches(
         if executor is not None:
             # Ctrl-C or an early `break` by the consumer: drop queued work, do not wait for it.
             executor.shutdown(wait=False, cancel_futures=True)
+        if slots is not None:
+            # Workers still running keep their own mapping; the name goes now.
+            slots.close()
 
 
 def iter_batches(

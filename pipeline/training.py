@@ -49,7 +49,7 @@ class Workspace:
     @classmethod
     def open(cls, cfg: Config, settings: Settings) -> Workspace:
         classes = read_class_list(cfg.classes)
-        cache = FeatureCache(cfg.cache_dir)
+        cache = FeatureCache(cfg.cache_dir, backend=cfg.decode_backend)
         backbones = {
             name: ClipBackbone(name, path, cache)
             for name, path in settings.backbone_weights(cfg).items()

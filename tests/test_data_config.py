@@ -24,7 +24,7 @@ def test_defaults_without_environment(tmp_path, monkeypatch):
     assert cfg.clip_rn == Path("out/weights/RN101.safetensors")
     assert cfg.convnext == Path("out/weights/convnextv2_base.safetensors")
     assert (cfg.shots, cfg.seed, cfg.val_per_class, cfg.batch_size) == (4, 0, 20, 64)
-    assert cfg.workers >= 1
+    assert cfg.workers >= 1 and cfg.decode_backend == "auto"
     # no class list in the (absent) data folder: the repository's board-B list
     assert cfg.classes == REPO_CLASSES and REPO_CLASSES.is_file()
 
@@ -63,6 +63,7 @@ def test_overrides_beat_environment_and_none_is_ignored(tmp_path):
         ({"BATCH_SIZE": "0"}, "BATCH_SIZE/--batch-size: must be >= 1, got 0"),
         ({"SHOTS": "-1"}, "SHOTS/--shots: must be >= 1"),
         ({"WORKERS": "1.5"}, "WORKERS/--workers: not an integer"),
+        ({"DECODE_BACKEND": "gpu"}, "DECODE_BACKEND/--decode-backend: must be one of auto,"),
     ],
 )
 def test_malformed_values_name_the_variable(env, message):

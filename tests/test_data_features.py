@@ -388,3 +388,12 @@ def test_many_encoders_interrupted_keep_finished_shards(tmp_path, images):
 def test_many_encoders_need_jobs(tmp_path, images):
     with pytest.raises(ValueError, match="no encoder jobs"):
         FeatureCache(tmp_path).get_or_compute_many([], images, TinyPreprocess())
+
+
+def test_process_backend_gives_the_same_entry(tmp_path, images):
+    enc = CountingEncoder()
+    fs = compute(FeatureCache(tmp_path / "p", shard_size=4, backend="process"), images, enc)
+    ref = compute(FeatureCache(tmp_path / "t", shard_size=4), images, CountingEncoder())
+    assert enc.images == 10
+    np.testing.assert_array_equal(fs["orig"], ref["orig"])
+    assert fs.key == ref.key  # the decoding backend is not part of what the features are

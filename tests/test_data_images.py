@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.images import ImageError, iter_batches, iter_view_batches, load_rgb, log_failures
+from pipeline.images import (
+    ImageError,
+    iter_batches,
+    iter_view_batches,
+    load_rgb,
+    log_failures,
+    resolve_backend,
+)
 
 
 class TinyPreprocess:
@@ -317,6 +327,107 @@ def test_loader_process_backend(image_dir):
     idx = np.concatenate([b.indices for b in batches])
     assert idx.tolist() == [i for i in range(11) if i not in broken]
     np.testing.assert_array_equal(batches[0].images[0], expected(paths, 0))
+
+
+def shm_names() -> set[str]:
+    shm = Path("/dev/shm")
+    # SharedMemory blocks are psm_*; the pool's semaphores (sem.*) go with its processes.
+    return {p.name for p in shm.glob("psm_*")} if shm.is_dir() else set()
+
+
+class OddShapes(TinyPreprocess):
+    """A preprocessing whose output shape follows the image: not allowed with processes."""
+
+    def __call__(self, im: Image.Image) -> np.ndarray:
+        return np.zeros((3, im.height, 4), np.float32)
+
+
+def test_process_backend_matches_threads_through_shared_memory(image_dir):
+    paths, broken = image_dir
+    before = shm_names()
+    kw = dict(views=("orig", "flip"), fill_failed=True, prefetch=1)
+    got = list(iter_view_batches(paths * 3, TinyPreprocess(), 4, 2, backend="process", **kw))
+    want = list(iter_view_batches(paths * 3, TinyPreprocess(), 4, 2, backend="thread", **kw))
+    assert len(got) == len(want) == 9
+    for g, w in zip(got, want):
+        assert g.indices.tolist() == w.indices.tolist() and g.failed == w.failed
+        for v in ("orig", "flip"):
+            np.testing.assert_array_equal(g.images[v], w.images[v])
+    # prefetch=1 and 33 images in chunks of 2: slots were reused many times, in order
+    assert [i for b in got for i in b.failed] == [i for i in range(33) if i % 11 in broken]
+    # Stopping early (Ctrl-C, an error in the consumer) also releases the shared block.
+    gen = iter_view_batches(paths * 20, TinyPreprocess(), 2, 2, backend="process")
+    next(gen)
+    gen.close()
+    assert shm_names() == before
+
+
+def test_process_backend_refuses_varying_shapes(image_dir):
+    paths, _ = image_dir
+    with pytest.raises(RuntimeError, match="expected .*one shape for every image"):
+        list(iter_batches(paths[:2], OddShapes(), 2, 1, backend="process"))
+
+
+def test_worker_transforms_do_not_import_jittor():
+    """Decoding processes unpickle the preprocessing: neither CLIP's nor the ConvNeXt expert's
+    may drag Jittor (and a CUDA context) into every worker."""
+    code = (
+        "import pickle, sys\n"
+        "from models.clip.preprocess import Preprocess\n"
+        "from models.convnext_transforms import EvalTransform\n"
+        "pickle.loads(pickle.dumps((Preprocess(224), EvalTransform(384))))\n"
+        "print(sorted(m for m in ('jittor', 'torch') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+OWNER = """
+import sys, time
+from pipeline.images import iter_view_batches
+from models.clip.preprocess import Preprocess
+
+if __name__ == "__main__":
+    batches = iter_view_batches(sys.argv[1:] * 50, Preprocess(32), 2, 2, backend="process")
+    next(batches)
+    print("decoding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_process_workers_die_with_a_killed_owner(image_dir, tmp_path):
+    """SIGKILL gives the pool no chance to stop its workers: they must notice by themselves,
+    or they hold the owner's stderr open and whoever reads it hangs."""
+    import signal
+
+    paths, broken = image_dir
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    good = [p for i, p in enumerate(paths) if i not in broken]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *good],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "decoding"
+    proc.send_signal(signal.SIGKILL)
+    # EOF on both pipes only once every process that inherited them (workers, forkserver) exited
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_backend_names():
+    assert resolve_backend("thread") == "thread" and resolve_backend("process") == "process"
+    with pytest.raises(ValueError, match="backend must be"):
+        resolve_backend("gpu")
 
 
 def test_loader_early_stop_and_bad_arguments(image_dir):

@@ -67,6 +67,7 @@ def demo(tmp_path_factory):
         CONVNEXT=str(targets["convnext"]),
         SETTINGS=str(base / "settings.yaml"),
         WORKERS="2",
+        DECODE_BACKEND="thread",
     )
     run([sys.executable, "process.py", "--pseudo-unseen", "1"], env)
     run([sys.executable, "train.py"], env)
@@ -229,6 +230,19 @@ def test_train_and_test_load_no_pickle_and_no_torch(demo, tmp_path):
     assert (tmp_path / "out" / "result.txt").read_bytes() == (
         demo["out"] / "result.txt"
     ).read_bytes()
+
+
+def test_decoding_processes_give_the_same_submission(demo, tmp_path):
+    """DECODE_BACKEND=process (the default on CUDA) from an empty feature cache: the same
+    features, so the same result.txt byte for byte."""
+    env = dict(demo["env"], DECODE_BACKEND="process")
+    out = tmp_path / "out"
+    env["OUT_DIR"] = str(out)
+    for sub in ("lists", "heads", "expert"):
+        shutil.copytree(demo["out"] / sub, out / sub)
+    run([sys.executable, "test.py"], env)
+    assert any((out / "cache").glob("test-vit-*/orig/shard_*"))  # computed here, not reused
+    assert (out / "result.txt").read_bytes() == (demo["out"] / "result.txt").read_bytes()
 
 
 def test_interrupted_test_leaves_no_partial_submission(demo, tmp_path):

@@ -1,0 +1,89 @@
+"""Image transforms of the ConvNeXt-V2 expert (PIL RGB in, float32 CHW out).
+
+Kept apart from ``models/convnext_v2.py`` so that decoding worker processes can unpickle a
+transform without importing Jittor (``pipeline.images``, process backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalise(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Resize to size x size (bicubic, aspect not kept) and normalise: deterministic."""
+
+    size: int = 384
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        img = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
+        return _normalise(img, self.mean, self.std)
+
+    def describe(self) -> str:
+        """Identity for feature-cache keys (pipeline/features.py)."""
+        return f"convnextv2-eval:resize{self.size}sq:bicubic:mean{self.mean}:std{self.std}"
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """Resize to resize x resize (bicubic) -> random crop x crop -> random horizontal flip.
+
+    The randomness comes only from the numpy Generator passed in, so a seed fixes every view.
+    """
+
+    resize: int = 320
+    crop: int = 280
+    flip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.crop > self.resize:
+            raise ValueError(f"crop {self.crop} larger than resize {self.resize}")
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        return self.augment(self.resize_image(img), rng)
+
+    def resize_image(self, img: Image.Image) -> Image.Image:
+        """The deterministic first step; cache it to draw many views of one image cheaply."""
+        return img.convert("RGB").resize((self.resize, self.resize), Image.Resampling.BICUBIC)
+
+    def augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        """The random steps (crop, flip) and normalisation on an image from resize_image()."""
+        top, left = (int(v) for v in rng.integers(0, self.resize - self.crop + 1, size=2))
+        img = img.crop((left, top, left + self.crop, top + self.crop))
+        if self.flip and rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return _normalise(img, self.mean, self.std)
+
+    def describe(self) -> str:
+        """Identity of the transform (the views also depend on the seed)."""
+        return (
+            f"convnextv2-train:resize{self.resize}sq:bicubic:crop{self.crop}:flip{self.flip}:"
+            f"mean{self.mean}:std{self.std}"
+        )
+
+
+def preprocess(size: int = 384) -> Callable[[Image.Image], np.ndarray]:
+    """Evaluation transform of the challenge solution: bicubic size x size, ImageNet norm."""
+    return EvalTransform(size)
+
+
+def train_transform(resize: int = 320, crop: int = 280, flip: bool = True) -> TrainTransform:
+    """Training transform of the challenge solution: Resize 320 -> RandomCrop 280 -> flip."""
+    return TrainTransform(resize, crop, flip)

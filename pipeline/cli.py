@@ -63,6 +63,9 @@ def run_main(args: argparse.Namespace, work: Callable[[Config, Settings], Any]) 
         log.info(cfg.describe())
         work(cfg, settings)
     except KeyboardInterrupt:
+        # Only before Jittor is imported: Jittor then handles SIGINT itself with a quick exit
+        # (status 1, no finally blocks). Either way nothing finished is lost: every file is
+        # written atomically and the feature cache keeps its completed shards.
         log.error(
             "interrupted: finished work is kept (feature cache, saved heads); re-run to resume"
         )

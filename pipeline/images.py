@@ -241,9 +241,10 @@ def _decode_chunk_shared(
 def _watch_parent() -> None:
     """Process worker initializer: exit as soon as the process that started the pool is gone.
 
-    A pool's workers only learn of a shutdown from their owner; if it dies without one (a
-    signal at an unlucky moment, SIGKILL, a crash), they would wait for work forever, keep the
-    forkserver alive and hold the owner's stdout/stderr open, hanging whoever reads them.
+    A pool's workers only learn of a shutdown from their owner; if it dies without one, they
+    would wait for work forever, keep the forkserver alive and hold the owner's stdout/stderr
+    open, hanging whoever reads them. That is the usual case, not a corner: once Jittor is
+    imported, Ctrl-C is Jittor's own quick exit, which runs no ``finally`` block.
     multiprocessing gives each child a sentinel of its parent (a pipe end that closes when the
     parent exits, zombie or not)."""
     parent = multiprocessing.parent_process()

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -399,8 +400,10 @@ if __name__ == "__main__":
 
 
 def test_process_workers_die_with_a_killed_owner(image_dir, tmp_path):
-    """SIGKILL gives the pool no chance to stop its workers: they must notice by themselves,
-    or they hold the owner's stderr open and whoever reads it hangs."""
+    """An owner killed without cleanup gives the pool no chance to stop its workers: they must
+    notice by themselves, or they hold the owner's stderr open and whoever reads it hangs.
+    (Jittor quick-exits on Ctrl-C the same way. SIGTERM, not SIGKILL: Jittor, imported by other
+    tests into this very process, exits on SIGCHLD from a child killed by anything else.)"""
     import signal
 
     paths, broken = image_dir
@@ -418,10 +421,42 @@ def test_process_workers_die_with_a_killed_owner(image_dir, tmp_path):
         text=True,
     )
     assert proc.stdout.readline().strip() == "decoding"
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGTERM)  # no Python handler: dies on the spot
     # EOF on both pipes only once every process that inherited them (workers, forkserver) exited
     proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_ctrl_c_under_jittor_leaves_no_workers_and_no_shared_block(image_dir, tmp_path):
+    """Jittor replaces Python's SIGINT handler with a quick exit (no KeyboardInterrupt, no
+    finally): the workers must still go, and the shared block with them."""
+    import signal
+
+    paths, broken = image_dir
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER.replace("import sys, time", "import sys, time\n" + JITTOR_FIRST))
+    good = [p for i, p in enumerate(paths) if i not in broken]
+    root = Path(__file__).resolve().parent.parent
+    before = shm_names()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *good],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "decoding"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Caught SIGINT" in err  # Jittor's handler, as in test.py
+    deadline = time.time() + 10  # the resource tracker unlinks what the owner could not
+    while shm_names() - before and time.time() < deadline:
+        time.sleep(0.1)
+    assert shm_names() == before
+
+
+JITTOR_FIRST = "from models.runtime import jittor; jittor()"
 
 
 def test_backend_names():

@@ -32,7 +32,7 @@ _ACTIVE: list[str] = []  # keys of the wrapped calls in progress, outermost firs
 # (module, attribute path, key): key may use {name} (the backbone's name) or {arg0}.
 TARGETS = [
     ("pipeline.backbones", "ClipBackbone._load", "load CLIP {name}"),
-    ("pipeline.backbones", "ClipBackbone.features", "features {arg0} {name}"),
+    ("pipeline.backbones", "backbone_features", "features {arg0}"),
     ("pipeline.backbones", "ClipBackbone._encode", "encode {name}"),
     ("pipeline.backbones", "ClipBackbone.text_classifier", "text classifier {name}"),
     ("fewshot.zeroshot", "text_classifier_from_prompts", "text encoder"),

@@ -65,9 +65,20 @@ def photo(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def preprocessors() -> dict:
     from models.clip.preprocess import Preprocess
-    from models.convnext_v2 import EvalTransform
+    from models.convnext_transforms import EvalTransform
 
     return {"clip224": Preprocess(224), "convnext384": EvalTransform(384)}
+
+
+def loader_settings(args):
+    """The (backend, workers) pairs to measure, each yielded once the machine is quiet."""
+    for backend in args.backend.split(","):
+        for w in [int(x) for x in args.workers.split(",")]:
+            if backend == "process" and w == 0:
+                continue  # 0 workers is inline decoding: measured once, as "thread"
+            if args.quiet >= 0:
+                C.wait_for_quiet(args.quiet)
+            yield backend, w
 
 
 # ----------------------------------------------------------------------------- decode
@@ -86,35 +97,29 @@ def cmd_decode(args) -> list[dict]:
             paths = write_images(Path(d) / label.replace(" ", ""), n, long_side)
             for pname, pre in preprocessors().items():
                 for draft in drafts:
-                    for backend in args.backend.split(","):
-                        for w in [int(x) for x in args.workers.split(",")]:
-                            if backend == "process" and w == 0:
-                                continue
-                            if args.quiet >= 0:
-                                C.wait_for_quiet(args.quiet)
-                            with C.Contention() as cpu:
-                                for _rep in range(2):  # warm-up (file cache, pool start), timed
-                                    t = time.perf_counter()
-                                    cnt = sum(
-                                        len(b.indices)
-                                        for b in iter_batches(
-                                            paths, pre, 32, w, backend=backend,
-                                            draft_min_side=draft,
-                                        )
-                                    )  # fmt: skip
-                                    dt = time.perf_counter() - t
-                            assert cnt == n
-                            row = {
-                                "images": label,
-                                "preprocess": pname,
-                                "draft": draft or "-",
-                                "backend": backend if w else "inline",
-                                "workers": w,
-                                "img/s": n / dt,
-                                "others": cpu.others_cores,
-                            }
-                            rows.append(row)
-                            print(C.format_table([row], list(row)).splitlines()[-1], flush=True)
+                    for backend, w in loader_settings(args):
+                        with C.Contention() as cpu:
+                            for _rep in range(2):  # warm-up (file cache, pool start), timed
+                                t = time.perf_counter()
+                                cnt = sum(
+                                    len(b.indices)
+                                    for b in iter_batches(
+                                        paths, pre, 32, w, backend=backend, draft_min_side=draft
+                                    )
+                                )
+                                dt = time.perf_counter() - t
+                        assert cnt == n
+                        row = {
+                            "images": label,
+                            "preprocess": pname,
+                            "draft": draft or "-",
+                            "backend": backend if w else "inline",
+                            "workers": w,
+                            "img/s": n / dt,
+                            "others": cpu.others_cores,
+                        }
+                        rows.append(row)
+                        print(C.format_table([row], list(row)).splitlines()[-1], flush=True)
     return rows
 
 
@@ -268,31 +273,30 @@ def extract_once(paths, encoders, pre, batch, workers, backend, prefetch, cache_
 
 
 def cmd_extract(args) -> list[dict]:
+    from pipeline.features import describe_preprocess
+
     rows = []
     with tempfile.TemporaryDirectory() as d:
         paths = write_images(Path(d) / "img", args.n, (300, 640))
         for spec in args.encoder.split(","):
             made = [make_encoder(part, args.weights_dir) for part in spec.split("+")]
             pre, desc = made[0][1], " + ".join(m[2] for m in made)
+            if len({describe_preprocess(m[1]) for m in made}) > 1:
+                raise SystemExit(f"{spec}: encoders joined by + must share one preprocessing")
             encoders = [m[0] for m in made]
             for encode in encoders:  # compile
                 encode(np.zeros((args.batch, 3, pre_size(pre), pre_size(pre)), np.float32))
-            for backend in args.backend.split(","):
-                for w in [int(x) for x in args.workers.split(",")]:
-                    if backend == "process" and w == 0:
-                        continue
-                    if args.quiet >= 0:
-                        C.wait_for_quiet(args.quiet)
-                    with C.Contention() as cpu:
-                        res = extract_once(
-                            paths, encoders, pre, args.batch, w, backend, args.prefetch,
-                            Path(d) / f"cache-{spec}-{backend}-{w}",
-                        )  # fmt: skip
-                    row = {"encoder": desc, "backend": backend if w else "inline", "workers": w}
-                    row.update(res)
-                    row["others"] = cpu.others_cores
-                    rows.append(row)
-                    print(C.format_table([row], list(row)).splitlines()[-1], flush=True)
+            for backend, w in loader_settings(args):
+                with C.Contention() as cpu:
+                    res = extract_once(
+                        paths, encoders, pre, args.batch, w, backend, args.prefetch,
+                        Path(d) / f"cache-{spec}-{backend}-{w}",
+                    )  # fmt: skip
+                row = {"encoder": desc, "backend": backend if w else "inline", "workers": w}
+                row.update(res)
+                row["others"] = cpu.others_cores
+                rows.append(row)
+                print(C.format_table([row], list(row)).splitlines()[-1], flush=True)
     return rows
 
 

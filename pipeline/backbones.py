@@ -107,26 +107,6 @@ class ClipBackbone:
         """This backbone as one encoder of ``FeatureCache.get_or_compute_many``."""
         return EncoderJob(self.key_parts(), self._encode, f"{label}-{self.name}")
 
-    def features(
-        self,
-        paths: Sequence[str],
-        label: str,
-        *,
-        flip_tta: bool = False,
-        batch_size: int = 64,
-        workers: int | None = None,
-    ) -> tuple[np.ndarray, tuple[int, ...]]:
-        """(L2-normalised features [n, d], indices of undecodable images) of ``paths``."""
-        X, failed = backbone_features(
-            {self.name: self},
-            paths,
-            label,
-            flip_tta=flip_tta,
-            batch_size=batch_size,
-            workers=workers,
-        )
-        return X[self.name], tuple(sorted(failed))
-
     # ------------------------------------------------------------------ text
     def text_classifier(
         self,

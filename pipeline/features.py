@@ -257,12 +257,12 @@ class FeatureCache:
             return None
         return feats, failed
 
-    def _write_shard(self, path: Path, feats: np.ndarray, failed: np.ndarray, keyhash: str) -> str:
+    def _write_shard(self, path: Path, feats: np.ndarray, failed: np.ndarray, keyhash: str) -> None:
+        # The manifest's checksums are taken when it is written (``_finish``), once per shard.
         write_atomic(
             path,
             lambda f: np.savez(f, features=feats, failed=failed, key=np.array(keyhash)),
         )
-        return _sha256_file(path)
 
     # ------------------------------------------------------------------ main entry point
     def get_or_compute(

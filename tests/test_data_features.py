@@ -78,6 +78,13 @@ def compute(cache, paths, enc, parts=PARTS, pre=None, **kw):
     return cache.get_or_compute(parts, paths, enc, pre or TinyPreprocess(), progress=False, **kw)
 
 
+def forge_shard(shard: Path, rows: int, key: str) -> None:
+    """Replace ``shard`` by a loadable one of ``rows`` zero features (d = 6) owned by ``key``."""
+    tmp = shard.with_suffix(".tmp.npz")
+    np.savez(tmp, features=np.zeros((rows, 6), np.float32), failed=np.zeros(0, np.int64), key=key)
+    os.replace(tmp, shard)
+
+
 def test_compute_then_reuse(tmp_path, images):
     cache = FeatureCache(tmp_path / "cache", shard_size=4)
     enc = CountingEncoder()
@@ -156,13 +163,7 @@ def test_tampered_shard_fails_checksum(tmp_path, images, caplog):
     with np.load(shard) as z:
         key = str(z["key"])
     # a loadable shard with the right key and shape, but other content than recorded
-    np.savez(
-        shard.with_suffix(".tmp.npz"),
-        features=np.zeros((2, 6), np.float32),
-        failed=np.zeros(0, np.int64),
-        key=np.array(key),
-    )
-    os.replace(shard.with_suffix(".tmp.npz"), shard)
+    forge_shard(shard, rows=2, key=key)
     enc = CountingEncoder()
     with caplog.at_level(logging.WARNING):
         fs2 = compute(cache, images, enc)
@@ -175,13 +176,7 @@ def test_loose_shard_of_another_key_is_not_used(tmp_path, images, caplog):
     fs = compute(cache, images, CountingEncoder())
     (fs.directory / "orig" / "manifest.json").unlink()
     shard = fs.directory / "orig" / "shard_00000.npz"
-    np.savez(
-        shard.with_suffix(".tmp.npz"),
-        features=np.zeros((4, 6), np.float32),
-        failed=np.zeros(0, np.int64),
-        key=np.array("someone else"),
-    )
-    os.replace(shard.with_suffix(".tmp.npz"), shard)
+    forge_shard(shard, rows=4, key="someone else")
     enc = CountingEncoder()
     with caplog.at_level(logging.WARNING):
         fs2 = compute(cache, images, enc)

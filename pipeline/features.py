@@ -36,7 +36,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.fileio import write_atomic, write_json_atomic
-from pipeline.images import VIEWS, Preprocess, iter_view_batches, resolve_backend
+from pipeline.images import (
+    VIEWS,
+    Preprocess,
+    default_workers,
+    iter_view_batches,
+    resolve_backend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +485,14 @@ class FeatureCache:
             [np.arange(s * self.shard_size, s * self.shard_size + rows[s]) for s in missing]
         )
         asm = [_ShardAssembler(self, e, missing, need) for e in entries]
+        backend = resolve_backend(self.backend)
+        nw = default_workers() if workers is None else workers
+        log.info(
+            "%s: encoding %d image(s), each decoded once (%s)",
+            " + ".join(e.name for e in entries),
+            len(positions),
+            f"{nw} {backend} worker(s)" if nw else "inline",
+        )
         bar = tqdm(
             total=len(paths),
             initial=len(paths) - len(positions),
@@ -496,7 +510,7 @@ class FeatureCache:
                 views=need,
                 fill_failed=True,
                 draft_min_side=draft_min_side,
-                backend=resolve_backend(self.backend),
+                backend=backend,
             )
             for batch in batches:
                 local = positions[batch.indices]

@@ -240,8 +240,9 @@ def test_decoding_processes_give_the_same_submission(demo, tmp_path):
     env["OUT_DIR"] = str(out)
     for sub in ("lists", "heads", "expert"):
         shutil.copytree(demo["out"] / sub, out / sub)
-    run([sys.executable, "test.py"], env)
+    r = run([sys.executable, "test.py"], env)
     assert any((out / "cache").glob("test-vit-*/orig/shard_*"))  # computed here, not reused
+    assert "test-vit + test-rn: encoding" in r.stderr and "process worker(s))" in r.stderr
     assert (out / "result.txt").read_bytes() == (demo["out"] / "result.txt").read_bytes()
 
 

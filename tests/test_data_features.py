@@ -385,11 +385,18 @@ def test_many_encoders_need_jobs(tmp_path, images):
         FeatureCache(tmp_path).get_or_compute_many([], images, TinyPreprocess())
 
 
-def test_process_backend_gives_the_same_entry(tmp_path, images, caplog):
+def test_process_backend_gives_the_same_entry(tmp_path, images, monkeypatch):
+    used = []
+    loader = features.iter_view_batches
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["backend"])
+        return loader(*args, **kwargs)
+
+    monkeypatch.setattr(features, "iter_view_batches", spy)
     enc = CountingEncoder()
-    with caplog.at_level(logging.INFO, logger="pipeline.features"):
-        fs = compute(FeatureCache(tmp_path / "p", shard_size=4, backend="process"), images, enc)
-    assert "(1 process worker(s))" in caplog.text
+    fs = compute(FeatureCache(tmp_path / "p", shard_size=4, backend="process"), images, enc)
+    assert used == ["process"]
     ref = compute(FeatureCache(tmp_path / "t", shard_size=4), images, CountingEncoder())
     assert enc.images == 10
     np.testing.assert_array_equal(fs["orig"], ref["orig"])

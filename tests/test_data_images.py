@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import pipeline.images as images
 from pipeline.images import (
     ImageError,
     iter_batches,
@@ -343,11 +344,17 @@ class OddShapes(TinyPreprocess):
         return np.zeros((3, im.height, 4), np.float32)
 
 
-def test_process_backend_matches_threads_through_shared_memory(image_dir):
+def test_process_backend_matches_threads_through_shared_memory(image_dir, monkeypatch):
     paths, broken = image_dir
     before = shm_names()
+    slots_read = []
+    read = images._SharedSlots.read
+    monkeypatch.setattr(
+        images._SharedSlots, "read", lambda self, *a: slots_read.append(a) or read(self, *a)
+    )
     kw = dict(views=("orig", "flip"), fill_failed=True, prefetch=1)
     got = list(iter_view_batches(paths * 3, TinyPreprocess(), 4, 2, backend="process", **kw))
+    assert sum(len(errors) for _, errors in slots_read) == 33  # every image came that way
     want = list(iter_view_batches(paths * 3, TinyPreprocess(), 4, 2, backend="thread", **kw))
     assert len(got) == len(want) == 9
     for g, w in zip(got, want):
@@ -359,8 +366,29 @@ def test_process_backend_matches_threads_through_shared_memory(image_dir):
     # Stopping early (Ctrl-C, an error in the consumer) also releases the shared block.
     gen = iter_view_batches(paths * 20, TinyPreprocess(), 2, 2, backend="process")
     next(gen)
+    assert len(shm_names() - before) == 1  # the images travel through one shared block
     gen.close()
     assert shm_names() == before
+
+
+class PidPreprocess(TinyPreprocess):
+    """Every pixel is the id of the process that preprocessed the image."""
+
+    def __call__(self, im: Image.Image) -> np.ndarray:
+        return np.full((3, 2, 2), os.getpid(), np.float32)
+
+
+def test_process_backend_decodes_in_other_processes(image_dir):
+    paths, broken = image_dir
+    good = [p for i, p in enumerate(paths) if i not in broken]
+
+    def pids(**kw) -> set[int]:
+        batches = iter_batches(good * 4, PidPreprocess(), 4, 2, **kw)
+        return {int(v) for b in batches for v in np.unique(b.images)}
+
+    procs = pids(backend="process")
+    assert os.getpid() not in procs and 1 <= len(procs) <= 2
+    assert pids(backend="thread") == {os.getpid()}
 
 
 def test_process_backend_refuses_varying_shapes(image_dir):

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.config import Config, ConfigError, add_config_arguments
+from pipeline.env import ConfigError, Env, add_env_arguments
 from pipeline.lists import ListError, read_class_list, read_labeled_list
 from pipeline.split import (
     SplitError,
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not decode the chosen shots (by default an undecodable shot is replaced)",
     )
-    add_config_arguments(
+    add_env_arguments(
         ap,
         [
             "data_dir",
@@ -71,45 +71,45 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        cfg = Config.from_env(vars(args))
-        if cfg.is_demo:
-            from pipeline.demo_data import ensure_demo
+        env = Env.from_env(vars(args))
+        if env.is_demo:
+            from pipeline.synthetic import ensure_demo
 
-            log.info("DATA_DIR not set: using the generated demo dataset in %s", cfg.data_dir)
-            ensure_demo(cfg.data_dir)
-            cfg = Config.from_env(vars(args))  # class list / test folder defaults now exist
-        log.info("%s", cfg.describe())
-        classes = read_class_list(cfg.classes)
-        pool = read_labeled_list(cfg.train_list, classes)
+            log.info("DATA_DIR not set: using the generated demo dataset in %s", env.data_dir)
+            ensure_demo(env.data_dir)
+            env = Env.from_env(vars(args))  # class list / test folder defaults now exist
+        log.info("%s", env.describe())
+        classes = read_class_list(env.classes)
+        pool = read_labeled_list(env.train_list, classes)
         if len(pool) == 0:
-            raise ListError(f"{cfg.train_list}: no images listed")
-        common = dict(val_per_class=cfg.val_per_class, pseudo_unseen=args.pseudo_unseen)
+            raise ListError(f"{env.train_list}: no images listed")
+        common = dict(val_per_class=env.val_per_class, pseudo_unseen=args.pseudo_unseen)
         if args.shot_list:
             shots = read_labeled_list(args.shot_list, classes)
-            split = split_from_shot_list(shots, pool, classes, cfg.shots, cfg.seed, **common)
+            split = split_from_shot_list(shots, pool, classes, env.shots, env.seed, **common)
             source = args.shot_list
         else:
-            check = None if args.no_check else make_checker(cfg.data_dir, cfg.workers)
+            check = None if args.no_check else make_checker(env.data_dir, env.workers)
             split = select_shots(
                 pool,
                 classes,
-                cfg.shots,
-                cfg.seed,
+                env.shots,
+                env.seed,
                 allow_fewer=args.allow_fewer,
                 check=check,
                 **common,
             )
-            source = f"seeded selection (seed {cfg.seed})"
+            source = f"seeded selection (seed {env.seed})"
         info = {
-            "data_dir": str(cfg.data_dir),
-            "classes": str(cfg.classes),
-            "train_list": str(cfg.train_list),
-            "shots": cfg.shots,
-            "seed": cfg.seed,
-            "val_per_class": cfg.val_per_class,
+            "data_dir": str(env.data_dir),
+            "classes": str(env.classes),
+            "train_list": str(env.train_list),
+            "shots": env.shots,
+            "seed": env.seed,
+            "val_per_class": env.val_per_class,
             "source": source,
         }
-        written = write_split(split, cfg.lists_dir, classes, info)
+        written = write_split(split, env.lists_dir, classes, info)
     except (ConfigError, ListError, SplitError, FileExistsError) as e:
         log.error("%s", e)
         return 2

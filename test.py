@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(ap)
     args = ap.parse_args(argv)
 
-    def work(cfg, settings):
-        from pipeline.inference import evaluate, predict
+    def work(env, settings):
+        if args.eval:
+            from pipeline.evaluation import evaluate
 
-        return evaluate(cfg, settings) if args.eval else predict(cfg, settings)
+            return evaluate(env, settings)
+        from pipeline.predict import predict
+
+        return predict(env, settings)
 
     return run_main(args, work)
 

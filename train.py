@@ -2,8 +2,8 @@
 
 For each CLIP backbone (ViT-B/32 and RN101 by default): the text classifier over all classes
 (domain-aware prompts) and an LP++ probe over the seen classes, selected on the validation list;
-the ConvNeXt-V2 expert for the dog breeds; with pseudo-unseen classes in the split, the choice of
-the stage-1 (InMaP) variant. Reads the lists of process.py, writes ``$OUT_DIR/heads``,
+the ConvNeXt-V2 expert for one domain (the dog breeds); with pseudo-unseen classes in the split,
+the choice of the stage-1 (InMaP) variant. Reads the lists of process.py, writes ``$OUT_DIR/heads``,
 ``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``. Image features are cached under
 ``$OUT_DIR/cache``: an interrupted run resumes where it stopped.
 """
@@ -24,11 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(ap)
     args = ap.parse_args(argv)
 
-    def work(cfg, settings):
+    def work(env, settings):
         from pipeline.training import train
 
-        summary = train(cfg, settings)
-        logging.getLogger("train").info("done: %s", cfg.out_dir / "train.json")
+        summary = train(env, settings)
+        logging.getLogger("train").info("done: %s", env.out_dir / "train.json")
         return summary
 
     return run_main(args, work)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # family -> module with matches / infer_config / prepare_state_dict (imported lazily).
 FAMILIES = {
     "clip": "models.clip.config",
-    "convnextv2": "models.convnext_v2",
+    "convnextv2": "models.convnext.config",
 }
 
 JITTOR_PICKLE_MAGIC = b"HCAJSLHD"
@@ -333,7 +333,7 @@ def convert(
         "file": src.name,
         "format": fmt,
         "dtypes": dict(sorted(dtypes.items())),
-        "sha256": _sha256(src),
+        "sha256": weights.fingerprint(src, full=True),
     }
     weights.save(dst, sd, family=family, config=config, source=source)
     arch = config.get("architecture") or config.get("variant") or "custom"
@@ -360,18 +360,6 @@ def convert(
         dst,
     )
     return summary
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Writers of the upstream formats (demo checkpoints and tests)
 
 
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:

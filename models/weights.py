@@ -12,9 +12,11 @@ header metadata (string to string) holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,64 @@ def _check_exists(path: str | os.PathLike, family: str | None) -> Path:
         f"  download: {hint}\n"
         f"  then convert: python convert.py DOWNLOADED_FILE {path}"
     )
+
+
+def fingerprint(path: str | os.PathLike, full: bool = False, block: int = 1 << 20) -> str:
+    """Identity of a file: sha256 of its size and its first and last ``block`` bytes, or of the
+    whole file with ``full`` (the provenance that convert.py records of a download).
+
+    The cheap form tells converted files apart without reading hundreds of MB: their header,
+    which comes first, records the sha256 of the upstream file they were converted from.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: file not found") from None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if full:
+            while chunk := f.read(block):
+                h.update(chunk)
+            return h.hexdigest()
+        h.update(str(size).encode())
+        h.update(f.read(block))
+        if size > block:
+            f.seek(max(block, size - block))
+            h.update(f.read(block))
+    return h.hexdigest()
+
+
+def load_state(model: Any, tensors: Mapping[str, Any], source: str = "state dict") -> None:
+    """Copy ``tensors`` (name -> array) into a Jittor ``model``'s state, strictly.
+
+    Names must be exactly the model's state-dict keys and shapes must agree (a 0-d array fits a
+    Jittor shape [1]: Jittor has no 0-d Vars, e.g. CLIP's ``logit_scale``). Raises WeightsError
+    listing every missing key, unexpected key and shape mismatch.
+    """
+    from models.runtime import jittor
+
+    jt = jittor()
+    own = model.state_dict()
+
+    def jt_shape(shape) -> tuple[int, ...]:
+        return tuple(int(s) for s in shape) if len(shape) else (1,)
+
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [
+        f"{k}: file {tuple(np.shape(tensors[k]))} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(tensors))
+        if jt_shape(np.shape(tensors[k])) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+            if items:
+                more = f", ... ({len(items)} in all)" if len(items) > 20 else ""
+                parts.append(f"{title}: {', '.join(items[:20])}{more}")
+        name = type(model).__name__
+        raise WeightsError(f"{source}: weights do not fit the {name} model; " + "; ".join(parts))
+    for name, var in own.items():
+        a = np.ascontiguousarray(tensors[name], dtype=np.float32).reshape(var.shape)
+        var.update(jt.array(a))

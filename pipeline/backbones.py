@@ -1,6 +1,7 @@
-"""CLIP backbones of the pipeline: cached image features and text classifiers.
+"""The frozen encoders of the pipeline, as feature-cache encoders: CLIP backbones (image features
+and text classifiers) and ConvNeXt-V2 (pooled features, for the expert and AMU-Tuning).
 
-A backbone is loaded only when something is not in the cache, so a second run of test.sh touches
+A model is loaded only when something is not in the cache, so a second run of test.sh touches
 neither the image nor the text encoder.
 """
 
@@ -11,13 +12,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from models import weights
-from pipeline.features import EncoderJob, FeatureCache, FeatureSet, describe_preprocess
+from pipeline.features import Encoder, FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -38,76 +40,88 @@ def combine_views(fs: FeatureSet, flip_tta: bool) -> np.ndarray:
     return x
 
 
-class ClipBackbone:
-    """One CLIP model (by name, e.g. "vit"), its feature cache entries and text classifiers."""
+class _LazyEncoder:
+    """A weight file whose model loads on first use, run without gradients batch by batch."""
 
-    def __init__(self, name: str, weights_path: str | os.PathLike, cache: FeatureCache):
-        self.name = name
+    family = ""
+    name = ""
+
+    def __init__(self, weights_path: str | os.PathLike) -> None:
         self.path = Path(weights_path)
-        self.cache = cache
-        info = weights.read_info(self.path)  # fails early, naming the file, if absent/wrong
-        if info["family"] != "clip":
+        # Fails early, naming the file, when it is absent or of another family.
+        self.info = weights.read_info(self.path)
+        if self.info["family"] != self.family:
             raise weights.WeightsError(
-                f"{self.path}: holds {info['family']!r} weights, but backbone {name!r} needs CLIP"
+                f"{self.path}: holds {self.info['family']!r} weights, but {self.name!r} needs "
+                f"{self.family!r} weights"
             )
-        self.info = info
         self._model = None
-        self._preprocess = None
         self.load_seconds = 0.0
 
-    # ------------------------------------------------------------------ lazy model
-    def _load(self):
-        if self._model is None:
-            from models import clip
-
-            t = time.time()
-            self._model, self._preprocess = clip.load(self.path)
-            self.load_seconds += time.time() - t
-            log.info("loaded CLIP %s from %s (%.1fs)", self.name, self.path, time.time() - t)
-        return self._model
+    def _build(self) -> Any:
+        raise NotImplementedError
 
     @property
-    def preprocess(self):
-        if self._preprocess is None:
-            from models.clip.preprocess import Preprocess
-
-            # The preprocessing is a pure function of the input resolution: no model needed
-            # to build it, so cache hits never load the network.
-            self._preprocess = Preprocess(int(self.info["config"]["image_resolution"]))
-        return self._preprocess
+    def model(self) -> Any:
+        if self._model is None:
+            t = time.time()
+            self._model = self._build()
+            self.load_seconds += time.time() - t
+            log.info("loaded %s from %s (%.1fs)", self.name, self.path, time.time() - t)
+        return self._model
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
 
-    def num_parameters(self) -> int:
-        """Parameters of the whole CLIP model (image and text towers), from the file header."""
-        from safetensors import safe_open
+    def fingerprint(self) -> str:
+        return weights.fingerprint(self.path)
 
-        total = 0
-        with safe_open(str(self.path), framework="numpy") as f:
-            for k in f.keys():
-                total += int(np.prod(f.get_slice(k).get_shape()))
-        return total
-
-    def key_parts(self) -> dict[str, str]:
-        return {"backbone": f"clip-{self.name}", "weights": self.cache.fingerprint(self.path)}
-
-    # ------------------------------------------------------------------ images
-    def _encode(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, fn: Callable[[Any], Any], batch: np.ndarray) -> np.ndarray:
         from models.runtime import jittor
 
         jt = jittor()
-        model = self._load()
         with jt.no_grad():
-            out = model.encode_image(jt.array(batch)).numpy()
+            out = fn(jt.array(batch)).numpy()
         return np.array(out, np.float32)  # own the memory: Jittor may reuse the buffer
 
-    def job(self, label: str) -> EncoderJob:
-        """This backbone as one encoder of ``FeatureCache.get_or_compute_many``."""
-        return EncoderJob(self.key_parts(), self._encode, f"{label}-{self.name}")
+    def num_parameters(self) -> int:
+        """Parameters in the weight file, from its header."""
+        from safetensors import safe_open
 
-    # ------------------------------------------------------------------ text
+        with safe_open(str(self.path), framework="numpy") as f:
+            return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+
+
+class ClipBackbone(_LazyEncoder):
+    """One CLIP model (by name, e.g. "vit"): image features and text classifiers."""
+
+    family = "clip"
+
+    def __init__(self, name: str, weights_path: str | os.PathLike) -> None:
+        self.name = name
+        super().__init__(weights_path)
+        from models.clip.preprocess import Preprocess
+
+        # A pure function of the input resolution: cache hits never load the network.
+        self.preprocess = Preprocess(int(self.info["config"]["image_resolution"]))
+
+    def _build(self) -> Any:
+        from models import clip
+
+        return clip.load(self.path)[0]
+
+    def key_parts(self) -> dict[str, str]:
+        return {"backbone": f"clip-{self.name}", "weights": self.fingerprint()}
+
+    def encoder(self, label: str) -> Encoder:
+        """This backbone's image tower as a feature-cache encoder."""
+        return Encoder(
+            self.key_parts(),
+            lambda b: self._run(self.model.encode_image, b),
+            f"{label}-{self.name}",
+        )
+
     def text_classifier(
         self,
         class_names: Sequence[str],
@@ -121,7 +135,7 @@ class ClipBackbone:
 
         prompts = class_prompts(class_names, templates, descriptions)
         key = {
-            "weights": self.cache.fingerprint(self.path),
+            "weights": self.fingerprint(),
             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
         }
         path = Path(out_dir) / f"text_{self.name}.safetensors"
@@ -135,43 +149,41 @@ class ClipBackbone:
         from fewshot.zeroshot import text_classifier_from_prompts
 
         t = time.time()
-        T = text_classifier_from_prompts(self._load(), prompts)
+        T = text_classifier_from_prompts(self.model, prompts)
         log.info("text classifier %s: %d classes in %.1fs", self.name, T.shape[1], time.time() - t)
-        config = {"key": key, "templates": templates}
-        weights.save(path, {"T": T}, family=TEXT_FAMILY, config=config)
+        weights.save(
+            path, {"T": T}, family=TEXT_FAMILY, config={"key": key, "templates": templates}
+        )
         return T
 
 
-def backbone_features(
-    backbones: Mapping[str, ClipBackbone],
-    paths: Sequence[str],
-    label: str,
-    *,
-    flip_tta: bool = False,
-    batch_size: int = 64,
-    workers: int | None = None,
-) -> tuple[dict[str, np.ndarray], set[int]]:
-    """L2-normalised features of ``paths`` from every backbone, and the undecodable images.
+class ConvNeXtBackbone(_LazyEncoder):
+    """A ConvNeXt-V2: pooled features after the final LayerNorm (its ImageNet head unused)."""
 
-    Backbones with the same preprocessing (ViT-B/32 and RN101 both take 224 px) share one
-    decoding pass: each image is read once for all of them. Each keeps its own cache entry.
-    """
-    views = ("orig", "flip") if flip_tta else ("orig",)
-    groups: dict[str, list[ClipBackbone]] = {}
-    for bb in backbones.values():
-        groups.setdefault(describe_preprocess(bb.preprocess), []).append(bb)
-    X: dict[str, np.ndarray] = {}
-    failed: set[int] = set()
-    for group in groups.values():
-        sets = group[0].cache.get_or_compute_many(
-            [bb.job(label) for bb in group],
-            paths,
-            group[0].preprocess,
-            batch_size=batch_size,
-            workers=workers,
-            views=views,
-        )
-        for bb, fs in zip(group, sets):
-            X[bb.name] = combine_views(fs, flip_tta)
-            failed.update(fs.failed)
-    return {name: X[name] for name in backbones}, failed
+    family = "convnextv2"
+    name = "convnext"
+
+    def _build(self) -> Any:
+        from models import convnext
+
+        return convnext.load(self.path)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.info["config"]["dims"][-1])
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Pooled features [B, D] of preprocessed images [B, 3, H, W]."""
+        return self._run(self.model.forward_features, batch)
+
+    def encoder(self, label: str, preprocess_id: str) -> Encoder:
+        """A feature-cache encoder (the preprocessing is part of the cache key anyway; it is
+        also named here so that entries of different sizes get different labels)."""
+        parts = {"backbone": "convnextv2", "weights": self.fingerprint()}
+        return Encoder(parts, self.features, f"{label}-convnext-{preprocess_id}")
+
+    def num_parameters(self) -> int:
+        """Parameters in use: the backbone without its ImageNet head."""
+        cfg = self.info["config"]
+        head = cfg["num_classes"] * (cfg["dims"][-1] + 1) if cfg.get("num_classes") else 0
+        return super().num_parameters() - head

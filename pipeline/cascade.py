@@ -14,6 +14,7 @@ are unseen and which belong to the expert comes from the class list and the conf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -74,17 +75,17 @@ def run_cascade(
     unseen_ids: np.ndarray,
     seen_scores: np.ndarray,
     seen_ids: np.ndarray,
-    expert_scores: np.ndarray | None = None,
     expert_ids: np.ndarray | None = None,
+    expert_scores: Callable[[np.ndarray], np.ndarray] | None = None,
     k: int = 5,
 ) -> CascadeResult:
-    """Combine the stages.
+    """Route every image once and combine the stages.
 
     all_scores [n, C]: stage-1 scores over all C classes (column c = class id c).
     unseen_ids: class ids with no training image (may be empty: then stage 1 answers nothing).
     seen_scores [n, S]: stage-2 scores, column j = class ``seen_ids[j]``.
-    expert_scores [n, K] or None: stage-3 scores for every image (only rows routed to the
-        expert are used), column j = class ``expert_ids[j]``; expert_ids must be seen classes.
+    expert_ids [K] (seen classes) and ``expert_scores(rows) -> [len(rows), K]``: the expert's
+        scores, asked only for the rows routed to it (it may be costly: images to encode).
     Returns global top-k ids per image and which stage answered.
     """
     all_scores = np.asarray(all_scores)
@@ -108,23 +109,21 @@ def run_cascade(
 
     if expert_scores is not None:
         expert_ids = np.asarray(expert_ids, np.int64)
-        expert_scores = np.asarray(expert_scores)
-        if expert_scores.shape != (n, expert_ids.size):
-            raise ValueError(
-                f"expert scores {expert_scores.shape} do not match {n} x {expert_ids.size}"
-            )
         if not np.isin(expert_ids, seen_ids).all():
             raise ValueError("the expert's classes must be seen classes")
-        to_expert = (stage == SEEN) & np.isin(top5[:, 0], expert_ids)
-        check_finite("expert (stage 3)", expert_scores[to_expert])
-        stage[to_expert] = EXPERT
-        if expert_ids.size >= k:
-            top5[to_expert] = topk(expert_scores[to_expert], k, expert_ids)
-        else:
-            # fewer expert classes than k: expert ranking first, then the probe's other classes
-            head = topk(expert_scores[to_expert], k, expert_ids)
-            tail = top5[to_expert]
-            top5[to_expert] = _merge_rankings(head, tail, k)
+        rows = np.flatnonzero((stage == SEEN) & np.isin(top5[:, 0], expert_ids))
+        if rows.size == 0:
+            return CascadeResult(top5=top5, stage=stage)
+        scores = np.asarray(expert_scores(rows))
+        if scores.shape != (rows.size, expert_ids.size):
+            raise ValueError(
+                f"expert scores {scores.shape} do not match {rows.size} x {expert_ids.size}"
+            )
+        check_finite("expert (stage 3)", scores)
+        stage[rows] = EXPERT
+        head = topk(scores, k, expert_ids)
+        # Fewer expert classes than k: the expert's ranking first, then the probe's other classes.
+        top5[rows] = head if expert_ids.size >= k else _merge_rankings(head, top5[rows], k)
     return CascadeResult(top5=top5, stage=stage)
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any, Callable
 
-from pipeline.config import Config, add_config_arguments
+from pipeline.env import Env, add_env_arguments
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -15,7 +15,7 @@ log = logging.getLogger("pipeline")
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing step: reported in one line, no traceback."""
     from models.weights import WeightsError
-    from pipeline.config import ConfigError
+    from pipeline.env import ConfigError
     from pipeline.features import FeatureError
     from pipeline.images import ImageError
     from pipeline.lists import ListError
@@ -39,7 +39,7 @@ def add_common_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--settings", help="YAML file overriding method settings [$SETTINGS]")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[$FEWSHOT_DEVICE]")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_config_arguments(ap)
+    add_env_arguments(ap)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -50,7 +50,7 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_main(args: argparse.Namespace, work: Callable[[Config, Settings], Any]) -> int:
+def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any]) -> int:
     """Resolve configuration and settings, run ``work``; bad input exits 2 with one line."""
     setup_logging(args.verbose)
     if args.device:
@@ -58,10 +58,10 @@ def run_main(args: argparse.Namespace, work: Callable[[Config, Settings], Any]) 
 
         os.environ["FEWSHOT_DEVICE"] = args.device
     try:
-        cfg = Config.from_env(vars(args))
+        env = Env.from_env(vars(args))
         settings = Settings.load(args.settings)
-        log.info(cfg.describe())
-        work(cfg, settings)
+        log.info(env.describe())
+        work(env, settings)
     except KeyboardInterrupt:
         # Only before Jittor is imported: Jittor then handles SIGINT itself with a quick exit
         # (status 1, no finally blocks). Either way nothing finished is lost: every file is

@@ -1,311 +1,142 @@
-"""The ConvNeXt-V2 domain expert (ALGORITHMS.md section 7): by default, the 130 dog breeds.
+"""A domain expert (ALGORITHMS.md section 7): a frozen ConvNeXt-V2 with a fresh linear head over
+the classes of one domain of the class list (the challenge: the 130 dog breeds of ``Thu-dog``),
+trained on the few-shot images of those classes. The cascade hands it the images whose stage-2
+answer is one of its classes.
 
-The cascade hands the images predicted as dogs to this expert. It is a ConvNeXt-V2 pretrained on
-ImageNet-1K with a fresh Linear head over the expert's classes, tuned on the few-shot images:
+Three concerns, apart:
 
-- ``mode="head"`` (the challenge solution): the backbone is frozen, so it runs once per cached
-  view instead of once per epoch. Each training image gets ``views`` augmented views (Resize
-  320 -> RandomCrop 280 -> flip, seeded) and each validation image one evaluation view (Resize
-  384); their pooled features are computed once, then the head trains on the cached features.
-  Every epoch shows each image once, through one of its cached views (each view in turn, in a
-  seeded order per image), so an epoch has as many steps as the on-the-fly original.
-- ``mode="last_stage"``: fine-tunes the last stage's blocks, the final LayerNorm and the head,
-  with fresh augmentation every epoch. The frozen trunk runs without gradients on every step;
-  the validation images' trunk outputs are computed once and cached.
-
-Both train with AdamW (lr 1e-3, weight decay 0.01), a per-epoch cosine schedule, batch 32 and
-31 epochs, evaluate on the held-out validation images after every epoch and keep the epoch with
-the best validation accuracy (ties: lower validation loss, then the earlier epoch). The test set
-is never looked at.
-
-Artefacts in ``out_dir``: ``expert.safetensors`` (head, and the tuned backbone tensors under
-``backbone.`` in last_stage mode; no pickle) and ``expert.json`` (classes, backbone file and
-fingerprint, settings, per-epoch history, chosen epoch, skipped images).
+- **the artefact** (:class:`DomainExpert`): class ids, head, evaluation size and the identity of
+  the backbone file; ``expert.safetensors`` (the head, no pickle) and ``expert.json`` (written
+  last: its presence marks a complete expert). Loading refuses another backbone file.
+- **inference**: the head on pooled backbone features. The backbone is frozen, so those come from
+  the feature cache like CLIP's (the caller's job; ``DomainExpert.preprocess`` is the view).
+- **training** (:func:`train_expert`): each training image gets ``views`` seeded augmented views
+  (Resize -> RandomCrop -> flip), encoded once; then one epoch loop (:func:`fit_head`) trains
+  the head on those cached features: every epoch shows each image once, through one of its
+  views (each in turn, in a seeded order per image), AdamW (lr 1e-3, weight decay 0.01), a
+  per-epoch cosine schedule, batch 32, 31 epochs, and keeps the epoch with the best validation
+  accuracy (ties: lower validation loss, then the earlier epoch). The test set is never seen.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from models import convnext_v2 as cx
-from models import weights
+from models import convnext, weights
+from pipeline.backbones import ConvNeXtBackbone
 from pipeline.fileio import write_json_atomic
-from pipeline.images import ImageError, iter_batches, load_rgb
+from pipeline.images import ImageError, load_rgb
 
 log = logging.getLogger(__name__)
 
-jt = cx.jt
-nn = jt.nn
-
-# Thu-dog classes of the challenge (data/classes.txt ids 244..373).
-DOG_CLASS_IDS: tuple[int, ...] = tuple(range(244, 374))
-MODES = ("head", "last_stage")
 EXPERT_FAMILY = "convnextv2_expert"
-ARTEFACT_VERSION = 1
+ARTEFACT_VERSION = 2
 WEIGHTS_FILE = "expert.safetensors"
 INFO_FILE = "expert.json"
 
-Item = tuple[Union[str, os.PathLike], int]
 
+class DomainExpert:
+    """A linear head over ``class_ids`` on the pooled features of one ConvNeXt-V2 file.
 
-# --------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def fingerprint(path: str | os.PathLike, block: int = 1 << 20) -> dict[str, Any]:
-    """Cheap identity of a weight file: size and sha256 of its first and last ``block`` bytes.
-
-    Enough to notice a different or re-converted backbone without hashing hundreds of MB.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(block))
-        if size > block:
-            f.seek(max(block, size - block))
-            h.update(f.read(block))
-    return {"size": size, "sha256_ends": h.hexdigest()}
-
-
-def _cosine_factor(epoch: int, epochs: int) -> float:
-    # torch's CosineAnnealingLR(T_max=epochs, eta_min=0) stepped once per epoch.
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(labels)), labels].mean())
-
-
-def _trunc_normal_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
-    """A fresh Linear head, initialised like the official head (trunc-normal .02, zero bias)."""
-    rng = np.random.default_rng([seed, 7])
-    w = rng.normal(0.0, 0.02, size=(num_classes, num_features))
-    w = np.clip(w, -2.0, 2.0)  # the official +-2 cut; never reached at std .02
-    head = nn.Linear(num_features, num_classes)
-    head.weight.assign(jt.array(w.astype(np.float32)))
-    head.bias.assign(jt.zeros(num_classes))
-    return head
-
-
-def _to_numpy(v) -> np.ndarray:
-    return np.array(v.numpy(), dtype=np.float32, copy=True)  # Jittor may alias its buffer
-
-
-def _check_items(items: Sequence[Item], index: dict[int, int], what: str) -> list[tuple[str, int]]:
-    out, unknown = [], Counter()
-    for path, cid in items:
-        if int(cid) not in index:
-            unknown[int(cid)] += 1
-        out.append((os.fspath(path), int(cid)))
-    if unknown:
-        raise ValueError(
-            f"{what}: class ids {sorted(unknown)} are not among the expert's classes "
-            f"({len(index)} ids, {min(index)}..{max(index)})"
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# The trained expert
-
-
-class DogExpert:
-    """A ConvNeXt-V2 backbone plus a Linear head over ``class_ids`` (numpy int64 [K]).
-
-    Evaluation is deterministic: one view per image (bicubic resize to ``eval_size`` squared, no
-    flip), pooled features after the final LayerNorm, then the head.
+    ``preprocess``: the deterministic evaluation view (square bicubic resize to ``eval_size``)
+    whose features :meth:`logits` expects.
     """
 
     def __init__(
         self,
-        backbone: cx.ConvNeXtV2,
         head_weight: np.ndarray,
         head_bias: np.ndarray,
         class_ids: Sequence[int],
-        *,
+        backbone_fingerprint: str,
         eval_size: int = 384,
         info: Optional[dict[str, Any]] = None,
-    ):
-        self.backbone = backbone.eval()
+    ) -> None:
         self.head_weight = np.asarray(head_weight, np.float32)
         self.head_bias = np.asarray(head_bias, np.float32)
         self.class_ids = np.asarray(class_ids, np.int64)
-        if self.head_weight.shape != (len(self.class_ids), backbone.num_features):
+        if self.head_weight.shape[0] != len(self.class_ids) or self.head_bias.shape != (
+            len(self.class_ids),
+        ):
             raise ValueError(
-                f"head weight {self.head_weight.shape} does not fit {len(self.class_ids)} classes "
-                f"x {backbone.num_features} features"
+                f"head {self.head_weight.shape} / {self.head_bias.shape} does not fit "
+                f"{len(self.class_ids)} classes"
             )
-        self.preprocess = cx.EvalTransform(eval_size)
+        self.backbone_fingerprint = backbone_fingerprint
+        self.preprocess = convnext.EvalTransform(eval_size)
         self.info = info or {}
 
     @property
     def num_classes(self) -> int:
         return len(self.class_ids)
 
-    @classmethod
-    def load(
-        cls,
-        out_dir: str | os.PathLike,
-        backbone_path: str | os.PathLike | None = None,
-        *,
-        backbone: cx.ConvNeXtV2 | None = None,
-    ) -> DogExpert:
-        """Load an expert saved by :func:`train_expert`.
-
-        ``backbone_path`` overrides the backbone file recorded at training time (e.g. after
-        moving it); its fingerprint must still match. ``backbone``: an already loaded model of
-        that file, to share it (in last_stage mode its last stage is overwritten).
-        """
-        out_dir = Path(out_dir)
-        info_path = out_dir / INFO_FILE
-        try:
-            info = json.loads(info_path.read_text())
-        except FileNotFoundError as e:
-            raise weights.WeightsError(f"{info_path}: no expert here (run train.py)") from e
-        except ValueError as e:
-            raise weights.WeightsError(f"{info_path}: not valid JSON ({e})") from e
-        if info.get("version") != ARTEFACT_VERSION:
-            raise weights.WeightsError(
-                f"{info_path}: artefact version {info.get('version')}, expected {ARTEFACT_VERSION}"
-            )
-        recorded = info["backbone"]
-        path = Path(backbone_path or recorded["path"])
-        if not path.is_file():
-            raise weights.WeightsError(
-                f"{info_path}: backbone {path} not found (pass backbone_path to point elsewhere)"
-            )
-        if fingerprint(path) != recorded["fingerprint"]:
-            raise weights.WeightsError(
-                f"{path}: not the backbone this expert was trained on ({recorded['path']}, "
-                f"fingerprint {recorded['fingerprint']}); retrain the expert"
-            )
-        tensors, _ = weights.load(out_dir / WEIGHTS_FILE, expect_family=EXPERT_FAMILY)
-        model = backbone if backbone is not None else cx.load(path)
-        tuned = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        if tuned:
-            model.load_numpy(tuned, source=str(out_dir / WEIGHTS_FILE), strict=False)
-        return cls(
-            model,
-            tensors["head.weight"],
-            tensors["head.bias"],
-            info["class_ids"],
-            eval_size=int(info["transforms"]["eval_size"]),
-            info=info,
-        )
-
-    # ---------------------------------------------------------------- inference
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """Pooled backbone features of preprocessed images float32 [B,3,H,W] -> [B, D]."""
-        with jt.no_grad():
-            return _to_numpy(self.backbone.forward_features(jt.array(images)))
-
-    def features(
-        self,
-        paths: Sequence[str | os.PathLike],
-        batch_size: int = 16,
-        workers: Optional[int] = None,
-        *,
-        fill_failed: bool = False,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """Features [n, D] of image files (deterministic evaluation view).
-
-        An undecodable image raises ImageError naming it, unless ``fill_failed`` (then it gets
-        the features of a mid-grey image, as the feature cache does).
-        """
-        paths = [os.fspath(p) for p in paths]
-        out = np.zeros((len(paths), self.backbone.num_features), np.float32)
-        errors: dict[int, str] = {}
-        batches = iter_batches(
-            paths,
-            self.preprocess,
-            batch_size,
-            workers,
-            fill_failed=fill_failed,
-            on_error=errors.__setitem__,
-        )
-        bar = tqdm(total=len(paths), desc="expert features", unit="img", disable=not progress)
-        with bar:
-            for b in batches:
-                if b.failed and not fill_failed:
-                    raise ImageError(errors[b.failed[0]])  # the loader's message names the file
-                if len(b.indices):
-                    out[b.indices] = self.encode(b.images)
-                bar.update(len(b.indices))
-        if errors:
-            log.warning("%d undecodable image(s) encoded as grey: %s", len(errors), errors)
-        return out
-
-    def logits(
-        self,
-        images_or_features: np.ndarray | Sequence[Image.Image],
-        batch_size: int = 16,
-    ) -> np.ndarray:
-        """Logits [n, K] over ``class_ids`` from features [n, D], preprocessed images
-        [n, 3, H, W], or a list of PIL images."""
-        x = images_or_features
-        if not isinstance(x, np.ndarray):
-            x = np.stack([self.preprocess(im) for im in x]) if len(x) else np.zeros((0, 3, 1, 1))
-        x = np.asarray(x, np.float32)
-        if x.ndim == 4:
-            feats = [self.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-            x = np.concatenate(feats) if feats else np.zeros((0, self.backbone.num_features))
-        if x.ndim != 2 or x.shape[1] != self.backbone.num_features:
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Logits [n, K] over ``class_ids`` from pooled features [n, D]."""
+        x = np.asarray(features, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.head_weight.shape[1]:
             raise ValueError(
-                f"expected features [n, {self.backbone.num_features}] or images [n, 3, H, W], "
-                f"got shape {x.shape}"
+                f"expected features [n, {self.head_weight.shape[1]}], got shape {x.shape}"
             )
         return (x @ self.head_weight.T + self.head_bias).astype(np.float32)
 
-    def scores(self, paths: Sequence[str | os.PathLike], batch_size: int = 16, **kw) -> np.ndarray:
-        """Softmax probabilities [n, K] over ``class_ids`` for image files."""
-        return _softmax(self.logits(self.features(paths, batch_size, **kw)))
-
-    def key_parts(self) -> dict[str, str]:
-        """What identifies :meth:`features`, for pipeline.features.FeatureCache keys."""
-        parts = {"backbone": "convnextv2-expert", "eval": self.preprocess.describe()}
-        parts["weights"] = json.dumps(self.info.get("backbone", {}).get("fingerprint", {}))
-        if self.info.get("mode") == "last_stage":  # the features themselves were tuned
-            parts["tuned"] = str(self.info.get("tuned_sha256", ""))
-        return parts
-
     def num_parameters(self) -> int:
-        """Parameters in use: the backbone without its ImageNet head, plus the expert head."""
-        n = cx.num_parameters(self.backbone)
-        if self.backbone.head is not None:
-            n -= cx.num_parameters(self.backbone.head)
-        return n + self.head_weight.size + self.head_bias.size
+        return int(self.head_weight.size + self.head_bias.size)
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        out_dir = Path(out_dir)
+        tensors = {"head.weight": self.head_weight, "head.bias": self.head_bias}
+        config = {"num_classes": self.num_classes, "num_features": self.head_weight.shape[1]}
+        weights.save(out_dir / WEIGHTS_FILE, tensors, family=EXPERT_FAMILY, config=config)
+        write_json_atomic(out_dir / INFO_FILE, self.info)  # last: marks a complete expert
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike, backbone_path: str | os.PathLike) -> DomainExpert:
+        """The expert saved in ``out_dir``; ``backbone_path`` must be the file it was trained on
+        (compared by fingerprint, so the file may have moved)."""
+        info_path = Path(out_dir) / INFO_FILE
+        try:
+            info = json.loads(info_path.read_text())
+        except FileNotFoundError as e:
+            raise weights.WeightsError(f"{info_path}: no expert here (run train.sh)") from e
+        except ValueError as e:
+            raise weights.WeightsError(f"{info_path}: not valid JSON ({e}); run train.sh") from e
+        if info.get("version") != ARTEFACT_VERSION:
+            raise weights.WeightsError(
+                f"{info_path}: artefact version {info.get('version')}, expected "
+                f"{ARTEFACT_VERSION}; run train.sh"
+            )
+        recorded = info["backbone"]
+        if weights.fingerprint(backbone_path) != recorded["fingerprint"]:
+            raise weights.WeightsError(
+                f"{backbone_path}: not the ConvNeXt-V2 file this expert was trained on "
+                f"({recorded['path']}); set CONVNEXT to that file or run train.sh again"
+            )
+        tensors, _ = weights.load(Path(out_dir) / WEIGHTS_FILE, expect_family=EXPERT_FAMILY)
+        return cls(
+            tensors["head.weight"],
+            tensors["head.bias"],
+            info["class_ids"],
+            recorded["fingerprint"],
+            int(info["transforms"]["eval_size"]),
+            info,
+        )
 
 
 # --------------------------------------------------------------------------------------------
-# Feature extraction for training
+# Training
 
 
 def _decode_train(
-    items: Sequence[tuple[str, int]], transform: cx.TrainTransform
+    items: Sequence[tuple[str, int]], transform: convnext.TrainTransform
 ) -> tuple[list[Image.Image], list[int], list[str]]:
     """Decode and resize (the deterministic first step of the training transform) every training
     image, keeping only the small resized copy; undecodable ones are skipped with a warning."""
@@ -321,15 +152,15 @@ def _decode_train(
 
 
 def _view_features(
-    model: cx.ConvNeXtV2,
+    backbone: ConvNeXtBackbone,
     resized: list[Image.Image],
-    transform: cx.TrainTransform,
+    transform: convnext.TrainTransform,
     views: int,
     seed: int,
     batch_size: int,
 ) -> np.ndarray:
     """[n, views, D] features of seeded augmented views; the backbone sees each view once."""
-    n, d = len(resized), model.num_features
+    n, d = len(resized), backbone.num_features
     out = np.zeros((n * views, d), np.float32)
     buffer: list[np.ndarray] = []
     done = 0
@@ -339,195 +170,100 @@ def _view_features(
             buffer.extend(transform.augment(img, rng) for _ in range(views))
             while len(buffer) >= batch_size or (i == n - 1 and buffer):
                 batch, buffer = buffer[:batch_size], buffer[batch_size:]
-                with jt.no_grad():
-                    feats = model.forward_features(jt.array(np.stack(batch)))
-                out[done : done + len(batch)] = _to_numpy(feats)
+                out[done : done + len(batch)] = backbone.features(np.stack(batch))
                 done += len(batch)
                 bar.update(len(batch))
     return out.reshape(n, views, d)
 
 
-def _eval_outputs(
-    fn: Callable[[Any], Any], paths: Sequence[str], size: int, batch_size: int, what: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``fn`` (a backbone function) on the evaluation view of every decodable image.
+def _head(num_features: int, num_classes: int, seed: int):
+    """A fresh Linear head, initialised like the official head (trunc-normal .02, zero bias)."""
+    from models.runtime import jittor
 
-    Streams the files through the parallel loader (a large validation set is never held in
-    memory decoded). Returns (outputs of the decoded images, their positions, skipped paths).
-    """
-    skipped: list[str] = []
-
-    def on_error(i: int, message: str) -> None:
-        log.warning("%s: skipping image (%s)", what, message)
-        skipped.append(paths[i])
-
-    chunks, positions = [], []
-    batches = iter_batches(paths, cx.EvalTransform(size), batch_size, on_error=on_error)
-    with tqdm(total=len(paths), desc=what, unit="img") as bar:
-        for b in batches:
-            if len(b.indices):
-                with jt.no_grad():
-                    chunks.append(_to_numpy(fn(jt.array(b.images))))
-                positions.append(b.indices)
-            bar.update(len(b.indices) + len(b.failed))
-    if not chunks:
-        return np.zeros((0,), np.float32), np.zeros(0, np.int64), skipped
-    return np.concatenate(chunks), np.concatenate(positions), skipped
+    jt = jittor()
+    rng = np.random.default_rng([seed, 7])
+    w = np.clip(rng.normal(0.0, 0.02, size=(num_classes, num_features)), -2.0, 2.0)
+    head = jt.nn.Linear(num_features, num_classes)
+    head.weight.assign(jt.array(w.astype(np.float32)))
+    head.bias.assign(jt.zeros(num_classes))
+    return head
 
 
-# --------------------------------------------------------------------------------------------
-# Training
+def selection_key(record: dict[str, float]) -> tuple[float, float]:
+    """Epochs compare by validation accuracy, then by lower validation loss; the first of
+    equals is kept (the loop replaces the best only on a strictly greater key)."""
+    return (record["val_acc"], -record["val_loss"])
 
 
-class _Plan(NamedTuple):
-    """What differs between the modes; the epoch loop (_run_epochs) is shared."""
+def fit_head(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    val_feats: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    *,
+    epochs: int = 31,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int]:
+    """Train a linear head on cached view features ``feats`` [n, views, D] with labels [n]
+    (0..num_classes-1). Returns (head tensors of the selected epoch, per-epoch history, selected
+    epoch, 1-based); without validation images the last epoch is kept."""
+    from fewshot._optim import cosine_lr
+    from fewshot._tensor import as_numpy, cross_entropy, one_hot
+    from models.runtime import jittor
 
-    optimizer: Any  # a Jittor optimizer; param_groups[i]["lr"] is set every epoch
-    base_lrs: list[float]  # per param group
-    step: Callable[[np.ndarray, int], float]  # (image indices, epoch) -> summed batch loss
-    evaluate: Callable[[], np.ndarray]  # validation logits [n_val, K]
-    snapshot: Callable[[], dict[str, np.ndarray]]  # tensors to save, as numpy copies
-    tuned: dict[str, Any]  # backbone parameters being tuned (name -> jt.Var)
-
-
-def _head_plan(head, feats, y_train, val_feats, seed, lr, weight_decay) -> _Plan:
-    """Head-only training on cached view features ``feats`` [n, views, D]."""
-    n, views = feats.shape[:2]
+    jt = jittor()
+    n, views, d = feats.shape
+    head = _head(d, num_classes, seed)
     # Epoch e shows image i through view order[i][e % views]: every view in turn.
     view_order = np.stack(
         [np.random.default_rng([seed, 2, i]).permutation(views) for i in range(n)]
     )
-    optimizer = nn.AdamW([head.weight, head.bias], lr, weight_decay=weight_decay)
-
-    def step(idx: np.ndarray, epoch: int) -> float:
-        x = jt.array(feats[idx, view_order[idx, epoch % views]])
-        loss = nn.cross_entropy_loss(head(x), jt.array(y_train[idx]))
-        optimizer.step(loss)
-        return float(loss.item()) * len(idx)
-
-    def evaluate() -> np.ndarray:
-        with jt.no_grad():
-            return _to_numpy(head(jt.array(val_feats)))
-
-    return _Plan(optimizer, [lr], step, evaluate, lambda: _snapshot(head, {}), {})
-
-
-def _last_stage_plan(
-    model, head, resized, y_train, val_maps, train_tf, seed, lr, backbone_lr, weight_decay,
-    batch_size,
-) -> _Plan:  # fmt: skip
-    """Fine-tuning of the last stage + final norm + head, with fresh augmentation every step.
-
-    ``val_maps``: the validation images' trunk outputs (the last stage's input), computed once.
-    """
-    last = len(model.stages) - 1
-    tuned = {
-        name: p
-        for name, p in model.named_parameters()
-        if name.startswith((f"stages.{last}.", "norm."))
-    }
-    for p in tuned.values():
-        p.start_grad()  # model.eval() stopped them
-    optimizer = nn.AdamW(
-        [{"params": list(tuned.values())}, {"params": [head.weight, head.bias]}],
-        lr,
-        weight_decay=weight_decay,
-    )
-
-    def step(idx: np.ndarray, epoch: int) -> float:
-        rngs = [np.random.default_rng([seed, 4, epoch, i]) for i in idx]
-        batch = np.stack([train_tf.augment(resized[i], r) for i, r in zip(idx, rngs)])
-        maps = model.forward_trunk(jt.array(batch)).stop_grad()  # frozen: no graph kept
-        loss = nn.cross_entropy_loss(head(model.forward_last_stage(maps)), jt.array(y_train[idx]))
-        optimizer.step(loss)
-        return float(loss.item()) * len(idx)
-
-    def evaluate() -> np.ndarray:
-        out = []
-        with jt.no_grad():
-            for i in range(0, len(val_maps), batch_size):
-                maps = jt.array(val_maps[i : i + batch_size])
-                out.append(_to_numpy(head(model.forward_last_stage(maps))))
-        return np.concatenate(out)
-
-    return _Plan(
-        optimizer, [backbone_lr, lr], step, evaluate, lambda: _snapshot(head, tuned), tuned
-    )
-
-
-def _tuned_hash(tensors: dict[str, np.ndarray]) -> str:
-    """sha256 of the tuned backbone tensors: part of the feature-cache key in last_stage mode."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        if name.startswith("backbone."):
-            h.update(name.encode() + tensors[name].tobytes())
-    return h.hexdigest()
-
-
-def _snapshot(head, tuned: dict[str, Any]) -> dict[str, np.ndarray]:
-    snap = {"head.weight": _to_numpy(head.weight), "head.bias": _to_numpy(head.bias)}
-    snap.update({f"backbone.{name}": _to_numpy(p) for name, p in tuned.items()})
-    return snap
-
-
-def _run_epochs(
-    epochs: int, n_train: int, batch_size: int, plan: _Plan, val_labels: np.ndarray, seed: int
-) -> tuple[list[dict[str, Any]], int, dict[str, np.ndarray]]:
-    """The shared loop: cosine lr per epoch, shuffled batches, validation, best-epoch snapshot.
-
-    Returns (history, best epoch (1-based), snapshot of the best epoch).
-    """
-    optimizer, base_lrs = plan.optimizer, plan.base_lrs
+    optimizer = jt.nn.AdamW([head.weight, head.bias], lr, weight_decay=weight_decay)
     order_rng = np.random.default_rng([seed, 3])
     history: list[dict[str, Any]] = []
-    best_key: tuple[float, float] | None = None
-    best_epoch, best = epochs, {}
+    best_key, best_epoch, best = None, epochs, {}
     bar = tqdm(range(epochs), desc="expert epochs", unit="epoch")
     for epoch in bar:
-        factor = _cosine_factor(epoch, epochs)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
-        order = order_rng.permutation(n_train)
+        optimizer.lr = cosine_lr(lr, epoch, epochs)
+        order = order_rng.permutation(n)
         total = 0.0
-        for start in range(0, n_train, batch_size):
-            total += plan.step(order[start : start + batch_size], epoch)
-        record = {"epoch": epoch + 1, "lr": base_lrs[-1] * factor, "train_loss": total / n_train}
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x = jt.array(feats[idx, view_order[idx, epoch % views]])
+            loss = jt.nn.cross_entropy_loss(head(x), jt.array(labels[idx]))
+            optimizer.step(loss)
+            total += float(loss.item()) * len(idx)
+        record = {"epoch": epoch + 1, "lr": optimizer.lr, "train_loss": total / n}
         if len(val_labels):
-            logits = plan.evaluate()
-            record["val_acc"] = float((logits.argmax(1) == val_labels).mean())
-            record["val_loss"] = _cross_entropy(logits, val_labels)
-            key = (record["val_acc"], -record["val_loss"])
-            if best_key is None or key > best_key:  # strict: ties keep the earlier epoch
-                best_key, best_epoch, best = key, epoch + 1, plan.snapshot()
+            with jt.no_grad():
+                logits = head(jt.array(val_feats))
+                val_loss = cross_entropy(logits, one_hot(val_labels, num_classes))
+                record["val_acc"] = float((as_numpy(logits).argmax(1) == val_labels).mean())
+                record["val_loss"] = float(val_loss.item())
+            if best_key is None or selection_key(record) > best_key:
+                best_key, best_epoch = selection_key(record), epoch + 1
+                best = {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
         history.append(record)
-        bar.set_postfix(
-            loss=f"{record['train_loss']:.3f}", val_acc=f"{record.get('val_acc', float('nan')):.3f}"
-        )
-        log.info(
-            "epoch %d/%d lr %.2e train loss %.4f val acc %s",
-            epoch + 1,
-            epochs,
-            record["lr"],
-            record["train_loss"],
-            f"{record['val_acc']:.4f}" if "val_acc" in record else "-",
-        )
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=record.get("val_acc", "-"))
     if not len(val_labels):
         log.warning("no validation images: keeping the last epoch (no checkpoint selection)")
-        best = plan.snapshot()
-    return history, best_epoch, best
+        best = {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
+    return best, history, best_epoch
 
 
 def train_expert(
-    backbone_path: str | os.PathLike,
-    train_items: Sequence[Item],
-    val_items: Sequence[Item],
-    class_ids: Sequence[int] = DOG_CLASS_IDS,
-    out_dir: str | os.PathLike = "out/expert",
+    backbone: ConvNeXtBackbone,
+    train_items: Sequence[tuple[str | os.PathLike, int]],
+    val_features: np.ndarray,
+    val_class_ids: np.ndarray,
+    class_ids: Sequence[int],
     *,
-    mode: str = "head",
     epochs: int = 31,
     lr: float = 1e-3,
-    backbone_lr: float = 1e-4,
     weight_decay: float = 0.01,
     batch_size: int = 32,
     views: int = 10,
@@ -536,100 +272,78 @@ def train_expert(
     train_crop: int = 280,
     eval_size: int = 384,
     feature_batch: int = 16,
-    backbone: cx.ConvNeXtV2 | None = None,
-) -> DogExpert:
-    """Train the expert on ``(image_path, class_id)`` items and save it to ``out_dir``.
-
-    class_ids: the expert's classes, in output order (default: the 130 dog breeds); every
-    item's label must be one of them. mode: "head" (frozen backbone, cached views) or
-    "last_stage" (tunes the last stage + final norm + head on the fly; ``backbone_lr`` for the
-    backbone part, ``lr`` for the head). views: augmented views per training image cached in
-    head mode. feature_batch: images per backbone call. backbone: the model already loaded from
-    ``backbone_path`` (in last_stage mode it is tuned in place and ends with the chosen epoch).
-    Undecodable images are skipped with a warning; a class left without training images is an
-    error. Returns the trained expert.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+) -> DomainExpert:
+    """Train the expert on ``(image path, class id)`` items; ``val_features`` [m, D] are the
+    backbone's features of validation images (evaluation view) whose class ids are
+    ``val_class_ids``. Every id must be one of ``class_ids`` (the output order). Undecodable
+    training images are skipped with a warning; a class left without one is an error."""
     if epochs < 1 or batch_size < 1 or views < 1 or feature_batch < 1:
         raise ValueError("epochs, batch_size, views and feature_batch must be >= 1")
     class_ids = [int(c) for c in class_ids]
     if len(set(class_ids)) != len(class_ids) or not class_ids:
         raise ValueError("class_ids must be non-empty and without duplicates")
     index = {c: k for k, c in enumerate(class_ids)}
-    train_items = _check_items(train_items, index, "train_items")
-    val_items = _check_items(val_items, index, "val_items")
-    backbone_path = Path(backbone_path)
+    for what, ids in (("train_items", [c for _, c in train_items]), ("val", val_class_ids)):
+        unknown = sorted({int(c) for c in ids} - set(index))
+        if unknown:
+            raise ValueError(
+                f"{what}: class ids {unknown} are not among the expert's classes "
+                f"({len(index)} ids, {min(index)}..{max(index)})"
+            )
     t0 = time.time()
-    model = backbone if backbone is not None else cx.load(backbone_path)
-    model.eval()  # also stops every parameter's gradient (Jittor); tuned ones restart below
-
-    train_tf = cx.TrainTransform(train_resize, train_crop)
-    resized, train_cids, skipped_train = _decode_train(train_items, train_tf)
+    train_tf = convnext.TrainTransform(train_resize, train_crop)
+    items = [(os.fspath(p), int(c)) for p, c in train_items]
+    resized, train_cids, skipped = _decode_train(items, train_tf)
     empty = sorted(set(class_ids) - set(train_cids))
     if empty:
         raise ValueError(
             f"no decodable training image for class ids {empty} "
-            f"({len(skipped_train)} training images skipped)"
+            f"({len(skipped)} training images skipped)"
         )
     y_train = np.array([index[c] for c in train_cids], np.int64)
-    n_train, k = len(y_train), len(class_ids)
-    val_paths = [p for p, _ in val_items]
-    val_fn = model.forward_features if mode == "head" else model.forward_trunk
-    val_out, val_pos, skipped_val = _eval_outputs(
-        val_fn, val_paths, eval_size, feature_batch, "val features"
-    )
-    y_val = np.array([index[val_items[i][1]] for i in val_pos], np.int64)
+    y_val = np.array([index[int(c)] for c in val_class_ids], np.int64)
     log.info(
-        "expert (%s): %d classes, %d train / %d val images (%d / %d skipped)",
-        mode,
-        k,
-        n_train,
+        "expert: %d classes, %d train (%d skipped) / %d val images",
+        len(class_ids),
+        len(y_train),
+        len(skipped),
         len(y_val),
-        len(skipped_train),
-        len(skipped_val),
     )
-    head = _trunc_normal_head(model.num_features, k, seed)
-    if mode == "head":
-        feats = _view_features(model, resized, train_tf, views, seed, feature_batch)
-        t_feat = time.time() - t0
-        plan = _head_plan(head, feats, y_train, val_out, seed, lr, weight_decay)
-    else:
-        t_feat = time.time() - t0
-        plan = _last_stage_plan(
-            model, head, resized, y_train, val_out, train_tf, seed,
-            lr, backbone_lr, weight_decay, feature_batch,
-        )  # fmt: skip
-    try:
-        history, best_epoch, best = _run_epochs(epochs, n_train, batch_size, plan, y_val, seed)
-    finally:
-        for p in plan.tuned.values():
-            p.stop_grad()
-    t_train = time.time() - t0 - t_feat
-
+    feats = _view_features(backbone, resized, train_tf, views, seed, feature_batch)
+    t_feat = time.time() - t0
+    best, history, best_epoch = fit_head(
+        feats,
+        y_train,
+        np.asarray(val_features, np.float32),
+        y_val,
+        len(class_ids),
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+    )
     info = {
         "version": ARTEFACT_VERSION,
-        "mode": mode,
         "class_ids": class_ids,
         "backbone": {
-            "path": str(backbone_path.resolve()),
-            "fingerprint": fingerprint(backbone_path),
-            "config": model.config(),
+            "path": str(backbone.path.resolve()),
+            "fingerprint": backbone.fingerprint(),
+            "config": backbone.info["config"],
         },
         "settings": {
             "epochs": epochs,
             "lr": lr,
-            "backbone_lr": backbone_lr if mode == "last_stage" else None,
             "weight_decay": weight_decay,
             "batch_size": batch_size,
-            "views": views if mode == "head" else None,
+            "views": views,
             "seed": seed,
             "schedule": "cosine per epoch, eta_min 0",
             "optimizer": "AdamW",
         },
         "transforms": {
             "train": train_tf.describe(),
-            "eval": cx.EvalTransform(eval_size).describe(),
+            "eval": convnext.EvalTransform(eval_size).describe(),
             "eval_size": eval_size,
         },
         "history": history,
@@ -637,36 +351,12 @@ def train_expert(
         "selection": "max val_acc, ties: min val_loss, then earliest"
         if len(y_val)
         else "last epoch (no validation images)",
-        "n_train": n_train,
-        "n_val": int(len(y_val)),
-        "skipped": {"train": skipped_train, "val": skipped_val},
-        "tuned_sha256": _tuned_hash(best) if mode == "last_stage" else None,
-        "seconds": {"features": round(t_feat, 2), "training": round(t_train, 2)},
+        "n_train": len(y_train),
+        "n_val": len(y_val),
+        "skipped_train": skipped,
+        "seconds": {"features": round(t_feat, 2), "training": round(time.time() - t0 - t_feat, 2)},
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights.save(
-        out_dir / WEIGHTS_FILE,
-        best,
-        family=EXPERT_FAMILY,
-        config={"mode": mode, "num_classes": k, "num_features": model.num_features},
-        source={"backbone": info["backbone"]["path"]},
-    )
-    write_json_atomic(out_dir / INFO_FILE, info)  # last: a complete JSON means a complete expert
-    log.info(
-        "expert saved to %s: best epoch %d (val acc %s); features %.1fs, training %.1fs",
-        out_dir,
-        best_epoch,
-        f"{history[best_epoch - 1].get('val_acc', float('nan')):.4f}",
-        t_feat,
-        t_train,
-    )
-    if mode == "last_stage":
-        model.load_numpy(
-            {k_[len("backbone.") :]: v for k_, v in best.items() if k_.startswith("backbone.")},
-            source="best epoch",
-            strict=False,
-        )
-    return DogExpert(
-        model, best["head.weight"], best["head.bias"], class_ids, eval_size=eval_size, info=info
-    )
+    return DomainExpert(
+        best["head.weight"], best["head.bias"], class_ids, info["backbone"]["fingerprint"],
+        eval_size, info,
+    )  # fmt: skip

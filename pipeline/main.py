@@ -26,24 +26,15 @@ STEPS = ("process", "train", "test", "eval")
 
 def prepare_demo(env: dict[str, str], seed: int) -> None:
     """Generate the demo data and weights; point the environment at them."""
-    from pipeline.demo import convert_all, write_upstream_checkpoints
-    from pipeline.demo_data import DemoParams, ensure_demo
+    from pipeline.env import WEIGHT_FILES
+    from pipeline.synthetic import DemoParams, ensure_demo, write_weights
 
     out = Path(env.setdefault("OUT_DIR", "out/demo"))
-    data = out / "data"
-    weights = out / "weights"
-    env["DATA_DIR"] = str(data)
-    targets = {
-        "vit": weights / "clip-vit-demo.safetensors",
-        "rn": weights / "clip-rn-demo.safetensors",
-        "convnext": weights / "convnextv2-atto-demo.safetensors",
-    }
-    env.update(
-        CLIP_VIT=str(targets["vit"]), CLIP_RN=str(targets["rn"]), CONVNEXT=str(targets["convnext"])
-    )
+    env["DATA_DIR"] = str(out / "data")
     log.info("no DATA_DIR: running the demo in %s (random weights: accuracy means nothing)", out)
-    ensure_demo(data, DemoParams(seed=seed, nasty=True))
-    convert_all(write_upstream_checkpoints(out / "upstream", seed), targets)
+    ensure_demo(out / "data", DemoParams(seed=seed, nasty=True))
+    for name, path in write_weights(out / "weights", "demo", seed).items():
+        env[WEIGHT_FILES[name].variable] = str(path)
 
 
 def main(argv: list[str] | None = None) -> int:

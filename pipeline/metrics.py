@@ -67,7 +67,7 @@ def routing(stage: np.ndarray, labels: np.ndarray, stage_id: int, owned_ids) -> 
     )
 
 
-def evaluate(
+def cascade_metrics(
     top5: np.ndarray,
     stage: np.ndarray,
     labels: np.ndarray,

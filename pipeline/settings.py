@@ -1,6 +1,6 @@
 """Method settings of the cascade: stages, fusion weights, hyperparameters.
 
-Paths and sizes come from pipeline.config (environment variables); *what the pipeline does* comes
+Paths and sizes come from pipeline.env (environment variables); *what the pipeline does* comes
 from here. Defaults follow the challenge solution this project reproduces; a YAML file (``--settings
 FILE`` or ``$SETTINGS``) overrides any field, e.g.::
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-# Backbone name -> Config field holding its converted weight file.
-BACKBONE_WEIGHTS = {"vit": "clip_vit", "rn": "clip_rn"}
+from pipeline.env import CLIP_BACKBONES
+
 INMAP_VARIANTS = ("auto", "official", "challenge")
 
 
@@ -34,7 +34,7 @@ class SettingsError(ValueError):
 class Settings:
     """Everything that selects or tunes a method. See the module docstring for overriding."""
 
-    # CLIP backbones, by name (see BACKBONE_WEIGHTS), and the prompts of the text classifiers.
+    # CLIP backbones, by name (pipeline.env.WEIGHT_FILES), and the prompts of the text classifiers.
     backbones: tuple[str, ...] = ("vit", "rn")
     templates: str = "domain"  # single | ensemble7 | domain | descriptions
     descriptions: Optional[str] = None  # JSON {class name: [sentences]} for "descriptions"
@@ -55,7 +55,6 @@ class Settings:
 
     # Stage 3: the ConvNeXt-V2 expert over the classes of one domain (None: no expert).
     expert_domain: Optional[str] = "Thu-dog"
-    expert_mode: str = "head"  # head | last_stage
     expert_epochs: int = 31
     expert_views: int = 10
     expert_eval_size: int = 384
@@ -65,10 +64,6 @@ class Settings:
     # Optional AMU-Tuning head on the seen classes with ConvNeXt-V2 features as auxiliary branch;
     # reported by the evaluation, not used by the cascade.
     amu: bool = False
-
-    def backbone_weights(self, config) -> dict[str, Path]:
-        """Backbone name -> weight file, from the pipeline Config."""
-        return {b: getattr(config, BACKBONE_WEIGHTS[b]) for b in self.backbones}
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,9 +101,9 @@ class Settings:
         return s
 
     def validate(self, source: str = "settings") -> None:
-        bad = [b for b in self.backbones if b not in BACKBONE_WEIGHTS]
+        bad = [b for b in self.backbones if b not in CLIP_BACKBONES]
         if bad or not self.backbones:
-            known = list(BACKBONE_WEIGHTS)
+            known = list(CLIP_BACKBONES)
             raise SettingsError(f"{source}: backbones {bad} unknown; known {known}")
         if self.inmap_variant not in INMAP_VARIANTS:
             raise SettingsError(f"{source}: inmap_variant must be one of {INMAP_VARIANTS}")
@@ -119,5 +114,3 @@ class Settings:
                     f"{source}: {name} must give a weight for each backbone {list(self.backbones)},"
                     f" got {weights}"
                 )
-        if self.expert_mode not in ("head", "last_stage"):
-            raise SettingsError(f"{source}: expert_mode must be 'head' or 'last_stage'")

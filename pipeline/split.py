@@ -258,6 +258,9 @@ def write_split(
             )
             + "\n",
         )
+    else:  # lists of an earlier split with pseudo-unseen classes would be read as current
+        for name in ("train_4shot_pseudo.txt", "pseudo_unseen.json"):
+            (d / name).unlink(missing_ok=True)
     counts = split.train.counts(len(classes))
     summary = dict(info)
     summary.update(
@@ -271,6 +274,15 @@ def write_split(
     )
     write_text_atomic(out["info"], json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def read_pseudo_unseen(lists_dir: PathLike) -> Optional[np.ndarray]:
+    """The pseudo-unseen class ids of the split in ``lists_dir``, or None when it has none."""
+    path = Path(lists_dir) / "pseudo_unseen.json"
+    if not path.is_file():
+        return None
+    ids = json.loads(path.read_text()).get("class_ids") or []
+    return np.asarray(ids, np.int64) if ids else None
 
 
 def make_checker(root: PathLike, workers: int = 4) -> Checker:

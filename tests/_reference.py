@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch  # noqa: F401  (import order: torch before Jittor)
 
+from models.clip.config import FULL_SIZE_CLIP
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -104,19 +106,8 @@ SMALL_RN = dict(
     transformer_layers=1,
 )
 # Full size (tests marked slow).
-VIT_B_32 = dict(
-    embed_dim=512,
-    image_resolution=224,
-    vision_layers=12,
-    vision_width=768,
-    vision_patch_size=32,
-    context_length=77,
-    vocab_size=49408,
-    transformer_width=512,
-    transformer_heads=8,
-    transformer_layers=12,
-)
-RN101 = dict(VIT_B_32, vision_layers=(3, 4, 23, 3), vision_width=64, vision_patch_size=None)
+VIT_B_32 = FULL_SIZE_CLIP["ViT-B/32"]
+RN101 = FULL_SIZE_CLIP["RN101"]
 
 
 def random_openai_clip(arch: dict, seed: int = 0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.cascade import EXPERT, SEEN, UNSEEN, fuse, run_cascade, topk
-from pipeline.metrics import accuracy, evaluate, routing
+from pipeline.metrics import accuracy, cascade_metrics, routing
 
 # 10 classes: 0-5 seen (3-5 are "dogs" for the expert), 6-9 unseen.
 SEEN_IDS = np.arange(6)
@@ -44,7 +44,14 @@ def test_routing_unseen_seen_expert():
     all_scores = one_hot_scores(10, [7, 1, 3], [8, 0, 4])
     seen_scores = one_hot_scores(6, [0, 2, 4], [1, 3, 3])
     expert_scores = one_hot_scores(3, [0, 1, 2], [1, 0, 1])
-    r = run_cascade(all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, expert_scores, DOG_IDS)
+    asked = []
+
+    def expert(rows):
+        asked.append(rows.tolist())
+        return expert_scores[rows]
+
+    r = run_cascade(all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, DOG_IDS, expert)
+    assert asked == [[2]]  # routed once; the expert scores only the images routed to it
     np.testing.assert_array_equal(r.stage, [UNSEEN, SEEN, EXPERT])
     np.testing.assert_array_equal(r.top1, [7, 2, 5])
     assert r.top5[0, 1] == 8  # stage-1 ranking over all classes
@@ -58,7 +65,9 @@ def test_unseen_classes_only_reachable_through_stage_one():
     all_scores = rng.normal(size=(n, 10)).astype(np.float32)
     seen_scores = rng.normal(size=(n, 6)).astype(np.float32)
     expert_scores = rng.normal(size=(n, 3)).astype(np.float32)
-    r = run_cascade(all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, expert_scores, DOG_IDS)
+    r = run_cascade(
+        all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, DOG_IDS, lambda rows: expert_scores[rows]
+    )
     answered_unseen = np.isin(r.top1, UNSEEN_IDS)
     np.testing.assert_array_equal(answered_unseen, r.stage == UNSEEN)
     np.testing.assert_array_equal(r.stage == EXPERT, ~answered_unseen & np.isin(r.top1, DOG_IDS))
@@ -81,12 +90,30 @@ def test_non_finite_scores_name_the_stage():
     seen_scores[1, 3] = np.nan
     with pytest.raises(FloatingPointError, match="seen"):
         run_cascade(all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS)
+    seen_scores[1, 3] = 0.0
+    seen_scores[:, 4] = 5.0  # both routed to the expert, whose scores are broken
+    with pytest.raises(FloatingPointError, match="expert"):
+        run_cascade(
+            all_scores,
+            UNSEEN_IDS,
+            seen_scores,
+            SEEN_IDS,
+            DOG_IDS,
+            lambda r: np.full((2, 3), np.inf),
+        )
+    with pytest.raises(ValueError, match="expert scores"):
+        run_cascade(
+            all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, DOG_IDS, lambda r: np.ones((2, 2))
+        )
 
 
 def test_expert_with_fewer_classes_than_k_fills_from_probe():
     all_scores = one_hot_scores(10, [0])
     seen_scores = np.array([[0.0, 0.1, 0.2, 0.3, 0.9, 0.5]], np.float32)  # probe top-1: dog 4
-    r = run_cascade(all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, np.array([[1.0, 2.0]]), [4, 5])
+    expert = np.array([[1.0, 2.0]])
+    r = run_cascade(
+        all_scores, UNSEEN_IDS, seen_scores, SEEN_IDS, [4, 5], lambda rows: expert[rows]
+    )
     np.testing.assert_array_equal(r.top5[0], [5, 4, 3, 2, 1])
 
 
@@ -98,7 +125,9 @@ def test_metrics_accuracy_and_routing():
     assert (acc.top1, acc.top5) == (0.5, 0.75)
     u = routing(stage, labels, UNSEEN, UNSEEN_IDS)
     assert (u.routed, u.owned, u.precision, u.recall) == (2, 1, 0.5, 1.0)
-    report = evaluate(top5, stage, labels, np.array(["car", "a", "dog", "a"]), UNSEEN_IDS, DOG_IDS)
+    report = cascade_metrics(
+        top5, stage, labels, np.array(["car", "a", "dog", "a"]), UNSEEN_IDS, DOG_IDS
+    )
     assert report["per_domain"]["a"] == {"n": 2, "top1": 0.0, "top5": 0.5}
     assert report["per_stage"]["expert"]["top1"] == 1.0
     assert report["routing"]["expert"]["recall"] == 1.0
@@ -110,7 +139,9 @@ def test_report_writes_markdown_and_plots(tmp_path):
     labels = np.array([7, 2, 5, 1])
     top5 = np.array([[7, 0, 1, 2, 3], [1, 2, 0, 3, 4], [5, 4, 3, 0, 1], [0, 2, 3, 4, 5]])
     stage = np.array([UNSEEN, SEEN, EXPERT, UNSEEN])
-    metrics = evaluate(top5, stage, labels, np.array(["car", "a", "dog", "a"]), UNSEEN_IDS, DOG_IDS)
+    metrics = cascade_metrics(
+        top5, stage, labels, np.array(["car", "a", "dog", "a"]), UNSEEN_IDS, DOG_IDS
+    )
     path = write_report(
         tmp_path,
         metrics,

@@ -302,9 +302,8 @@ def test_clip_load_refuses_other_families_and_missing_files(tmp_path):
 
 
 def test_convnext_checkpoint_is_detected_and_refused_by_clip_load(tmp_path):
-    convnext = pytest.importorskip("models.convnext_v2")
-    if not hasattr(convnext, "random_state_dict"):
-        pytest.skip("models.convnext_v2 has no random_state_dict")
+    from models import convnext
+
     sd = convnext.random_state_dict("atto", seed=0)
     src = C.write_torch_checkpoint(sd, tmp_path / "convnextv2_atto.pt", wrap="model")
     summary = C.convert(src, tmp_path / "cnx.safetensors")

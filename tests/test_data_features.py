@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import pipeline.features as features
-from pipeline.features import FeatureCache, FeatureError, list_fingerprint
+from pipeline.features import Encoder, FeatureCache, FeatureError, list_fingerprint
 from pipeline.images import load_rgb
 
 
@@ -72,59 +72,68 @@ def reference(paths, enc, flip=False):
 PARTS = {"backbone": "tiny", "weights": "abc", "list": "test"}
 
 
-def compute(cache, paths, enc, parts=PARTS, pre=None, **kw):
+def compute(cache, paths, enc, parts=PARTS, pre=None, label="test-tiny", **kw):
     kw.setdefault("batch_size", 3)
     kw.setdefault("workers", 1)
-    return cache.get_or_compute(parts, paths, enc, pre or TinyPreprocess(), progress=False, **kw)
+    views = kw.pop("views", ("orig",))
+    (fs,) = cache.get(
+        [Encoder(parts, enc, label)], paths, pre or TinyPreprocess(), views, progress=False, **kw
+    )
+    return fs
 
 
-def forge_shard(shard: Path, rows: int, key: str) -> None:
-    """Replace ``shard`` by a loadable one of ``rows`` zero features (d = 6) owned by ``key``."""
-    tmp = shard.with_suffix(".tmp.npz")
-    np.savez(tmp, features=np.zeros((rows, 6), np.float32), failed=np.zeros(0, np.int64), key=key)
-    os.replace(tmp, shard)
+def entries(root: Path) -> dict[str, list[str]]:
+    """Cache files by suffix (.npy, .json, .part folders)."""
+    out: dict[str, list[str]] = {}
+    for p in sorted(root.iterdir()):
+        out.setdefault(p.suffix, []).append(p.name)
+    return out
 
 
 def test_compute_then_reuse(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
     enc = CountingEncoder()
     fs = compute(cache, images, enc)
     assert enc.images == 10
     assert fs["orig"].shape == (10, 6) and fs["orig"].dtype == np.float32
     np.testing.assert_allclose(fs["orig"], reference(images, enc), rtol=1e-5, atol=1e-5)
     assert fs.failed == () and fs.ok.all() and fs.n == 10 and fs.dim == 6
-    shards = sorted(p.name for p in (fs.directory / "orig").iterdir())
-    assert shards == ["manifest.json", "shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
-    manifest = json.loads((fs.directory / "orig" / "manifest.json").read_text())
-    assert manifest["format"] == features.FORMAT_VERSION and manifest["n"] == 10
-    assert manifest["key"]["preprocess"] == "tiny 8x8 bilinear"
+    # one entry: the array and its key beside it, nothing else
+    files = entries(tmp_path / "cache")
+    assert sorted(files) == [".json", ".npy"] and len(files[".npy"]) == 1
+    assert files[".npy"][0].startswith("test-tiny-orig-")
+    info = json.loads((tmp_path / "cache" / files[".json"][0]).read_text())
+    assert info["key"]["format"] == features.FORMAT_VERSION and info["key"]["n"] == 10
+    assert info["key"]["preprocess"] == "tiny 8x8 bilinear" and info["key"]["view"] == "orig"
+    np.testing.assert_array_equal(np.load(tmp_path / "cache" / files[".npy"][0]), fs["orig"])
 
     enc2 = CountingEncoder()
     fs2 = compute(cache, images, enc2)
     assert enc2.calls == 0
     np.testing.assert_array_equal(fs2["orig"], fs["orig"])
-    assert fs2.directory == fs.directory
 
 
 def test_resume_after_interruption(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    enc = CountingEncoder(fail_after=6)  # dies on the 3rd batch of 3: shard 0 is complete
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
+    enc = CountingEncoder(fail_after=6)  # dies in the 2nd chunk: chunk 0 is complete
     with pytest.raises(KeyboardInterrupt):
         compute(cache, images, enc)
-    entry = next(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
-    assert sorted(p.name for p in (entry / "orig").iterdir()) == ["shard_00000.npz"]
+    (part,) = (tmp_path / "cache").glob("*.part")
+    assert sorted(p.name for p in part.iterdir()) == ["chunk_00000.npz"]
+    assert not list((tmp_path / "cache").glob("*.json"))  # not complete
     enc2 = CountingEncoder()
     fs = compute(cache, images, enc2)
-    assert enc2.images == 6  # only shards 1 and 2
+    assert enc2.images == 6  # only chunks 1 and 2
     np.testing.assert_allclose(fs["orig"], reference(images, enc2), rtol=1e-5, atol=1e-5)
-    # no temporary files left behind
-    assert not [p for p in entry.rglob("*") if p.name.endswith(".tmp")]
+    # the chunks are gone once joined, and no temporary file is left behind
+    assert sorted(entries(tmp_path / "cache")) == [".json", ".npy"]
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("change", ["weights", "preprocess", "order", "file", "version"])
 def test_changes_give_a_new_entry(tmp_path, images, monkeypatch, change):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    first = compute(cache, images, CountingEncoder())
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
+    compute(cache, images, CountingEncoder())
     parts, pre, paths = dict(PARTS), TinyPreprocess(), list(images)
     if change == "weights":
         parts["weights"] = "def"
@@ -138,64 +147,50 @@ def test_changes_give_a_new_entry(tmp_path, images, monkeypatch, change):
     elif change == "version":
         monkeypatch.setattr(features, "FORMAT_VERSION", features.FORMAT_VERSION + 1)
     enc = CountingEncoder()
-    fs = compute(cache, paths, enc, parts=parts, pre=pre)
+    compute(cache, paths, enc, parts=parts, pre=pre)
     assert enc.images == 10
-    assert fs.key != first.key and fs.directory != first.directory
+    assert len(entries(tmp_path / "cache")[".npy"]) == 2
 
 
-def test_corrupt_shard_is_rebuilt(tmp_path, images, caplog):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "nan", "other key", "bad json"])
+def test_damaged_entry_is_rebuilt(tmp_path, images, caplog, damage):
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
     fs = compute(cache, images, CountingEncoder())
-    shard = fs.directory / "orig" / "shard_00001.npz"
-    shard.write_bytes(shard.read_bytes()[:50])  # truncated by a crash or a full disk
+    (array,) = (tmp_path / "cache").glob("*.npy")
+    info = array.with_suffix(".json")
+    if damage == "truncated":  # a crash or a full disk
+        array.write_bytes(array.read_bytes()[:100])
+    elif damage == "wrong shape":
+        np.save(array, np.zeros((9, 6), np.float32))
+    elif damage == "nan":
+        np.save(array, np.full((10, 6), np.nan, np.float32))
+    elif damage == "other key":  # a copied file, or a truncated-hash collision
+        info.write_text(json.dumps({**json.loads(info.read_text()), "key": {"format": 0}}))
+    else:
+        info.write_text("{")
     enc = CountingEncoder()
     with caplog.at_level(logging.WARNING):
         fs2 = compute(cache, images, enc)
-    assert enc.images == 4
-    assert "shard_00001.npz" in caplog.text
+    assert enc.images == 10 and "unusable" in caplog.text
     np.testing.assert_allclose(fs2["orig"], fs["orig"], rtol=1e-5, atol=1e-5)
 
 
-def test_tampered_shard_fails_checksum(tmp_path, images, caplog):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    fs = compute(cache, images, CountingEncoder())
-    shard = fs.directory / "orig" / "shard_00002.npz"
-    with np.load(shard) as z:
-        key = str(z["key"])
-    # a loadable shard with the right key and shape, but other content than recorded
-    forge_shard(shard, rows=2, key=key)
+def test_damaged_chunk_is_recomputed(tmp_path, images, caplog):
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        compute(cache, images, CountingEncoder(fail_after=8))  # chunks 0 and 1 complete
+    (part,) = (tmp_path / "cache").glob("*.part")
+    chunk = part / "chunk_00001.npz"
+    chunk.write_bytes(chunk.read_bytes()[:50])
     enc = CountingEncoder()
     with caplog.at_level(logging.WARNING):
-        fs2 = compute(cache, images, enc)
-    assert enc.images == 2 and "checksum" in caplog.text
-    np.testing.assert_allclose(fs2["orig"], fs["orig"], rtol=1e-5, atol=1e-5)
-
-
-def test_loose_shard_of_another_key_is_not_used(tmp_path, images, caplog):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    fs = compute(cache, images, CountingEncoder())
-    (fs.directory / "orig" / "manifest.json").unlink()
-    shard = fs.directory / "orig" / "shard_00000.npz"
-    forge_shard(shard, rows=4, key="someone else")
-    enc = CountingEncoder()
-    with caplog.at_level(logging.WARNING):
-        fs2 = compute(cache, images, enc)
-    assert enc.images == 4 and "another cache key" in caplog.text
-    np.testing.assert_allclose(fs2["orig"], fs["orig"], rtol=1e-5, atol=1e-5)
-
-
-def test_entry_with_other_key_json_is_wiped(tmp_path, images, caplog):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    fs = compute(cache, images, CountingEncoder())
-    (fs.directory / "key.json").write_text('{"format": 0}')
-    enc = CountingEncoder()
-    with caplog.at_level(logging.WARNING):
-        compute(cache, images, enc)
-    assert enc.images == 10 and "holds another key" in caplog.text
+        fs = compute(cache, images, enc)
+    assert enc.images == 6 and "chunk_00001.npz" in caplog.text  # chunks 1 and 2
+    np.testing.assert_allclose(fs["orig"], reference(images, enc), rtol=1e-5, atol=1e-5)
 
 
 def test_nan_and_shape_errors_name_the_stage(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
 
     def nan_enc(batch):
         out = np.ones((len(batch), 4), np.float32)
@@ -210,11 +205,14 @@ def test_nan_and_shape_errors_name_the_stage(tmp_path, images):
         compute(cache, images, lambda b: np.ones((len(b) + 1, 4)), label="x")
     with pytest.raises(FeatureError, match="shape"):
         compute(cache, images, lambda b: np.ones(len(b)), label="x")
+    dims = iter([4, 5])
+    with pytest.raises(FeatureError, match="shape"):  # d changes between batches
+        compute(cache, images, lambda b: np.ones((len(b), next(dims))), label="y")
 
 
 def test_failed_images_get_placeholder_rows(tmp_path, images):
     Path(images[5]).write_bytes(b"not an image")
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
     enc = CountingEncoder()
     fs = compute(cache, images, enc)
     assert fs.failed == (5,)
@@ -228,7 +226,7 @@ def test_failed_images_get_placeholder_rows(tmp_path, images):
 
 
 def test_views_are_cached_separately(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
     enc = CountingEncoder()
     fs = compute(cache, images, enc, views=("orig",))
     enc2 = CountingEncoder()
@@ -242,6 +240,8 @@ def test_views_are_cached_separately(tmp_path, images):
     only_flip = compute(cache, images, enc3, views=("flip",))
     assert enc3.calls == 0
     np.testing.assert_array_equal(only_flip["flip"], both["flip"])
+    with pytest.raises(ValueError, match="unknown views"):
+        compute(cache, images, enc3, views=("rot90",))
 
 
 def test_jittor_like_outputs_are_copied(tmp_path, images):
@@ -258,35 +258,18 @@ def test_jittor_like_outputs_are_copied(tmp_path, images):
         buf[: len(batch)] = batch.reshape(len(batch), -1)[:, :2]
         return FakeVar(buf[: len(batch)])
 
-    fs = FeatureCache(tmp_path / "c", shard_size=4).get_or_compute(
-        PARTS, images, enc, TinyPreprocess(), batch_size=3, workers=0, progress=False
-    )
+    fs = compute(FeatureCache(tmp_path / "c", chunk_size=4), images, enc, workers=0)
     want = np.stack([TinyPreprocess()(load_rgb(p)).reshape(-1)[:2] for p in images])
     np.testing.assert_allclose(fs["orig"], want, rtol=1e-5, atol=1e-5)
 
 
-def test_preprocess_without_describe_is_refused(tmp_path, images):
+def test_bad_calls_are_refused(tmp_path, images):
     with pytest.raises(TypeError, match="describe"):
-        FeatureCache(tmp_path).get_or_compute(PARTS, images, CountingEncoder(), lambda im: im)
-
-
-def test_weights_fingerprint_is_cached(tmp_path, monkeypatch):
-    w = tmp_path / "w.safetensors"
-    w.write_bytes(b"0123456789" * 1000)
-    cache = FeatureCache(tmp_path / "cache")
-    calls = []
-    real = features._sha256_file
-    monkeypatch.setattr(features, "_sha256_file", lambda p: calls.append(p) or real(p))
-    a = cache.fingerprint(w)
-    b = cache.fingerprint(w)
-    assert a == b and len(calls) == 1
-    import hashlib
-
-    assert a == hashlib.sha256(w.read_bytes()).hexdigest()
-    w.write_bytes(b"x" * 10)
-    assert cache.fingerprint(w) != a and len(calls) == 2
-    with pytest.raises(FileNotFoundError, match="weight file not found"):
-        cache.fingerprint(tmp_path / "missing.safetensors")
+        compute(FeatureCache(tmp_path), images, CountingEncoder(), pre=lambda im: im)
+    with pytest.raises(ValueError, match="no encoders"):
+        FeatureCache(tmp_path).get([], images, TinyPreprocess())
+    with pytest.raises(ValueError, match="empty image list"):
+        compute(FeatureCache(tmp_path), [], CountingEncoder())
 
 
 def test_list_fingerprint(tmp_path, images):
@@ -309,95 +292,56 @@ class CountingPreprocess(TinyPreprocess):
         return super().__call__(im)
 
 
-def jobs_for(*encoders):
+def encoders(*fns):
     return [
-        features.EncoderJob({**PARTS, "backbone": f"tiny{i}"}, enc, f"test-tiny{i}")
-        for i, enc in enumerate(encoders)
+        Encoder({**PARTS, "backbone": f"tiny{i}"}, enc, f"test-tiny{i}")
+        for i, enc in enumerate(fns)
     ]
 
 
 def test_many_encoders_decode_each_image_once(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
     a, b = CountingEncoder(dim=6), CountingEncoder(dim=6)
     b.w = b.w[:, ::-1].copy()  # another encoder
     pre = CountingPreprocess()
-    fa, fb = cache.get_or_compute_many(
-        jobs_for(a, b), images, pre, batch_size=3, workers=1, progress=False
-    )
+    fa, fb = cache.get(encoders(a, b), images, pre, batch_size=3, workers=1, progress=False)
     assert pre.seen == 10  # one decoding pass for both encoders
     assert a.images == 10 and b.images == 10
     np.testing.assert_allclose(fa["orig"], reference(images, a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fb["orig"], reference(images, b), rtol=1e-5, atol=1e-5)
-    assert fa.directory != fb.directory
+    assert len(entries(tmp_path / "cache")[".npy"]) == 2
     # Each entry is exactly what a single-encoder run writes: reused without encoding.
     for i, fs in enumerate([fa, fb]):
         again = CountingEncoder()
-        got = cache.get_or_compute(
-            {**PARTS, "backbone": f"tiny{i}"},
-            images,
-            again,
-            TinyPreprocess(),
-            label=f"test-tiny{i}",
-            progress=False,
-        )
-        assert again.calls == 0 and got.directory == fs.directory
+        parts = {**PARTS, "backbone": f"tiny{i}"}
+        got = compute(cache, images, again, parts=parts, label=f"test-tiny{i}")
+        assert again.calls == 0
         np.testing.assert_array_equal(got["orig"], fs["orig"])
 
 
 def test_many_encoders_compute_only_what_is_missing(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    a, b = CountingEncoder(), CountingEncoder()
-    cache.get_or_compute(
-        {**PARTS, "backbone": "tiny0"},
-        images,
-        a,
-        TinyPreprocess(),
-        label="test-tiny0",
-        progress=False,
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
+    compute(
+        cache, images, CountingEncoder(), parts={**PARTS, "backbone": "tiny0"}, label="test-tiny0"
     )
-    a2 = CountingEncoder()
-    fa, fb = cache.get_or_compute_many(
-        jobs_for(a2, b), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
+    a2, b = CountingEncoder(), CountingEncoder()
+    fa, fb = cache.get(
+        encoders(a2, b), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
     )
     assert a2.calls == 0 and b.images == 10
     np.testing.assert_allclose(fb["orig"], reference(images, b), rtol=1e-5, atol=1e-5)
 
 
-def test_many_encoders_interrupted_keep_finished_shards(tmp_path, images):
-    cache = FeatureCache(tmp_path / "cache", shard_size=4)
-    a, b = CountingEncoder(), CountingEncoder(fail_after=6)  # b dies on the 3rd batch of 3
+def test_many_encoders_interrupted_keep_finished_chunks(tmp_path, images):
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
+    a, b = CountingEncoder(), CountingEncoder(fail_after=6)  # b dies in the 2nd chunk
     with pytest.raises(KeyboardInterrupt):
-        cache.get_or_compute_many(
-            jobs_for(a, b), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
-        )
+        cache.get(encoders(a, b), images, TinyPreprocess(), batch_size=3, workers=1, progress=False)
     a2, b2 = CountingEncoder(), CountingEncoder()
-    fa, fb = cache.get_or_compute_many(
-        jobs_for(a2, b2), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
+    fa, fb = cache.get(
+        encoders(a2, b2), images, TinyPreprocess(), batch_size=3, workers=1, progress=False
     )
-    # Shard 0 (images 0-3) of both entries survived; shards 1-2 are computed again.
+    # Chunk 0 (images 0-3) of both entries survived; chunks 1-2 are computed again.
     assert a2.images == 6 and b2.images == 6
     np.testing.assert_allclose(fa["orig"], reference(images, a2), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fb["orig"], reference(images, b2), rtol=1e-5, atol=1e-5)
-
-
-def test_many_encoders_need_jobs(tmp_path, images):
-    with pytest.raises(ValueError, match="no encoder jobs"):
-        FeatureCache(tmp_path).get_or_compute_many([], images, TinyPreprocess())
-
-
-def test_process_backend_gives_the_same_entry(tmp_path, images, monkeypatch):
-    used = []
-    loader = features.iter_view_batches
-
-    def spy(*args, **kwargs):
-        used.append(kwargs["backend"])
-        return loader(*args, **kwargs)
-
-    monkeypatch.setattr(features, "iter_view_batches", spy)
-    enc = CountingEncoder()
-    fs = compute(FeatureCache(tmp_path / "p", shard_size=4, backend="process"), images, enc)
-    assert used == ["process"]
-    ref = compute(FeatureCache(tmp_path / "t", shard_size=4), images, CountingEncoder())
-    assert enc.images == 10
-    np.testing.assert_array_equal(fs["orig"], ref["orig"])
-    assert fs.key == ref.key  # the decoding backend is not part of what the features are

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import pipeline.images as images
-from pipeline.images import (
-    ImageError,
-    iter_batches,
-    iter_view_batches,
-    load_rgb,
-    log_failures,
-    resolve_backend,
-)
+from pipeline.images import ImageError, iter_batches, load_rgb
 
 
 class TinyPreprocess:
@@ -194,23 +181,6 @@ def test_decompression_bomb_is_an_image_error(tmp_path, monkeypatch):
         load_rgb(p)
 
 
-def test_huge_jpeg_with_draft(tmp_path):
-    # 10000 x 10000: a full decode is 100 MB (greyscale); draft decodes at 1/8 scale.
-    p = save(tmp_path / "huge.jpg", Image.new("L", (10000, 10000), 90), quality=50)
-    out = load_rgb(p, draft_min_side=448)
-    assert out.size == (1250, 1250) and out.mode == "RGB"
-    assert abs(np.asarray(out).mean() - 90) < 2
-    # draft never goes below the requested side
-    arr = gradient(1000, 700)
-    p = save(tmp_path / "m.jpg", Image.fromarray(arr), quality=95)
-    assert min(load_rgb(p, draft_min_side=300).size) >= 300
-    assert load_rgb(p, draft_min_side=300).size == (500, 350)
-    assert load_rgb(p).size == (1000, 700)  # default: full decode
-    # non-JPEG files ignore the option
-    p = save(tmp_path / "m.png", Image.fromarray(arr))
-    assert load_rgb(p, draft_min_side=100).size == (1000, 700)
-
-
 def _seed_bytes() -> list[bytes]:
     out = []
     for fmt, mode in [("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "L")]:
@@ -292,9 +262,11 @@ def test_loader_order_and_failures(image_dir, workers, batch_size):
     assert sorted(i for i, _ in errors) == sorted(broken)
     assert all(paths[i] in msg for i, msg in errors)
     for k, b in enumerate(batches):
-        assert b.images.dtype == np.float32 and b.images.shape[1:] == (3, 12, 12)
-        assert len(b.indices) == len(b.images)
-        for i, x in zip(b.indices, b.images):
+        assert list(b.images) == ["orig"]
+        batch = b.images["orig"]
+        assert batch.dtype == np.float32 and batch.shape[1:] == (3, 12, 12)
+        assert len(b.indices) == len(batch)
+        for i, x in zip(b.indices, batch):
             np.testing.assert_array_equal(x, expected(paths, i))
         # the failures are reported with the batch that covers their position
         lo = k * batch_size
@@ -304,7 +276,7 @@ def test_loader_order_and_failures(image_dir, workers, batch_size):
 def test_loader_fill_failed_and_views(image_dir):
     paths, broken = image_dir
     batches = list(
-        iter_view_batches(paths, TinyPreprocess(), 5, 2, views=("orig", "flip"), fill_failed=True)
+        iter_batches(paths, TinyPreprocess(), 5, 2, views=("orig", "flip"), fill_failed=True)
     )
     idx = np.concatenate([b.indices for b in batches])
     assert idx.tolist() == list(range(11))
@@ -318,179 +290,9 @@ def test_loader_fill_failed_and_views(image_dir):
             np.testing.assert_array_equal(orig[i], expected(paths, i))
             np.testing.assert_array_equal(flip[i], expected(paths, i, flip=True))
     assert not np.array_equal(orig[0], flip[0])
-    # the single-view API gives the flipped view on request
-    (b,) = list(iter_batches(paths[:2], TinyPreprocess(), 2, 0, flip=True))
-    np.testing.assert_array_equal(b.images, flip[:2])
-
-
-def test_loader_process_backend(image_dir):
-    paths, broken = image_dir
-    batches = list(iter_batches(paths, TinyPreprocess(), 6, 2, backend="process"))
-    idx = np.concatenate([b.indices for b in batches])
-    assert idx.tolist() == [i for i in range(11) if i not in broken]
-    np.testing.assert_array_equal(batches[0].images[0], expected(paths, 0))
-
-
-def shm_names() -> set[str]:
-    shm = Path("/dev/shm")
-    # SharedMemory blocks are psm_*; the pool's semaphores (sem.*) go with its processes.
-    return {p.name for p in shm.glob("psm_*")} if shm.is_dir() else set()
-
-
-class OddShapes(TinyPreprocess):
-    """A preprocessing whose output shape follows the image: not allowed with processes."""
-
-    def __call__(self, im: Image.Image) -> np.ndarray:
-        return np.zeros((3, im.height, 4), np.float32)
-
-
-def test_process_backend_matches_threads_through_shared_memory(image_dir, monkeypatch):
-    paths, broken = image_dir
-    before = shm_names()
-    slots_read = []
-    read = images._SharedSlots.read
-    monkeypatch.setattr(
-        images._SharedSlots, "read", lambda self, *a: slots_read.append(a) or read(self, *a)
-    )
-    kw = dict(views=("orig", "flip"), fill_failed=True, prefetch=1)
-    got = list(iter_view_batches(paths * 3, TinyPreprocess(), 4, 2, backend="process", **kw))
-    assert sum(len(errors) for _, errors in slots_read) == 33  # every image came that way
-    want = list(iter_view_batches(paths * 3, TinyPreprocess(), 4, 2, backend="thread", **kw))
-    assert len(got) == len(want) == 9
-    for g, w in zip(got, want):
-        assert g.indices.tolist() == w.indices.tolist() and g.failed == w.failed
-        for v in ("orig", "flip"):
-            np.testing.assert_array_equal(g.images[v], w.images[v])
-    # prefetch=1 and 33 images in chunks of 2: slots were reused many times, in order
-    assert [i for b in got for i in b.failed] == [i for i in range(33) if i % 11 in broken]
-    # Stopping early (Ctrl-C, an error in the consumer) also releases the shared block.
-    gen = iter_view_batches(paths * 20, TinyPreprocess(), 2, 2, backend="process")
-    next(gen)
-    assert len(shm_names() - before) == 1  # the images travel through one shared block
-    gen.close()
-    assert shm_names() == before
-
-
-class PidPreprocess(TinyPreprocess):
-    """Every pixel is the id of the process that preprocessed the image."""
-
-    def __call__(self, im: Image.Image) -> np.ndarray:
-        return np.full((3, 2, 2), os.getpid(), np.float32)
-
-
-def test_process_backend_decodes_in_other_processes(image_dir):
-    paths, broken = image_dir
-    good = [p for i, p in enumerate(paths) if i not in broken]
-
-    def pids(**kw) -> set[int]:
-        batches = iter_batches(good * 4, PidPreprocess(), 4, 2, **kw)
-        return {int(v) for b in batches for v in np.unique(b.images)}
-
-    procs = pids(backend="process")
-    assert os.getpid() not in procs and 1 <= len(procs) <= 2
-    assert pids(backend="thread") == {os.getpid()}
-
-
-def test_process_backend_refuses_varying_shapes(image_dir):
-    paths, _ = image_dir
-    with pytest.raises(RuntimeError, match="expected .*one shape for every image"):
-        list(iter_batches(paths[:2], OddShapes(), 2, 1, backend="process"))
-
-
-def test_worker_transforms_do_not_import_jittor():
-    """Decoding processes unpickle the preprocessing: neither CLIP's nor the ConvNeXt expert's
-    may drag Jittor (and a CUDA context) into every worker."""
-    code = (
-        "import pickle, sys\n"
-        "from models.clip.preprocess import Preprocess\n"
-        "from models.convnext_transforms import EvalTransform\n"
-        "pickle.loads(pickle.dumps((Preprocess(224), EvalTransform(384))))\n"
-        "print(sorted(m for m in ('jittor', 'torch') if m in sys.modules))\n"
-    )
-    root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
-
-
-OWNER = """
-import sys, time
-from pipeline.images import iter_view_batches
-from models.clip.preprocess import Preprocess
-
-if __name__ == "__main__":
-    batches = iter_view_batches(sys.argv[1:] * 50, Preprocess(32), 2, 2, backend="process")
-    next(batches)
-    print("decoding", flush=True)
-    time.sleep(60)
-"""
-
-
-def test_process_workers_die_with_a_killed_owner(image_dir, tmp_path):
-    """An owner killed without cleanup gives the pool no chance to stop its workers: they must
-    notice by themselves, or they hold the owner's stderr open and whoever reads it hangs.
-    (Jittor quick-exits on Ctrl-C the same way. SIGTERM, not SIGKILL: Jittor, imported by other
-    tests into this very process, exits on SIGCHLD from a child killed by anything else.)"""
-    import signal
-
-    paths, broken = image_dir
-    script = tmp_path / "owner.py"
-    script.write_text(OWNER)
-    good = [p for i, p in enumerate(paths) if i not in broken]
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *good],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "decoding"
-    proc.send_signal(signal.SIGTERM)  # no Python handler: dies on the spot
-    # EOF on both pipes only once every process that inherited them (workers, forkserver) exited
-    proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGTERM
-
-
-def test_ctrl_c_under_jittor_leaves_no_workers_and_no_shared_block(image_dir, tmp_path):
-    """Jittor replaces Python's SIGINT handler with a quick exit (no KeyboardInterrupt, no
-    finally): the workers must still go, and the shared block with them."""
-    import signal
-
-    paths, broken = image_dir
-    script = tmp_path / "owner.py"
-    script.write_text(OWNER.replace("import sys, time", "import sys, time\n" + JITTOR_FIRST))
-    good = [p for i, p in enumerate(paths) if i not in broken]
-    root = Path(__file__).resolve().parent.parent
-    before = shm_names()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *good],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "decoding"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "Caught SIGINT" in err  # Jittor's handler, as in test.py
-    deadline = time.time() + 10  # the resource tracker unlinks what the owner could not
-    while shm_names() - before and time.time() < deadline:
-        time.sleep(0.1)
-    assert shm_names() == before
-
-
-JITTOR_FIRST = "from models.runtime import jittor; jittor()"
-
-
-def test_backend_names():
-    assert resolve_backend("thread") == "thread" and resolve_backend("process") == "process"
-    with pytest.raises(ValueError, match="backend must be"):
-        resolve_backend("gpu")
+    # the flipped view alone, on request
+    (b,) = list(iter_batches(paths[:2], TinyPreprocess(), 2, 0, views=("flip",)))
+    np.testing.assert_array_equal(b.images["flip"], flip[:2])
 
 
 def test_loader_early_stop_and_bad_arguments(image_dir):
@@ -500,7 +302,7 @@ def test_loader_early_stop_and_bad_arguments(image_dir):
     gen.close()  # must not hang on queued work
     assert first.indices.tolist() == [0, 1]
     with pytest.raises(ValueError, match="unknown views"):
-        next(iter_view_batches(paths, TinyPreprocess(), views=("rot90",)))
+        next(iter_batches(paths, TinyPreprocess(), views=("rot90",)))
     with pytest.raises(ValueError, match="batch_size"):
         next(iter_batches(paths, TinyPreprocess(), 0))
     assert list(iter_batches([], TinyPreprocess(), 4, 2)) == []
@@ -514,11 +316,3 @@ def test_preprocess_bug_is_not_hidden_as_a_bad_image(image_dir):
 
     with pytest.raises(RuntimeError, match="preprocessing failed.*ZeroDivisionError"):
         list(iter_batches(paths[:2], broken, 2, 1))
-
-
-def test_log_failures(caplog):
-    with caplog.at_level(logging.WARNING):
-        log_failures([0, 2], ["a.jpg", "b.jpg", "c.jpg"], "validation")
-        log_failures([], ["a.jpg"], "nothing")
-    assert "validation: 2 image(s) could not be decoded: a.jpg, c.jpg" in caplog.text
-    assert "nothing" not in caplog.text

@@ -1,8 +1,8 @@
-"""The ConvNeXt-V2 expert on generated images with a random-weight atto backbone.
+"""The domain expert on generated images with a random-weight ConvNeXt-V2-atto backbone.
 
 Three classes of drawn shapes, tiny images (train crops 32 px, evaluation 32 px) and few epochs
 keep it to seconds; what is checked is the mechanics: the loss goes down, the backbone runs once
-per cached view, the saved head is the one of the selected epoch, artefacts round-trip.
+per training view, the saved head is the one of the selected epoch, artefacts round-trip.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from models import convnext_v2 as cx
+from models import convnext as cx
 from models import weights
 from pipeline import expert as ex
+from pipeline.backbones import ConvNeXtBackbone
+from pipeline.images import iter_batches
 
 CLASS_IDS = [300, 244, 251]  # deliberately unsorted: output column k is CLASS_IDS[k]
 SIZES = {"train_resize": 40, "train_crop": 32, "eval_size": 32}
+EVAL = cx.preprocess(32)
 
 
 def draw(kind: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
@@ -73,45 +76,50 @@ def data(tmp_path_factory):
     }
 
 
-def counting_backbone(path):
-    """The backbone, with forward_features counting the images it is asked to encode."""
-    model = cx.load(path)
-    calls: list[int] = []
-    original = model.forward_features
+class CountingBackbone(ConvNeXtBackbone):
+    """The backbone, counting the images it is asked to encode."""
 
-    def counted(x):
-        calls.append(int(x.shape[0]))
-        return original(x)
+    def __init__(self, path):
+        super().__init__(path)
+        self.calls: list[int] = []
 
-    model.forward_features = counted
-    return model, calls
-
-
-@pytest.fixture(scope="module")
-def head_run(data):
-    model, calls = counting_backbone(data["backbone"])
-    out = data["root"] / "head"
-    expert = ex.train_expert(
-        data["backbone"], data["train"], data["val"], CLASS_IDS, out,
-        mode="head", epochs=8, lr=1e-2, batch_size=4, views=3, seed=0, feature_batch=5,
-        backbone=model, **SIZES,
-    )  # fmt: skip
-    return expert, out, list(calls)
+    def features(self, batch):
+        self.calls.append(len(batch))
+        return super().features(batch)
 
 
 def val_good(data):
     return [(p, c) for p, c in data["val"] if p not in data["broken"]]
 
 
-def test_head_mode_runs_backbone_once_per_view(data, head_run):
+def eval_features(backbone, paths):
+    batches = iter_batches(paths, EVAL, 4, 0)
+    return np.concatenate([backbone.features(b.images["orig"]) for b in batches])
+
+
+@pytest.fixture(scope="module")
+def head_run(data):
+    backbone = CountingBackbone(data["backbone"])
+    paths, cids = zip(*val_good(data))
+    val = eval_features(ConvNeXtBackbone(data["backbone"]), paths)
+    expert = ex.train_expert(
+        backbone, data["train"], val, np.array(cids), CLASS_IDS,
+        epochs=8, lr=1e-2, batch_size=4, views=3, seed=0, feature_batch=5, **SIZES,
+    )  # fmt: skip
+    out = data["root"] / "head"
+    expert.save(out)
+    return expert, out, list(backbone.calls)
+
+
+def test_backbone_runs_once_per_training_view(data, head_run):
     expert, _, calls = head_run
-    n_train, n_val = 3 * 4, 3 * 3  # the broken files are skipped, not encoded
-    assert sum(calls) == n_train * 3 + n_val
+    n_train, n_val = 3 * 4, 3 * 3  # the broken training file is skipped, not encoded
+    assert sum(calls) == n_train * 3
     assert max(calls) <= 5  # feature_batch
     assert expert.info["n_train"] == n_train and expert.info["n_val"] == n_val
 
 
-def test_head_mode_lowers_the_training_loss(head_run):
+def test_training_lowers_the_loss(head_run):
     history = head_run[0].info["history"]
     assert len(history) == 8 and [h["epoch"] for h in history] == list(range(1, 9))
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
@@ -127,9 +135,9 @@ def test_saved_head_is_the_selected_epoch(data, head_run):
     best = min(history, key=lambda h: (-h["val_acc"], h["val_loss"], h["epoch"]))
     assert info["best_epoch"] == best["epoch"]
     # Recompute the validation metrics from the saved head and fresh features.
-    loaded = ex.DogExpert.load(out)
+    loaded = ex.DomainExpert.load(out, data["backbone"])
     paths, cids = zip(*val_good(data))
-    logits = loaded.logits(loaded.features(paths, batch_size=4))
+    logits = loaded.logits(eval_features(ConvNeXtBackbone(data["backbone"]), paths))
     labels = np.array([CLASS_IDS.index(c) for c in cids])
     assert (logits.argmax(1) == labels).mean() == pytest.approx(best["val_acc"])
     z = logits - logits.max(1, keepdims=True)
@@ -140,116 +148,76 @@ def test_saved_head_is_the_selected_epoch(data, head_run):
     assert min(abs(v - best["val_loss"]) for v in others) > 1e-3 * best["val_loss"]
 
 
-def test_corrupt_images_are_skipped_and_recorded(data, head_run):
-    info = head_run[0].info
-    assert info["skipped"] == {"train": [data["broken"][0]], "val": [data["broken"][1]]}
+def test_corrupt_training_images_are_skipped_and_recorded(data, head_run):
+    assert head_run[0].info["skipped_train"] == [data["broken"][0]]
 
 
 def test_artefact_round_trips(data, head_run, tmp_path):
     expert, out, _ = head_run
     assert (out / ex.WEIGHTS_FILE).is_file()
-    loaded = ex.DogExpert.load(out)
+    loaded = ex.DomainExpert.load(out, data["backbone"])
     assert loaded.class_ids.tolist() == CLASS_IDS
     np.testing.assert_array_equal(loaded.head_weight, expert.head_weight)
-    paths = [p for p, _ in val_good(data)][:4]
-    feats = loaded.features(paths, batch_size=3)
-    np.testing.assert_array_equal(feats, loaded.features(paths, batch_size=3))  # deterministic
-    # Other batch sizes change only the float summation order.
-    np.testing.assert_allclose(feats, loaded.features(paths, batch_size=2), atol=1e-5)
-    images = np.stack([loaded.preprocess(Image.open(p).convert("RGB")) for p in paths])
-    np.testing.assert_allclose(loaded.logits(images), loaded.logits(feats), atol=1e-5)
-    scores = loaded.scores(paths)
-    assert scores.shape == (4, 3)
-    np.testing.assert_allclose(scores.sum(1), 1, atol=1e-6)
-    np.testing.assert_allclose(expert.logits(feats), loaded.logits(feats), atol=1e-6)
-    assert loaded.num_parameters() == cx.num_parameters(loaded.backbone) - (10 * 320 + 10) + (
-        3 * 320 + 3
+    assert loaded.preprocess == EVAL
+    feats = np.random.default_rng(0).normal(size=(4, 320)).astype(np.float32)
+    np.testing.assert_array_equal(expert.logits(feats), loaded.logits(feats))
+    np.testing.assert_allclose(
+        loaded.logits(feats), feats @ expert.head_weight.T + expert.head_bias, rtol=1e-6
     )
-    # A moved backbone is found through backbone_path; a different one is refused.
+    assert loaded.num_parameters() == 3 * 320 + 3
+    with pytest.raises(ValueError, match="features"):
+        loaded.logits(feats[:, :10])
+    # A moved backbone is accepted (same fingerprint); a different one is refused.
     moved = shutil.copy(data["backbone"], tmp_path / "moved.safetensors")
-    assert ex.DogExpert.load(out, backbone_path=moved).class_ids.tolist() == CLASS_IDS
+    assert ex.DomainExpert.load(out, moved).class_ids.tolist() == CLASS_IDS
     other = tmp_path / "other.safetensors"
     sd = cx.random_state_dict(cx.variant_config("atto", num_classes=10), seed=1)
     weights.save(other, sd, family=cx.FAMILY, config=cx.infer_config(sd))
-    with pytest.raises(weights.WeightsError, match="not the backbone"):
-        ex.DogExpert.load(out, backbone_path=other)
+    with pytest.raises(weights.WeightsError, match="not the ConvNeXt-V2 file"):
+        ex.DomainExpert.load(out, other)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / ex.INFO_FILE).write_text("{")
+    with pytest.raises(weights.WeightsError, match="not valid JSON"):
+        ex.DomainExpert.load(tmp_path / "bad", data["backbone"])
 
 
-def test_inference_reports_undecodable_images(data, head_run):
-    expert = head_run[0]
-    broken = data["broken"][1]
-    with pytest.raises(ex.ImageError, match="broken_val"):
-        expert.features([data["val"][0][0], broken])
-    feats = expert.features([data["val"][0][0], broken], fill_failed=True)
-    assert np.isfinite(feats).all()
-
-
-def test_last_stage_mode_tunes_only_the_last_stage(data, tmp_path):
-    before = cx.load(data["backbone"]).state_numpy()
-    out = tmp_path / "last"
-    expert = ex.train_expert(
-        data["backbone"], data["train"], data["val"], CLASS_IDS, out,
-        mode="last_stage", epochs=4, lr=1e-2, backbone_lr=1e-3, batch_size=4, seed=0,
-        feature_batch=5, **SIZES,
-    )  # fmt: skip
-    history = expert.info["history"]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    after = expert.backbone.state_numpy()
-    changed = {k for k in before if not np.array_equal(before[k], after[k])}
-    assert changed and all(k.startswith(("stages.3.", "norm.")) for k in changed)
-    assert any(k.startswith("stages.3.") for k in changed)
-    tensors, _ = weights.load(out / ex.WEIGHTS_FILE, expect_family=ex.EXPERT_FAMILY)
-    tuned = {k for k in tensors if k.startswith("backbone.")}
-    assert {"backbone.norm.weight", "backbone.stages.3.1.grn.gamma"} <= tuned
-    # The reloaded expert (original file + saved tuned tensors) is the returned one.
-    loaded = ex.DogExpert.load(out)
-    paths = [p for p, _ in val_good(data)]
-    np.testing.assert_allclose(
-        loaded.logits(loaded.features(paths)), expert.logits(expert.features(paths)), atol=1e-5
-    )
-    labels = np.array([CLASS_IDS.index(c) for _, c in val_good(data)])
-    acc = (loaded.logits(loaded.features(paths)).argmax(1) == labels).mean()
-    assert acc == pytest.approx(history[expert.info["best_epoch"] - 1]["val_acc"])
-    assert loaded.key_parts() != ex.DogExpert.load(data["root"] / "head").key_parts()
-
-
-def test_selection_rule_on_scripted_epochs():
-    """max accuracy, ties by lower loss, then the earliest; the snapshot is that epoch's."""
-    labels = np.array([0, 1, 1, 0])
-    right = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
-    scripted = [
-        right * 0.1 + [[0, 1], [0, 0], [0, 0], [0, 0]],  # acc 0.75
-        right * 0.5,  # acc 1.0, loss higher
-        right * 3.0,  # acc 1.0, loss lowest  <- selected
-        right * 3.0,  # identical: the earlier one stays
-        -right,  # acc 0.0
+def test_selection_rule():
+    """max accuracy, ties by lower loss; the loop keeps the first of equals."""
+    records = [
+        {"val_acc": 0.75, "val_loss": 0.1},
+        {"val_acc": 1.0, "val_loss": 0.5},
+        {"val_acc": 1.0, "val_loss": 0.2},  # <- selected
+        {"val_acc": 1.0, "val_loss": 0.2},  # identical: not strictly better, the earlier stays
+        {"val_acc": 0.0, "val_loss": 0.0},
     ]
-    epoch = {"n": -1}
+    best = 0
+    for i, r in enumerate(records):
+        if ex.selection_key(r) > ex.selection_key(records[best]):
+            best = i
+    assert best == 2
 
-    class Opt:
-        param_groups = [{}]
 
-    def step(idx, e):
-        epoch["n"] = e
-        return float(len(idx))
-
-    plan = ex._Plan(
-        Opt(), [1.0], step, lambda: scripted[epoch["n"]],
-        lambda: {"epoch": np.array(epoch["n"] + 1)}, {},
-    )  # fmt: skip
-    history, best_epoch, snap = ex._run_epochs(5, 4, 2, plan, labels, seed=0)
-    assert [h["val_acc"] for h in history] == [0.75, 1.0, 1.0, 1.0, 0.0]
-    assert best_epoch == 3 and int(snap["epoch"]) == 3
+def test_without_validation_the_last_epoch_is_kept():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(6, 2, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    empty = np.zeros((0, 8), np.float32)
+    best, history, epoch = ex.fit_head(feats, labels, empty, np.zeros(0, np.int64), 3, epochs=3)
+    assert epoch == 3 and len(history) == 3 and "val_acc" not in history[0]
+    more, _, _ = ex.fit_head(feats, labels, empty, np.zeros(0, np.int64), 3, epochs=4)
+    assert not np.array_equal(best["head.weight"], more["head.weight"])  # it is the last one
 
 
 def test_input_errors(data, tmp_path):
+    backbone = ConvNeXtBackbone(data["backbone"])
+    none = (np.zeros((0, 320), np.float32), np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="999"):
-        ex.train_expert(data["backbone"], [("x.png", 999)], [], CLASS_IDS, tmp_path)
+        ex.train_expert(backbone, [("x.png", 999)], *none, CLASS_IDS)
+    with pytest.raises(ValueError, match="val: class ids \\[7\\]"):
+        ex.train_expert(backbone, data["train"], none[0], np.array([7]), CLASS_IDS)
     only_broken = [(p, c) for p, c in data["train"] if c != CLASS_IDS[1]]
     only_broken.append((data["broken"][0], CLASS_IDS[1]))
     with pytest.raises(ValueError, match=f"class ids \\[{CLASS_IDS[1]}\\]"):
-        ex.train_expert(data["backbone"], only_broken, [], CLASS_IDS, tmp_path, **SIZES)
-    with pytest.raises(ValueError, match="mode"):
-        ex.train_expert(data["backbone"], data["train"], [], CLASS_IDS, tmp_path, mode="full")
+        ex.train_expert(backbone, only_broken, *none, CLASS_IDS, **SIZES)
     with pytest.raises(weights.WeightsError, match="no expert"):
-        ex.DogExpert.load(tmp_path / "nothing")
+        ex.DomainExpert.load(tmp_path / "nothing", data["backbone"])

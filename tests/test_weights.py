@@ -75,9 +75,31 @@ def test_pipeline_reports_missing_weights_in_one_line(tmp_path):
         CLIP_VIT=str(tmp_path / "nope.safetensors"),
     )
     (tmp_path / "TestSet").mkdir()
+    (tmp_path / "classes_b.txt").write_text("A_a 0\n")
     r = subprocess.run(
         [sys.executable, "test.py"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert r.returncode == 2
     assert "weight file not found" in r.stderr and "convert.py" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_fingerprint_tells_files_apart_cheaply(tmp_path):
+    import hashlib
+
+    a = tmp_path / "a.bin"
+    big = np.random.default_rng(0).bytes(3 << 20)
+    a.write_bytes(big)
+    fp = weights.fingerprint(a)
+    assert fp == weights.fingerprint(tmp_path / "a.bin") and len(fp) == 64
+    b = tmp_path / "b.bin"
+    b.write_bytes(big[:-1] + bytes([big[-1] ^ 1]))  # the last byte differs
+    assert weights.fingerprint(b) != fp
+    b.write_bytes(big + b"x")  # the size differs
+    assert weights.fingerprint(b) != fp
+    b.write_bytes(bytes([big[0] ^ 1]) + big[1:])  # the first byte (the header) differs
+    assert weights.fingerprint(b) != fp
+    # full: the whole file's sha256 (convert.py's record of a download)
+    assert weights.fingerprint(a, full=True) == hashlib.sha256(big).hexdigest()
+    with pytest.raises(WeightsError, match="not found"):
+        weights.fingerprint(tmp_path / "missing.bin")

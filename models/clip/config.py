@@ -26,6 +26,31 @@ KNOWN_ARCHITECTURES = {
     "ViT-L/14@336px": (24, 1024, 14, 336, 768),
 }
 
+# Full configurations of the two backbones of the challenge, as OpenAI's build_model infers them
+# from the released files (for random-weight stand-ins in the demo's "full" size, benchmarks and
+# tests).
+_B_TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8)
+FULL_SIZE_CLIP: dict[str, dict[str, Any]] = {
+    "ViT-B/32": dict(
+        embed_dim=512,
+        image_resolution=224,
+        vision_layers=12,
+        vision_width=768,
+        vision_patch_size=32,
+        transformer_layers=12,
+        **_B_TEXT,
+    ),
+    "RN101": dict(
+        embed_dim=512,
+        image_resolution=224,
+        vision_layers=(3, 4, 23, 3),
+        vision_width=64,
+        vision_patch_size=None,
+        transformer_layers=12,
+        **_B_TEXT,
+    ),
+}
+
 # Keys every CLIP state dict has, whatever its image tower.
 _TEXT_KEYS = (
     "token_embedding.weight",

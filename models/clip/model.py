@@ -30,7 +30,7 @@ import numpy as np
 from models.clip import attention
 from models.clip.config import architecture_name, infer_config, matches, prepare_state_dict
 from models.runtime import jittor
-from models.weights import WeightsError
+from models.weights import WeightsError, load_state
 
 jt = jittor()
 nn = jt.nn
@@ -41,7 +41,6 @@ __all__ = [
     "VisionTransformer",
     "Transformer",
     "build_model",
-    "load_state",
     "num_parameters",
     "matches",
     "infer_config",
@@ -546,38 +545,6 @@ def _as_var(x: Union[np.ndarray, jt.Var], dtype: str) -> jt.Var:
     if isinstance(x, jt.Var):
         return x if x.dtype == dtype else x.cast(dtype)
     return jt.array(np.ascontiguousarray(x, dtype=dtype))
-
-
-def load_state(model: jt.Module, tensors: Mapping[str, Any], source: str = "state dict") -> None:
-    """Copy ``tensors`` (name -> array) into ``model``, strictly.
-
-    Raises WeightsError listing every missing key, unexpected key and shape mismatch.
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    wrong = [
-        f"{k}: file {tuple(np.shape(tensors[k]))} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(tensors))
-        if _jt_shape(np.shape(tensors[k])) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-            if items:
-                shown = ", ".join(items[:20]) + (
-                    f", ... ({len(items)} in all)" if len(items) > 20 else ""
-                )
-                parts.append(f"{title}: {shown}")
-        raise WeightsError(f"{source}: weights do not fit the CLIP model; " + "; ".join(parts))
-    for name, var in own.items():
-        a = np.ascontiguousarray(tensors[name], dtype=np.float32).reshape(var.shape)
-        var.update(jt.array(a))
-
-
-def _jt_shape(shape) -> tuple[int, ...]:
-    """Jittor has no 0-d arrays: a scalar (``logit_scale``) is stored with shape [1]."""
-    return tuple(shape) if len(shape) else (1,)
 
 
 def build_model(

@@ -1,8 +1,5 @@
-"""Image transforms of the ConvNeXt-V2 expert (PIL RGB in, float32 CHW out).
-
-Kept apart from ``models/convnext_v2.py`` so that decoding worker processes can unpickle a
-transform without importing Jittor (``pipeline.images``, process backend).
-"""
+"""Image transforms of ConvNeXt-V2 (PIL RGB in, float32 CHW out), without Jittor, like
+``models/clip/preprocess.py``: the decoding threads of ``pipeline.images`` run them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The synthetic demo dataset (pipeline.demo_data)."""
+"""The synthetic data (pipeline.synthetic): the demo dataset, the photo dataset, the weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo_data import DOMAINS, DemoParams, ensure_demo, generate
 from pipeline.images import ImageError, load_rgb
 from pipeline.lists import (
     list_test_images,
@@ -19,6 +18,7 @@ from pipeline.lists import (
     seen_class_ids,
     unseen_class_ids,
 )
+from pipeline.synthetic import DOMAINS, DemoParams, ensure_demo, generate
 
 SMALL = DemoParams(seed=0, train_per_class=6, test_per_class=3, nasty=True)
 
@@ -142,3 +142,25 @@ def test_ensure_demo_reuses_and_protects(tmp_path, demo):
     ensure_demo(d, DemoParams(train_per_class=3, test_per_class=1))
     assert json.loads((d / "DEMO.json").read_text())["params"]["train_per_class"] == 3
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_photo_dataset_layout_and_reuse(tmp_path):
+    from pipeline.synthetic import photo_dataset
+
+    classes_file = tmp_path / "c.txt"
+    classes_file.write_text("Animal_x 0\nAnimal_y 1\nStanford-Cars_z 2")
+    out = tmp_path / "photos"
+    summary = photo_dataset(out, classes_file, train_per_class=2, test_images=3, long_side=(40, 60))
+    classes = read_class_list(out / "classes_b.txt")
+    train = read_labeled_list(out / "train.txt", classes)
+    assert summary["train_images"] == len(train) == 4  # no training image of the unseen domain
+    assert unseen_class_ids(train, classes).tolist() == [2]
+    names = list_test_images(out / "TestSet")
+    assert names == ["image_1.jpg", "image_2.jpg", "image_3.jpg"]
+    for p in [out / q for q in train.paths] + [out / "TestSet" / n for n in names]:
+        assert 40 <= max(load_rgb(p).size) <= 60
+    truth = read_labeled_list(out / "test_labels.txt", classes)
+    assert list(truth.paths) == names
+    before = (out / "PHOTOS.json").stat().st_mtime_ns
+    photo_dataset(out, classes_file, train_per_class=2, test_images=3, long_side=(40, 60))
+    assert (out / "PHOTOS.json").stat().st_mtime_ns == before  # reused, not regenerated

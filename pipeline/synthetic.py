@@ -1,64 +1,68 @@
-"""A small synthetic dataset in the challenge layout, for running the pipeline without real data.
+"""Synthetic data for the demo, the benchmarks and the tests, in the challenge layout, and
+random-weight checkpoints in the upstream formats, sized "demo" (seconds on a CPU) or "full".
 
-Layout written under the output folder (like the real data, plus the hidden answers)::
+``ensure_demo``: a small dataset of drawn shapes::
 
-    classes_b.txt              <Domain>_<name> <id>, no trailing newline (like classes.txt)
-    train.txt                  TrainSet/<Domain>/<folder>/<n>.jpg <label>
-    TrainSet/<Domain>/<folder>/<n>.jpg
-    TestSet/image_<n>.jpg      shuffled over all classes, unseen ones included
-    test_labels.txt            image_<n>.jpg <label>: the ground truth, for evaluation only
-    DEMO.json                  the generation parameters; written last (marks a complete set)
+    classes_b.txt          <Domain>_<name> <id>, no trailing newline (like classes.txt)
+    train.txt, TrainSet/   TrainSet/<Domain>/<folder>/<n>.jpg <label>
+    TestSet/image_<n>.jpg  shuffled over all classes, unseen ones included
+    test_labels.txt        image_<n>.jpg <label>: the answers, for evaluation only
+    DEMO.json              the generation parameters, written last (marks a complete set)
 
-Five domains as on board B: Animal, Caltech-101, Food-101, Thu-dog and, last, Stanford-Cars with
-no training images (unseen). Every class has a visual identity: a shape, a colour palette and
-a striped texture (frequency and orientation) drawn on a textured background, with random
-position, scale, rotation, aspect ratio and noise per image. The dog classes share one shape and
-palette family and differ only in texture orientation and a small hue shift, so they are
-fine-grained and harder, as in the challenge. Generation is deterministic in ``seed`` (the same
-bytes every time) and takes about a second.
+Five domains as on board B, the last (Stanford-Cars) without training images. Each class has a
+shape, a palette and a striped texture drawn with random position, scale, rotation and noise;
+the dog classes share shape and palette and differ only in stripe angle and a small hue shift
+(fine-grained, as in the challenge). Deterministic in ``seed``; about a second. ``nasty=True``
+stores a few test images as greyscale and CMYK JPEG, palette PNG with transparency, 16-bit PNG,
+EXIF-rotated JPEG and one truncated JPEG (undecodable: it must still get an answer).
 
-With ``nasty=True`` a few test images are stored in awkward encodings: greyscale JPEG, CMYK
-JPEG, palette PNG with a transparent index, 16-bit greyscale PNG, an EXIF-rotated JPEG, and one
-truncated JPEG (undecodable: it must still get a prediction and a line in warnings.txt).
+``photo_dataset``: the same layout over a real class list (board B's by default) with
+photo-sized JPEGs, for the benchmarks (decoding and encoding cost, not accuracy).
+
+``write_weights(folder, size)``: CLIP ViT and ModifiedResNet as OpenAI TorchScript archives and
+ConvNeXt-V2 as the official ``{'model': state_dict}`` file, random, converted with convert.py as
+a user converts the released files, under the names ``pipeline.env`` expects. "demo": small
+members of the families at 224 px; "full": ViT-B/32, RN101, ConvNeXt-V2-base. Needs torch, as
+convert.py does. ``python -m pipeline.synthetic --help`` writes either from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import colorsys
+import concurrent.futures as cf
 import io
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
+from models.clip.config import FULL_SIZE_CLIP
+
 log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------------------------ demo dataset
 
 GENERATOR_VERSION = 1
 
+_CARS = "Audi_R8_Coupe_2012 BMW_X6_SUV_2012 Toyota_Sequoia_SUV_2012 Volvo_C30_Hatchback_2012"
 DOMAINS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Animal", ("Bear", "Bee", "Bird", "Butterfly", "Camel", "Cat")),
     ("Caltech-101", ("Faces_easy", "Leopards", "Motorbikes", "airplanes", "anchor")),
     ("Food-101", ("apple_pie", "baklava", "pizza", "sushi", "waffles")),
-    (
-        "Thu-dog",
-        ("Shiba_Dog", "French_bulldog", "Siberian_husky", "malamute", "Pomeranian", "pug"),
-    ),
-    (
-        "Stanford-Cars",
-        (
-            "Audi_R8_Coupe_2012",
-            "BMW_X6_SUV_2012",
-            "Toyota_Sequoia_SUV_2012",
-            "Volvo_C30_Hatchback_2012",
-        ),
-    ),
+    ("Thu-dog", tuple("Shiba_Dog French_bulldog Siberian_husky malamute Pomeranian pug".split())),
+    ("Stanford-Cars", tuple(_CARS.split())),
 )
 UNSEEN_DOMAINS = ("Stanford-Cars",)
 FINE_GRAINED_DOMAINS = ("Thu-dog",)
@@ -226,11 +230,6 @@ def _nasty(kind: str, arr: np.ndarray) -> tuple[str, bytes]:
     return ".jpg", buf.getvalue()
 
 
-def class_names() -> list[str]:
-    """Raw class names of the demo, in id order."""
-    return [f"{d}_{n}" for d, names in DOMAINS for n in names]
-
-
 def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> dict:
     """Write the demo dataset into ``out_dir`` (created; must not exist or be empty).
     Returns the summary also stored in DEMO.json."""
@@ -238,7 +237,7 @@ def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> d
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: not empty; the demo generator only writes fresh folders")
     rng = np.random.default_rng(params.seed)
-    names = class_names()
+    names = [f"{d}_{n}" for d, names in DOMAINS for n in names]  # raw names, in id order
     domains = [n.split("_", 1)[0] for n in names]
     styles = _styles(len(names), domains)
 
@@ -311,9 +310,7 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
         log.info("demo dataset at %s was made with other parameters; regenerating", out)
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out}: exists and is not a demo dataset (no DEMO.json); refusing to overwrite"
-        )
+        raise FileExistsError(f"{out}: exists and is not a demo dataset (no DEMO.json); kept")
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -326,28 +323,177 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
         if tmp.exists():
             shutil.rmtree(tmp)
     log.info(
-        "demo dataset: %d classes, %d training and %d test images in %s",
-        summary["classes"],
-        summary["train_images"],
-        summary["test_images"],
-        out,
+        "demo dataset in %s: %s", out, {k: summary[k] for k in ("train_images", "test_images")}
     )
     return out
 
 
+# ------------------------------------------------------------------------------ photo dataset
+
+
+def _photo_like(rng: np.random.Generator, w: int, h: int, tint: np.ndarray) -> np.ndarray:
+    """A uint8 [h, w, 3] image that compresses like a photo: smooth waves, a tint and noise."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = rng.uniform(0.004, 0.04, 3).astype(np.float32)
+    ph = rng.uniform(0, 6.3, 3).astype(np.float32)
+    img = np.stack([np.sin(f[c] * (xx + (c + 1) * yy) + ph[c]) for c in range(3)], -1)
+    img = img * 70 + 255 * tint.astype(np.float32)
+    img += rng.normal(0, 10, (h, w, 3)).astype(np.float32)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _write_photo(task: tuple[str, tuple[int, int], list[float], list[int]]) -> None:
+    """Worker: one photo-like JPEG, its size and pixels drawn from its own seed."""
+    path, long_side, tint, seed = task
+    rng = np.random.default_rng(seed)
+    long = int(rng.integers(long_side[0], long_side[1] + 1))
+    short = int(long * rng.uniform(0.6, 1.0))
+    w, h = (long, short) if rng.random() < 0.7 else (short, long)
+    Image.fromarray(_photo_like(rng, w, h, np.asarray(tint))).save(path, quality=90)
+
+
+def photo_dataset(
+    folder: str | os.PathLike,
+    classes_file: str | os.PathLike = REPO_ROOT / "data" / "classes_b.txt",
+    *,
+    train_per_class: int = 24,
+    test_images: int = 4305,
+    unseen_domains: Sequence[str] = UNSEEN_DOMAINS,
+    long_side: tuple[int, int] = (300, 640),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A dataset in the challenge layout over a real class list: ``classes_b.txt``,
+    ``train.txt`` + ``TrainSet/`` (``train_per_class`` JPEGs per class outside
+    ``unseen_domains``) and ``TestSet/image_<n>.jpg`` (``test_images`` JPEGs, labels drawn
+    uniformly over all classes, answers in ``test_labels.txt``). Images are photo-sized JPEGs
+    (long side drawn from ``long_side``), each class with its own tint. Every image has its own
+    seed, so the files are the same whatever the number of processes writing them. A complete
+    folder (``PHOTOS.json`` matching the parameters) is reused.
+    """
+    from pipeline.lists import read_class_list
+
+    folder = Path(folder)
+    params = {
+        "classes": str(Path(classes_file).resolve()),
+        "train_per_class": train_per_class,
+        "test_images": test_images,
+        "unseen_domains": list(unseen_domains),
+        "long_side": list(long_side),
+        "seed": seed,
+        "version": 2,
+    }
+    marker = folder / "PHOTOS.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("params") == params:
+        return json.loads(marker.read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    classes = read_class_list(classes_file)
+    shutil.copyfile(classes_file, folder / "classes_b.txt")
+    rng = np.random.default_rng(seed)
+    tints = rng.uniform(0.2, 0.8, (classes.num_classes, 3)).tolist()
+    tasks, train_lines = [], []
+    for c, dom in enumerate(classes.domains):
+        if dom in unseen_domains:
+            continue
+        sub = folder / "TrainSet" / (dom or "misc") / f"c{c:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for k in range(train_per_class):
+            tasks.append((str(sub / f"{k}.jpg"), long_side, tints[c], [seed, 1, c, k]))
+            train_lines.append(f"{sub.relative_to(folder).as_posix()}/{k}.jpg {c}")
+    test_dir = folder / "TestSet"
+    test_dir.mkdir()
+    labels = rng.integers(0, classes.num_classes, test_images).tolist()
+    lines = []
+    for i, c in enumerate(labels):
+        tasks.append((str(test_dir / f"image_{i + 1}.jpg"), long_side, tints[c], [seed, 2, i]))
+        lines.append(f"image_{i + 1}.jpg {c}")
+    log.info("writing %d photo-like JPEGs into %s", len(tasks), folder)
+    with cf.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(_write_photo, tasks, chunksize=32))
+    (folder / "train.txt").write_text("".join(x + "\n" for x in train_lines))
+    (folder / "test_labels.txt").write_text("".join(x + "\n" for x in lines))
+    summary = {"params": params, "train_images": len(train_lines), "test_images": test_images}
+    marker.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+# ------------------------------------------------------------------------------ weights
+
+# Small members of the real families at 224 px (a ViT with the B/32 patch size, a ModifiedResNet
+# with attention pooling, ConvNeXt-V2-atto); widths are the smallest OpenAI's inference accepts.
+_SMALL = dict(embed_dim=64, vision_width=64, transformer_width=64, transformer_heads=1)
+DEMO_CLIP: dict[str, dict[str, Any]] = {
+    "vit": dict(FULL_SIZE_CLIP["ViT-B/32"], **_SMALL, vision_layers=2, transformer_layers=2),
+    "rn": dict(FULL_SIZE_CLIP["RN101"], **_SMALL, vision_layers=(1, 1, 1, 1), transformer_layers=2),
+}
+# size -> (CLIP configs by backbone, ConvNeXt-V2 variant)
+WEIGHT_SIZES: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "demo": (DEMO_CLIP, "atto"),
+    "full": ({"vit": FULL_SIZE_CLIP["ViT-B/32"], "rn": FULL_SIZE_CLIP["RN101"]}, "base"),
+}
+UPSTREAM_NAMES = {"vit": "ViT-B-32.pt", "rn": "RN101.pt", "convnext": "convnextv2_1k_224_ema.pt"}
+
+
+def clip_state(config: dict, seed: int) -> dict[str, np.ndarray]:
+    """A randomly initialised CLIP (OpenAI's initialisation) as name -> float32 array."""
+    from models.clip.model import CLIP
+    from models.runtime import jittor
+
+    jittor()
+    model = CLIP(**config, seed=seed)
+    return {k: np.array(v.numpy(), np.float32) for k, v in model.state_dict().items()}
+
+
+def write_weights(folder: str | os.PathLike, size: str = "demo", seed: int = 0) -> dict[str, Path]:
+    """Random-weight checkpoints in the upstream formats under ``folder/upstream``, converted
+    with convert.py (as a user runs it) to the default file names of ``pipeline.env`` in
+    ``folder``; existing files are kept. Returns {"vit", "rn", "convnext"} -> converted file."""
+    import torch  # noqa: F401  - before Jittor: their MKL runtimes clash the other way round
+
+    from models import convnext
+    from models.convert import write_openai_archive, write_torch_checkpoint
+
+    if size not in WEIGHT_SIZES:
+        raise ValueError(f"size must be one of {sorted(WEIGHT_SIZES)}, not {size!r}")
+    from pipeline.env import WEIGHT_FILES
+
+    clip_configs, variant = WEIGHT_SIZES[size]
+    targets = {k: Path(folder) / WEIGHT_FILES[k].default for k in UPSTREAM_NAMES}
+    for i, (name, src) in enumerate(UPSTREAM_NAMES.items()):
+        src = Path(folder) / "upstream" / src
+        if targets[name].is_file():
+            continue
+        if name == "convnext" and not src.is_file():
+            sd = convnext.random_state_dict(variant, seed=seed)
+            write_torch_checkpoint(sd, src, wrap="model")
+        elif not src.is_file():
+            cfg = clip_configs[name]
+            state = clip_state(cfg, seed + i)
+            res, ctx, vocab = (cfg[k] for k in ("image_resolution", "context_length", "vocab_size"))
+            write_openai_archive(state, src, res, ctx, vocab)
+        cmd = [sys.executable, str(REPO_ROOT / "convert.py"), str(src), str(targets[name])]
+        log.info("$ %s", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+    return targets
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description="Generate the synthetic demo dataset.")
-    ap.add_argument("out_dir", help="folder to create (must not exist or be empty)")
+    ap = argparse.ArgumentParser(description="Write a synthetic dataset or random weights.")
+    ap.add_argument("what", choices=("demo", "photos", "weights"))
+    ap.add_argument("out_dir", help="folder to write")
+    ap.add_argument("--size", choices=sorted(WEIGHT_SIZES), default="demo", help="weights size")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-per-class", type=int, default=12)
-    ap.add_argument("--test-per-class", type=int, default=5)
-    ap.add_argument("--nasty", action="store_true", help="add awkwardly encoded test images")
+    ap.add_argument("--nasty", action="store_true", help="demo: awkwardly encoded test images")
+    ap.add_argument("--test-images", type=int, default=4305, help="photos: test images")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    ensure_demo(
-        args.out_dir,
-        DemoParams(args.seed, args.train_per_class, args.test_per_class, nasty=args.nasty),
-    )
+    if args.what == "demo":
+        ensure_demo(args.out_dir, DemoParams(args.seed, nasty=args.nasty))
+    elif args.what == "photos":
+        photo_dataset(args.out_dir, test_images=args.test_images, seed=args.seed)
+    else:
+        write_weights(args.out_dir, args.size, args.seed)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,240 @@
+"""ConvNeXt-V2 (Woo et al., CVPR 2023) in Jittor, shaped like facebookresearch/ConvNeXt-V2.
+
+Parameter names are the keys of the official checkpoints (``downsample_layers.0.0.weight``,
+``stages.2.5.grn.gamma``, ``norm.weight``, ``head.weight``, ...), so a converted file loads without
+any renaming. The architecture is read back from the weights (:func:`infer_config`).
+
+Layout of the computation: the residual stream is NCHW because Jittor's CPU depthwise convolution
+is fast only in that layout (the grouped-conv pattern is handed to oneDNN; an NHWC formulation
+with ``reindex`` measured 15-20x slower). Inside a block the activations are permuted once to
+channels-last rows ``[N*H*W, C]`` so that LayerNorm, the two pointwise Linear layers and GRN run
+as plain 2-D matmuls and row reductions, then permuted back before the residual add. The two
+matmuls take most of a block's time (60-80% measured, see ``python -m bench.encoders``);
+the permutes cost under 10%.
+
+The architecture and the official initialisation come from ``models.convnext.config``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from models import weights
+from models.convnext.config import (
+    FAMILY,
+    GRN_EPS,
+    LN_EPS,
+    VARIANTS,
+    infer_config,
+    make_config,
+    prepare_state_dict,
+    random_state_dict,
+)
+from models.runtime import jittor
+
+jt = jittor()
+nn = jt.nn
+
+
+def _layer_norm(x, weight, bias, axis: int):
+    """LayerNorm over ``axis`` with the centred (two-pass) variance, like torch.
+
+    Jittor's nn.LayerNorm computes E[x^2] - E[x]^2, which loses digits when the mean is large
+    against the spread; the stem output of real checkpoints is such a case.
+    """
+    dtype = x.dtype
+    if dtype != "float32":  # half precision: normalise in float32, as torch autocast does
+        x = x.float32()
+    mean = x.mean(axis, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axis, keepdims=True)
+    out = centred / jt.sqrt(var + LN_EPS) * weight + bias
+    return out if dtype == "float32" else out.cast(dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over channels: axis 1 of NCHW if ``channels_first``, else the last axis."""
+
+    def __init__(self, dim: int, channels_first: bool = False):
+        self.channels_first = channels_first
+        self.weight = jt.ones(dim)
+        self.bias = jt.zeros(dim)
+
+    def execute(self, x):
+        if self.channels_first:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            return _layer_norm(x, self.weight.reshape(shape), self.bias.reshape(shape), 1)
+        return _layer_norm(x, self.weight, self.bias, -1)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization on channels-last input ``[N, *spatial, C]``.
+
+    Gx = L2 norm of each channel over all spatial positions, Nx = Gx / (mean_c Gx + 1e-6),
+    out = gamma * (x * Nx) + beta + x. gamma/beta are stored as [1, 1, 1, C] like upstream.
+    """
+
+    def __init__(self, dim: int):
+        self.gamma = jt.zeros((1, 1, 1, dim))
+        self.beta = jt.zeros((1, 1, 1, dim))
+
+    def execute(self, x):
+        dtype = x.dtype
+        if dtype != "float32":  # half precision: a sum of squares over H*W overflows float16
+            x = x.float32()
+        spatial = list(range(1, x.ndim - 1))
+        gx = jt.sqrt((x * x).sum(spatial, keepdims=True))
+        nx = gx / (gx.mean(-1, keepdims=True) + GRN_EPS)
+        dim = x.shape[-1]
+        out = self.gamma.reshape(dim) * (x * nx) + self.beta.reshape(dim) + x
+        return out if dtype == "float32" else out.cast(dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float = 0.0):
+        self.p = float(p)
+
+    def execute(self, x):
+        if self.p <= 0.0 or not self.is_training():
+            return x
+        keep = 1.0 - self.p
+        mask = jt.floor(jt.rand((x.shape[0],) + (1,) * (x.ndim - 1)) + keep)
+        return x / keep * mask
+
+
+class Block(nn.Module):
+    """ConvNeXt-V2 block: dwconv 7x7 -> LN -> Linear 4x -> GELU -> GRN -> Linear -> residual."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0):
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = LayerNorm(dim)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.grn = GRN(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.drop_path = DropPath(drop_path)
+
+    def execute(self, x):
+        n, c, h, w = x.shape
+        y = self.dwconv(x)
+        # Channels-last rows: LN and the Linear layers become 2-D matmuls (fastest in Jittor).
+        y = y.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        y = nn.gelu(self.pwconv1(self.norm(y)))  # nn.gelu is the exact erf form, as nn.GELU()
+        y = self.grn(y.reshape(n, h * w, 4 * c)).reshape(n * h * w, 4 * c)
+        y = self.pwconv2(y).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return x + self.drop_path(y)
+
+
+class ConvNeXtV2(nn.Module):
+    """ConvNeXt-V2 classifier. Input: ``[N, 3, H, W]`` normalised images (see :func:`preprocess`).
+
+    depths/dims: blocks and channels per stage (see VARIANTS); num_classes 0 builds no head.
+    seed: official random initialisation (trunc-normal std .02 weights, zero biases, unit LN,
+    zero GRN) drawn from numpy with this seed; None leaves the tensors for the caller to load.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = VARIANTS["tiny"][0],
+        dims: Sequence[int] = VARIANTS["tiny"][1],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        seed: int | None = 0,
+    ):
+        if len(depths) != len(dims) or not depths:
+            raise ValueError(
+                f"depths {depths} and dims {dims} must be non-empty and of equal length"
+            )
+        self.depths = tuple(int(d) for d in depths)
+        self.dims = tuple(int(d) for d in dims)
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.downsample_layers = nn.ModuleList()
+        self.downsample_layers.append(
+            nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm(dims[0], True))
+        )
+        for i in range(len(dims) - 1):
+            self.downsample_layers.append(
+                nn.Sequential(
+                    LayerNorm(dims[i], True), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)
+                )
+            )
+        rates = np.linspace(0.0, drop_path_rate, sum(self.depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(self.depths):
+            start = sum(self.depths[:i])
+            self.stages.append(
+                nn.Sequential(*[Block(dims[i], rates[start + j]) for j in range(depth)])
+            )
+        self.norm = LayerNorm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else None
+        if seed is not None:
+            weights.load_state(self, random_state_dict(self.config(), seed), f"seed {seed}")
+
+    def config(self) -> dict[str, Any]:
+        """The architecture as stored in converted files (see :func:`infer_config`)."""
+        return make_config(self.depths, self.dims, self.num_classes, self.in_chans)
+
+    @property
+    def num_features(self) -> int:
+        return self.dims[-1]
+
+    def forward_features(self, x):
+        """Pooled features after the final LayerNorm: ``[N, dims[-1]]``."""
+        stem = self.downsample_layers[0][0].weight
+        if x.dtype != stem.dtype:  # e.g. float32 images into a model.float16() copy
+            x = x.cast(stem.dtype)
+        for down, stage in zip(self.downsample_layers, self.stages):
+            x = stage(down(x))
+        return self.norm(x.mean([2, 3]))
+
+    def forward_head(self, features):
+        """Logits from pooled features."""
+        if self.head is None:
+            raise ValueError("this ConvNeXt-V2 has no classification head (num_classes=0)")
+        return self.head(features)
+
+    def execute(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    forward = execute
+
+
+def from_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "state dict") -> ConvNeXtV2:
+    """Build the model that fits ``state_dict`` and load it (strict)."""
+    state_dict = prepare_state_dict(state_dict)
+    cfg = infer_config(state_dict)
+    model = ConvNeXtV2(cfg["depths"], cfg["dims"], cfg["num_classes"], cfg["in_chans"], seed=None)
+    weights.load_state(model, state_dict, source)
+    return model.eval()
+
+
+def load(path: str | os.PathLike) -> ConvNeXtV2:
+    """Load a converted ConvNeXt-V2 safetensors file (see convert.py) in eval mode.
+
+    Jittor's ``eval()`` also stops the parameters' gradients: call ``train()`` (or ``start_grad()``
+    on the parameters to tune) before fine-tuning.
+    """
+    tensors, info = weights.load(path, expect_family=FAMILY)
+    try:
+        inferred = infer_config(tensors)
+    except weights.WeightsError as e:
+        raise weights.WeightsError(f"{path}: {e}") from e
+    stored = info["config"]
+    for key in ("depths", "dims", "num_classes"):
+        if key in stored and list(np.atleast_1d(stored[key])) != list(np.atleast_1d(inferred[key])):
+            raise weights.WeightsError(
+                f"{path}: header says {key}={stored[key]} but the tensors say {inferred[key]}"
+            )
+    return from_state_dict(tensors, source=str(path))
+
+
+def num_parameters(model: ConvNeXtV2) -> int:
+    """Number of scalar parameters (for the challenge's parameter budget)."""
+    return int(sum(math.prod(p.shape) for p in model.parameters()))

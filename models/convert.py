@@ -313,6 +313,7 @@ def convert(
     source dtypes.
     """
     src, dst = Path(src), Path(dst)
+    _check_not_same_file(src, dst)
     raw, fmt = read_state_dict(src)
     dtypes = collections.Counter(_dtype_name(v) for v in raw.values())
     sd = {k: _tensor_to_numpy(v) for k, v in raw.items()}
@@ -360,6 +361,20 @@ def convert(
         dst,
     )
     return summary
+
+
+def _check_not_same_file(src: Path, dst: Path) -> None:
+    """Refuse a destination that is the source file (same spelling or not, through a symbolic
+    or hard link): writing it would replace the download with its conversion."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # either one does not exist (yet): not the same file
+        same = False
+    if same:
+        raise ConversionError(
+            f"{dst}: is the source file itself ({src}); converting would overwrite the "
+            f"download: give another destination, e.g. out/weights/{src.stem}.safetensors"
+        )
 
 
 def _sha256(path: Path) -> str:

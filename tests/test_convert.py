@@ -341,3 +341,38 @@ def test_jt_save_of_jittor_vars_converts(tmp_path):
     tensors, _ = weights.load(tmp_path / "jittor.safetensors")
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(tensors[k].reshape(v.shape), v.numpy(), err_msg=k)
+
+
+def test_refuses_to_convert_a_file_onto_itself(sources, tmp_path, monkeypatch):
+    # `convert.py X X` (or the same file spelt another way, or through a link) would replace
+    # the downloaded checkpoint with its conversion: refused before anything is read.
+    _, _, files = sources["rn"]
+    src = tmp_path / "sub" / "RN.pt"
+    src.parent.mkdir()
+    src.write_bytes(files["torch-zip"].read_bytes())
+    before = src.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(src)
+    (tmp_path / "hard.pt").hardlink_to(src)
+    spellings = [
+        (src, src),
+        (src, tmp_path / "sub" / ".." / "sub" / "RN.pt"),
+        (src, link),
+        (link, src),
+        (src, tmp_path / "hard.pt"),
+    ]
+
+    def read_nothing(path):
+        raise AssertionError(f"read {path}")
+
+    with monkeypatch.context() as m:
+        m.setattr(C, "read_state_dict", read_nothing)
+        for a, b in spellings:
+            with pytest.raises(C.ConversionError, match="is the source file itself") as e:
+                C.convert(a, b)
+            assert "\n" not in str(e.value) and str(b) in str(e.value)
+    r = _run_cli(str(src), f"{tmp_path}/sub/../sub/./RN.pt")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is the source file itself" in lines[0], r.stderr
+    assert src.read_bytes() == before and link.read_bytes() == before

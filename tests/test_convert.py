@@ -376,3 +376,28 @@ def test_refuses_to_convert_a_file_onto_itself(sources, tmp_path, monkeypatch):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "is the source file itself" in lines[0], r.stderr
     assert src.read_bytes() == before and link.read_bytes() == before
+
+
+@pytest.mark.parametrize("width", [80, 96])
+def test_resnets_of_widths_other_than_64_convert_and_equal_openai(width, tmp_path):
+    # RN50x4 (width 80) and RN50x16 (width 96): OpenAI's attention pool has width * 32 // 64
+    # heads of 64, whatever the width. Small depth and resolution, the same code paths.
+    arch = dict(R.SMALL_RN, vision_width=width, vision_layers=(1, 1, 1, 1), image_resolution=32)
+    ref = R.random_openai_clip(arch, seed=5)
+    R.fp16_roundtrip(ref)
+    src = _trace_openai_archive(ref, arch, tmp_path / f"rn{width}.pt")
+    summary = C.convert(src, tmp_path / "rn.safetensors")
+    cfg = summary["config"]
+    assert cfg["vision_width"] == width and cfg["vision_heads"] == width // 2
+    assert cfg["vision_layers"] == [1, 1, 1, 1] and cfg["image_resolution"] == 32
+    model, _ = clip.load(tmp_path / "rn.safetensors")
+    images = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    tokens = clip.tokenize(PROMPTS)
+    want_img, want_txt = R.reference_features(ref, images, tokens)
+    with jt.no_grad():
+        img = model.encode_image(images).numpy()
+        txt = model.encode_text(tokens).numpy()
+    img /= np.linalg.norm(img, axis=-1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=-1, keepdims=True)
+    np.testing.assert_allclose(img, want_img, atol=TOL, rtol=0)
+    np.testing.assert_allclose(txt, want_txt, atol=TOL, rtol=0)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +67,30 @@ def save(
         "fewshot.version": FORMAT_VERSION,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path.parent, path.name + ".")
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 minus the umask
     os.close(fd)
     try:
         save_file(arrays, tmp, metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors (0.8) writes its files 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _create_temp(folder: Path, prefix: str) -> tuple[int, str]:
+    """A new ``<prefix><random>.tmp`` created as open() creates files (0666 minus the umask;
+    ``tempfile.mkstemp`` would make it 0600). As pipeline.fileio.create_temp, which models/
+    does not import."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: cannot create a temporary file {prefix}*.tmp")
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:

@@ -322,12 +322,21 @@ def natural_key(name: str) -> tuple:
     return (parts, name)
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether the entry is a file or a link to one. A dangling link is not; a link loop (or an
+    entry that cannot be examined) is not either, where ``is_file`` would raise."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def list_test_images(test_dir: PathLike) -> list[str]:
     """File names (not paths) of the images in ``test_dir``, in natural order.
 
     Files with an image extension (case-insensitive) are kept; anything else (sub-folders,
-    text files, hidden files) is skipped with one warning. A missing or image-less folder is
-    a ListError.
+    text files, hidden files, dangling or looping links) is skipped with one warning. A missing
+    or image-less folder is a ListError.
     """
     d = Path(test_dir)
     if not d.is_dir():
@@ -335,7 +344,7 @@ def list_test_images(test_dir: PathLike) -> list[str]:
     names, skipped = [], []
     for entry in os.scandir(d):
         ext = os.path.splitext(entry.name)[1].lower()
-        if entry.is_file() and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
+        if _is_file(entry) and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
             names.append(entry.name)
         else:
             skipped.append(entry.name)

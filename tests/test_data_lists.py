@@ -281,3 +281,18 @@ def test_empty_or_missing_test_folder(tmp_path):
         list_test_images(tmp_path)
     with pytest.raises(ListError, match="test folder not found"):
         list_test_images(tmp_path / "nope")
+
+
+def test_symlink_loops_are_skipped_like_dangling_links(tmp_path, caplog):
+    (tmp_path / "image_1.jpg").write_bytes(b"x")
+    (tmp_path / "image_2.jpg").symlink_to("image_2.jpg")  # a link to itself
+    (tmp_path / "image_3.jpg").symlink_to("image_4.jpg")  # two links to each other
+    (tmp_path / "image_4.jpg").symlink_to("image_3.jpg")
+    (tmp_path / "image_5.jpg").symlink_to("missing.jpg")  # dangling
+    (tmp_path / "image_6.jpg").symlink_to("image_1.jpg")  # a good link is an image
+    with caplog.at_level(logging.WARNING):
+        got = list_test_images(tmp_path)
+    assert got == ["image_1.jpg", "image_6.jpg"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ignored 4 entries" in warnings[0].getMessage()
+    assert "image_2.jpg, image_3.jpg, image_4.jpg, image_5.jpg" in warnings[0].getMessage()

@@ -103,6 +103,20 @@ def test_command_line(tmp_path, capsys):
     assert main([str(p), "--test-dir", str(tmp_path / "none"), "--classes", str(classes)]) == 2
 
 
+def test_command_line_skips_symlink_loops(tmp_path, capsys):
+    test_dir = tmp_path / "TestSet"
+    test_dir.mkdir()
+    for n in NAMES:
+        (test_dir / n).write_bytes(b"x")
+    (test_dir / "image_99.jpg").symlink_to("image_99.jpg")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(f"A_c{i} {i}" for i in range(403)))
+    write_result(tmp_path / "result.txt", NAMES, TOP5)
+    args = [str(tmp_path / "result.txt"), "--test-dir", str(test_dir), "--classes", str(classes)]
+    assert main(args) == 0
+    assert "valid (3 images, 403 classes)" in capsys.readouterr().out
+
+
 def test_warnings_file(tmp_path):
     p = tmp_path / "warnings.txt"
     write_warnings(p, [("image_7.jpg", "cannot decode\nimage (truncated)")])

@@ -126,6 +126,12 @@ def test_descriptions_file_is_checked_before_any_work(tmp_path, monkeypatch):
     ]
 
 
+def test_descriptions_mapping_of_single_sentences_gives_one_prompt_each():
+    # Not one prompt per character of the sentence.
+    prompts = class_prompts(["Animal_Bee"], "descriptions", {"Animal_Bee": "a bee."})
+    assert prompts == [["a bee."]]
+
+
 def test_settings_file_problems_are_one_line(tmp_path, monkeypatch):
     folder = tmp_path / "somedir"
     folder.mkdir()

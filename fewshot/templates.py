@@ -131,7 +131,8 @@ def class_prompts(
             if sents is None:
                 missing.append(name)
                 sents = [domain_t.format(name)]
-            prompts.append(list(sents))
+            # A mapping may give one sentence as a plain string (as load_descriptions allows).
+            prompts.append([sents] if isinstance(sents, str) else list(sents))
         else:
             prompts.append([t.format(name) for t in templates])
     if missing:

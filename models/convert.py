@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -75,6 +76,10 @@ _FP16_SUFFIXES = (
 )
 
 
+# What a refused (possibly malicious) pickle's message tells the user to do.
+_UNSAFE_ADVICE = "convert only files downloaded from the official URLs (see README.md)"
+
+
 class ConversionError(WeightsError):
     """The source file is missing, unreadable, unsafe, or not a supported checkpoint."""
 
@@ -101,7 +106,9 @@ def detect_format(path: Union[str, os.PathLike]) -> str:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError) as e:
-            raise ConversionError(f"{path}: truncated or corrupt zip archive ({e})") from e
+            raise ConversionError(
+                f"{path}: truncated or corrupt zip archive ({_one_line(e)})"
+            ) from e
         parts = {n.split("/", 2)[1] for n in names if n.count("/") >= 1}
         if "code" in parts or any(n.endswith("/constants.pkl") for n in names):
             return "torchscript"
@@ -151,7 +158,9 @@ def _read_torchscript(path: Path) -> dict[str, Any]:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # torch raises RuntimeError and friends for damaged archives
-        raise ConversionError(f"{path}: cannot load the TorchScript archive ({e})") from e
+        raise ConversionError(
+            f"{path}: cannot load the TorchScript archive ({_one_line(e)})"
+        ) from e
     return dict(module.state_dict())
 
 
@@ -161,12 +170,28 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message spans lines and advises retrying with weights_only=False, which
+        # would run whatever the pickle asks for: only the global it names is passed on.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"asks for {found.group(1)}" if found else "holds objects other than tensors"
         raise ConversionError(
-            f"{path}: refused: the checkpoint holds objects other than tensors and plain "
-            f"containers, and is only read with torch.load(weights_only=True) ({e})"
+            f"{path}: refused: the checkpoint {what}, which a file of weights never needs; "
+            f"{_UNSAFE_ADVICE}"
         ) from e
     except Exception as e:
-        raise ConversionError(f"{path}: cannot read the torch checkpoint ({e})") from e
+        detail = _one_line(e)
+        if "weights_only" in detail:  # never pass on advice to load unsafely
+            detail = type(e).__name__
+        raise ConversionError(
+            f"{path}: cannot read the torch checkpoint ({detail}); truncated or corrupt? "
+            "download it again"
+        ) from e
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (torch's span several), at most 300 characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
@@ -206,7 +231,8 @@ def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
             if obj is None:
                 raise ConversionError(
                     f"{path}: refused: the pickle asks for {module}.{name}, which a file of "
-                    "weights never needs (only tensors, arrays and dicts are read)"
+                    f"weights never needs (only tensors, arrays and dicts are read); "
+                    f"{_UNSAFE_ADVICE}"
                 )
             return obj
 
@@ -225,7 +251,7 @@ def _read_jittor_pickle(path: Path) -> Any:
     except ConversionError:
         raise
     except Exception as e:  # EOFError, UnpicklingError, ...: a damaged stream
-        raise ConversionError(f"{path}: truncated or corrupt pickle ({e})") from e
+        raise ConversionError(f"{path}: truncated or corrupt pickle ({_one_line(e)})") from e
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
@@ -313,6 +339,7 @@ def convert(
     source dtypes.
     """
     src, dst = Path(src), Path(dst)
+    _check_not_same_file(src, dst)
     raw, fmt = read_state_dict(src)
     dtypes = collections.Counter(_dtype_name(v) for v in raw.values())
     sd = {k: _tensor_to_numpy(v) for k, v in raw.items()}
@@ -360,6 +387,24 @@ def convert(
         dst,
     )
     return summary
+
+
+def _check_not_same_file(src: Path, dst: Path) -> None:
+    """Refuse a destination that is the source file (same spelling or not, through a symbolic
+    or hard link): writing it would replace the download with its conversion."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # either one does not exist (yet): not the same file
+        same = False
+    if same:
+        raise ConversionError(
+            f"{dst}: is the source file itself ({src}); converting would overwrite the "
+            f"download: give another destination, e.g. out/weights/{src.stem}.safetensors"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Writers of the upstream formats (demo checkpoints and tests)
 
 
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from models.fileio import create_temp
 
 FORMAT_VERSION = "1"
 
@@ -68,10 +70,12 @@ def save(
         "fewshot.version": FORMAT_VERSION,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(path.parent, path.name + ".")
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 minus the umask
     os.close(fd)
     try:
         save_file(arrays, tmp, metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors (0.8) writes its files 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -33,8 +33,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from models import convnext, weights
+from models.fileio import write_json_atomic
 from pipeline.backbones import ConvNeXtBackbone
-from pipeline.fileio import write_json_atomic
 from pipeline.images import ImageError, load_rgb
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.fileio import write_atomic, write_json_atomic
+from models.fileio import write_atomic, write_json_atomic
 from pipeline.images import VIEWS, Preprocess, default_workers, iter_batches
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from pipeline.fileio import write_text_atomic
+from models.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -322,12 +322,40 @@ def natural_key(name: str) -> tuple:
     return (parts, name)
 
 
+def result_name_problem(name: str) -> Optional[str]:
+    """Why result.txt cannot hold ``name`` as the first field of a line (None: it can).
+
+    A line is ``<name> <ids>`` in UTF-8, fields split at spaces: a name must be non-empty,
+    without whitespace (spaces, tabs, line breaks, no-break spaces, ...) and valid UTF-8 (a file
+    name of other bytes comes from os.scandir as surrogate escapes).
+    """
+    if not name:
+        return "is empty"
+    if any(c.isspace() for c in name):
+        return "contains whitespace"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether the entry is a file or a link to one. A dangling link is not; a link loop (or an
+    entry that cannot be examined) is not either, where ``is_file`` would raise."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def list_test_images(test_dir: PathLike) -> list[str]:
     """File names (not paths) of the images in ``test_dir``, in natural order.
 
     Files with an image extension (case-insensitive) are kept; anything else (sub-folders,
-    text files, hidden files) is skipped with one warning. A missing or image-less folder is
-    a ListError.
+    text files, hidden files, dangling or looping links) is skipped with one warning. A missing
+    or image-less folder is a ListError, as are image names that result.txt cannot hold (see
+    :func:`result_name_problem`).
     """
     d = Path(test_dir)
     if not d.is_dir():
@@ -335,7 +363,7 @@ def list_test_images(test_dir: PathLike) -> list[str]:
     names, skipped = [], []
     for entry in os.scandir(d):
         ext = os.path.splitext(entry.name)[1].lower()
-        if entry.is_file() and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
+        if _is_file(entry) and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
             names.append(entry.name)
         else:
             skipped.append(entry.name)
@@ -353,4 +381,14 @@ def list_test_images(test_dir: PathLike) -> list[str]:
         raise ListError(
             f"{d}: no images in the test folder (extensions {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return sorted(names, key=natural_key)
+    names.sort(key=natural_key)
+    # Every test image needs its line in result.txt: refuse names it cannot hold now, before
+    # any feature is computed (repr keeps the message on one line and shows odd characters).
+    bad = [n for n in names if result_name_problem(n)]
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ListError(
+            f"{d}: {len(bad)} test image name(s) with whitespace or not valid UTF-8, which "
+            f"result.txt cannot hold: {shown}; rename them (e.g. image_<n>.jpg)"
+        )
+    return names

@@ -7,9 +7,9 @@ import json
 import logging
 from pathlib import Path
 
+from models.fileio import write_text_atomic
 from pipeline.cascade import STAGE_NAMES, CascadeResult
 from pipeline.env import Env
-from pipeline.fileio import write_text_atomic
 from pipeline.lists import list_test_images
 from pipeline.settings import Settings
 from pipeline.submission import validate_result, write_result, write_warnings

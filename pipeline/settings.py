@@ -16,11 +16,14 @@ expert from ``expert_domain`` and the class list; nothing is tied to class ids.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from fewshot.templates import TEMPLATE_SETS
 from pipeline.env import CLIP_BACKBONES
 
 INMAP_VARIANTS = ("auto", "official", "challenge")
@@ -77,11 +80,25 @@ class Settings:
             import yaml
 
             try:
-                loaded = yaml.safe_load(Path(path).read_text()) or {}
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
             except FileNotFoundError:
                 raise SettingsError(f"settings file not found: {path}") from None
+            except IsADirectoryError:
+                raise SettingsError(
+                    f"{path}: is a folder, not a YAML file (set SETTINGS or --settings to a file)"
+                ) from None
+            except UnicodeDecodeError as e:
+                raise SettingsError(
+                    f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"
+                ) from None
+            except OSError as e:
+                raise SettingsError(
+                    f"{path}: cannot read the settings file ({e.strerror})"
+                ) from None
             except yaml.YAMLError as e:
-                raise SettingsError(f"{path}: not valid YAML ({e})") from None
+                raise SettingsError(
+                    f"{path}: not valid YAML ({' '.join(str(e).split())})"
+                ) from None
             if not isinstance(loaded, dict):
                 raise SettingsError(f"{path}: expected a mapping of setting: value")
             values.update(loaded)
@@ -90,27 +107,148 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "settings") -> Settings:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
+        """Settings from ``{name: value}`` (a parsed YAML file), every value checked against
+        its field's type and range; SettingsError names ``source`` and the setting."""
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in values if k not in names)
         if unknown:
             raise SettingsError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
-        if "backbones" in values:
-            values["backbones"] = tuple(values["backbones"])
-        s = cls(**values)
+        checked = {k: _check_type(source, k, v, hints[k]) for k, v in values.items()}
+        s = cls(**checked)
         s.validate(source)
         return s
 
     def validate(self, source: str = "settings") -> None:
+        """Ranges, choices and the agreement between fields (types: :meth:`from_dict`)."""
+
+        def error(name: str, what: str) -> SettingsError:
+            return SettingsError(f"{source}: {name}: {what}, got {getattr(self, name)!r}")
+
+        if not self.backbones:
+            raise error("backbones", "expected at least one backbone")
         bad = [b for b in self.backbones if b not in CLIP_BACKBONES]
-        if bad or not self.backbones:
-            known = list(CLIP_BACKBONES)
-            raise SettingsError(f"{source}: backbones {bad} unknown; known {known}")
-        if self.inmap_variant not in INMAP_VARIANTS:
-            raise SettingsError(f"{source}: inmap_variant must be one of {INMAP_VARIANTS}")
+        if bad:
+            raise error("backbones", f"unknown {bad[0]!r}; known: {list(CLIP_BACKBONES)}")
+        if len(set(self.backbones)) != len(self.backbones):
+            raise error("backbones", "a backbone is named twice")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise error(name, f"expected one of {', '.join(choices)}")
+        for name, low in MINIMUM.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise error(name, f"expected a value >= {low}")
+        if self.expert_train_crop > self.expert_train_resize:
+            raise error(
+                "expert_train_crop",
+                f"expected at most expert_train_resize ({self.expert_train_resize})",
+            )
         for name in ("inmap_fusion", "lpp_fusion"):
             weights = getattr(self, name)
             if set(weights) != set(self.backbones):
+                raise error(name, f"expected a weight for each backbone {list(self.backbones)}")
+            if any(w < 0 for w in weights.values()):
+                raise error(name, "expected weights >= 0")
+            if not sum(weights.values()) > 0:
+                raise error(name, "expected weights with a positive sum")
+        if self.templates == "descriptions":
+            if self.descriptions is None:
                 raise SettingsError(
-                    f"{source}: {name} must give a weight for each backbone {list(self.backbones)},"
-                    f" got {weights}"
+                    f"{source}: descriptions: templates: descriptions needs a JSON file "
+                    "{class name: [sentences]} in descriptions"
                 )
+            from fewshot.templates import load_descriptions
+
+            try:
+                load_descriptions(self.descriptions)
+            except ValueError as e:
+                raise SettingsError(f"{source}: descriptions: {' '.join(str(e).split())}") from None
+        elif self.descriptions is not None:
+            raise error(
+                "descriptions",
+                "is only read with templates: descriptions (set that too, or remove this)",
+            )
+
+
+# Choices and lower bounds of the fields that have them (None, where allowed, passes).
+CHOICES = {
+    "templates": TEMPLATE_SETS,
+    "inmap_variant": INMAP_VARIANTS,
+}
+MINIMUM = {
+    "inmap_gamma": 0,
+    "lpp_epochs": 1,
+    "expert_epochs": 1,
+    "expert_views": 1,
+    # ConvNeXt-V2 downsamples by 32 in all: smaller images leave nothing to classify.
+    "expert_eval_size": 32,
+    "expert_train_resize": 32,
+    "expert_train_crop": 32,
+}
+# How a field's value must be written, for the messages (by field; then by annotation).
+_EXPECTED = {
+    "backbones": "a list of backbone names, e.g. [vit, rn]",
+    "descriptions": "the path of a JSON file {class name: [sentences]}",
+    "inmap_fusion": "a mapping of backbone: weight, e.g. {vit: 0.5, rn: 0.5}",
+    "lpp_fusion": "a mapping of backbone: weight, e.g. {vit: 0.6, rn: 0.4}",
+}
+
+
+def _check_type(source: str, name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the annotation ``hint`` (bool, int, float, str, Optional[...],
+    tuple[str, ...], dict[str, float]) and normalised (tuple, float); SettingsError otherwise."""
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    ok, out = _matches(value, hint)
+    if ok:
+        return out
+    if name in CHOICES:
+        expected = f"one of {', '.join(CHOICES[name])}"
+    else:
+        expected = _EXPECTED.get(name) or _DESCRIBE.get(hint, str(hint))
+    if optional:
+        expected += " or null"
+    note = (
+        " (a string: write true or false without quotes)"
+        if hint is bool and isinstance(value, str)
+        else ""
+    )
+    raise SettingsError(f"{source}: {name}: expected {expected}, got {value!r}{note}")
+
+
+_DESCRIBE = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether ``value`` is of type ``hint``, the value normalised)."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:  # bool is an int to Python, not here; nor is 2.0
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        return _is_number(value), float(value) if _is_number(value) else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is tuple:  # tuple[str, ...]
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return ok, tuple(value) if ok else value
+    if origin is dict:  # dict[str, float]
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and _is_number(v) for k, v in value.items()
+        )
+        return ok, {k: float(v) for k, v in value.items()} if ok else value
+    raise TypeError(f"no type check for {hint!r}")  # a new field needs one here

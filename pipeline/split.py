@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pipeline.fileio import write_text_atomic
+from models.fileio import write_text_atomic
 from pipeline.lists import (
     ClassList,
     LabeledList,

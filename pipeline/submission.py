@@ -21,8 +21,14 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.fileio import write_text_atomic
-from pipeline.lists import ListError, PathLike, list_test_images, read_class_list
+from models.fileio import write_text_atomic
+from pipeline.lists import (
+    ListError,
+    PathLike,
+    list_test_images,
+    read_class_list,
+    result_name_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +39,9 @@ def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> 
     """Write ``result.txt`` atomically: ``names[i]`` followed by the ``top5_ids[i]`` row.
 
     ``top5_ids``: integer [n, 5], best first, distinct within a row. Raises ValueError when the
-    shapes disagree, a row has repeated ids or a name contains whitespace, so a malformed file
-    is never written.
+    shapes disagree, a row has repeated ids or a name cannot be written (whitespace, not UTF-8:
+    the rule list_test_images applies to the test folder), so a malformed file is never
+    written.
     """
     ids = np.asarray(top5_ids)
     if ids.ndim != 2 or ids.shape != (len(names), TOPK):
@@ -51,9 +58,10 @@ def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> 
         raise ValueError(f"repeated class ids in the top-5 of {names[dup[0]]} ({len(dup)} rows)")
     if len(set(names)) != len(names):
         raise ValueError("repeated image names")
-    bad = [n for n in names if not n or any(c.isspace() for c in n)]
-    if bad:
-        raise ValueError(f"image name {bad[0]!r} is empty or contains whitespace")
+    for n in names:
+        problem = result_name_problem(n)
+        if problem:
+            raise ValueError(f"image name {n!r} {problem}")
     lines = [f"{n} {' '.join(map(str, row))}\n" for n, row in zip(names, ids.tolist())]
     write_text_atomic(path, "".join(lines))
 

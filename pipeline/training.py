@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from models.fileio import write_text_atomic
 from pipeline import selection
 from pipeline.env import Env
-from pipeline.fileio import write_text_atomic
 from pipeline.heads import head_path, save_head
 from pipeline.lists import LabeledList, ListError, seen_class_ids
 from pipeline.scores import STAGE1_FILE

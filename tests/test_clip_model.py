@@ -181,3 +181,105 @@ def test_full_size_architectures_equal_openai(arch, request):
         txt = model.encode_text(tokens).numpy()
     np.testing.assert_allclose(_l2(img), want_img, atol=TOL, rtol=0)
     np.testing.assert_allclose(_l2(txt), want_txt, atol=TOL, rtol=0)
+
+
+def _openai_shapes(arch: dict) -> dict[str, torch.Tensor]:
+    """The state dict of OpenAI's CLIP(**arch) on the meta device: shapes, no memory."""
+    with torch.device("meta"):
+        return R.openai_model().CLIP(**arch).state_dict()
+
+
+RELEASED = {
+    "RN50": dict(R.RN101, embed_dim=1024, vision_layers=(3, 4, 6, 3)),
+    "RN101": R.RN101,
+    "RN50x4": dict(
+        R.RN101,
+        embed_dim=640,
+        image_resolution=288,
+        vision_layers=(4, 6, 10, 6),
+        vision_width=80,
+        transformer_width=640,
+        transformer_heads=10,
+    ),
+    "RN50x16": dict(
+        R.RN101,
+        embed_dim=768,
+        image_resolution=384,
+        vision_layers=(6, 8, 18, 8),
+        vision_width=96,
+        transformer_width=768,
+        transformer_heads=12,
+    ),
+    "ViT-B/32": R.VIT_B_32,
+}
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_config_of_released_architectures(name):
+    arch = RELEASED[name]
+    cfg = infer_config(_openai_shapes(arch))
+    assert cfg["architecture"] == name
+    for key, value in arch.items():
+        assert cfg[key] == (list(value) if isinstance(value, tuple) else value), key
+
+
+def _openai_runs(arch: dict) -> bool:
+    """Whether OpenAI's CLIP builds with ``arch`` and encodes an image and a text."""
+    try:
+        model = R.openai_model().CLIP(**arch).eval()
+        r = arch["image_resolution"]
+        with torch.no_grad():
+            model.encode_image(torch.zeros(1, 3, r, r))
+            model.encode_text(torch.from_numpy(tokenize("a dog")))
+    except (AssertionError, RuntimeError, ValueError, ZeroDivisionError):
+        return False
+    return True
+
+
+def _shapes_with(arch: dict, base: dict) -> dict[str, torch.Tensor]:
+    """The shapes of a state dict of ``arch``: OpenAI's own where its CLIP builds, else those
+    of ``base`` with the tensor that gives the changed width resized (what a file holds)."""
+    try:
+        return _openai_shapes(arch)
+    except (AssertionError, ValueError, ZeroDivisionError):
+        pass
+    sd = dict(_openai_shapes(base))
+    if arch["transformer_width"] != base["transformer_width"]:
+        sd["ln_final.weight"] = torch.empty(arch["transformer_width"], device="meta")
+    if arch["vision_width"] != base["vision_width"]:
+        key = "visual.conv1.weight" if "visual.proj" in sd else "visual.layer1.0.conv1.weight"
+        sd[key] = torch.empty(arch["vision_width"], *sd[key].shape[1:], device="meta")
+    return sd
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(vision_width=96),  # ViT: 1 head of 96
+        dict(vision_width=129),  # ViT: 2 heads do not split 129
+        dict(transformer_width=96, transformer_heads=1),
+        dict(transformer_width=32, transformer_heads=0),
+        dict(vision_width=66),  # RN: 33 heads of 64
+        dict(vision_width=65),  # RN: 32 heads of 65
+        dict(vision_width=63),  # RN: 31 heads do not split 63 * 32
+    ],
+    ids=["vit96", "vit129", "text96", "text32", "rn66", "rn65", "rn63"],
+)
+def test_accepts_exactly_the_widths_openai_runs(changes, request):
+    # OpenAI's build_model derives the heads from the widths (width // 64 for the
+    # transformers, width * 32 // 64 for the ResNet attention pool) and accepts any state dict
+    # whose model builds; the attention then needs the heads to split its width.
+    if request.node.callspec.id.startswith("rn"):
+        base = dict(R.SMALL_RN, vision_layers=(1, 1, 1, 1), image_resolution=32)
+    else:
+        base = R.SMALL_VIT
+    arch = dict(base, **changes)
+    shapes = _shapes_with(arch, base)
+    if _openai_runs(arch):
+        cfg = infer_config(shapes)
+        assert cfg["vision_width"] == arch["vision_width"]
+        assert cfg["transformer_width"] == arch["transformer_width"]
+        assert cfg["transformer_heads"] == arch["transformer_heads"]
+    else:
+        with pytest.raises(ValueError, match="heads"):
+            infer_config(shapes)

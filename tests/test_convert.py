@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import pickletools
+import re
 import subprocess
 import sys
 import warnings
@@ -273,8 +274,18 @@ def test_refuses_pickles_with_other_globals_without_running_them(tmp_path):
     with pytest.raises(C.ConversionError, match=r"refused: the pickle asks for (posix|os)\.system"):
         C.convert(jclip, tmp_path / "x.safetensors")
     torch.save({"model": {"w": _Evil(marker)}}, tmp_path / "evil.pt")
-    with pytest.raises(C.ConversionError, match="weights_only"):
-        C.convert(tmp_path / "evil.pt", tmp_path / "x.safetensors")
+    torch.save(
+        {"w": _Evil(marker)}, tmp_path / "evil-legacy.pt", _use_new_zipfile_serialization=False
+    )
+    for name in ("evil.pt", "evil-legacy.pt"):
+        with pytest.raises(C.ConversionError) as e:
+            C.convert(tmp_path / name, tmp_path / "x.safetensors")
+        # Our own one line: the file, the global it asks for, what to do; never torch's advice
+        # to retry with weights_only=False.
+        msg = str(e.value)
+        assert msg.startswith(f"{tmp_path / name}: refused") and "\n" not in msg, msg
+        assert re.search(r"asks for (posix|os)\.system", msg), msg
+        assert "official" in msg and "False" not in msg, msg
     assert not marker.exists()
 
 
@@ -340,3 +351,63 @@ def test_jt_save_of_jittor_vars_converts(tmp_path):
     tensors, _ = weights.load(tmp_path / "jittor.safetensors")
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(tensors[k].reshape(v.shape), v.numpy(), err_msg=k)
+
+
+def test_refuses_to_convert_a_file_onto_itself(sources, tmp_path, monkeypatch):
+    # `convert.py X X` (or the same file spelt another way, or through a link) would replace
+    # the downloaded checkpoint with its conversion: refused before anything is read.
+    _, _, files = sources["rn"]
+    src = tmp_path / "sub" / "RN.pt"
+    src.parent.mkdir()
+    src.write_bytes(files["torch-zip"].read_bytes())
+    before = src.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(src)
+    (tmp_path / "hard.pt").hardlink_to(src)
+    spellings = [
+        (src, src),
+        (src, tmp_path / "sub" / ".." / "sub" / "RN.pt"),
+        (src, link),
+        (link, src),
+        (src, tmp_path / "hard.pt"),
+    ]
+
+    def read_nothing(path):
+        raise AssertionError(f"read {path}")
+
+    with monkeypatch.context() as m:
+        m.setattr(C, "read_state_dict", read_nothing)
+        for a, b in spellings:
+            with pytest.raises(C.ConversionError, match="is the source file itself") as e:
+                C.convert(a, b)
+            assert "\n" not in str(e.value) and str(b) in str(e.value)
+    r = _run_cli(str(src), f"{tmp_path}/sub/../sub/./RN.pt")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is the source file itself" in lines[0], r.stderr
+    assert src.read_bytes() == before and link.read_bytes() == before
+
+
+@pytest.mark.parametrize("width", [80, 96])
+def test_resnets_of_widths_other_than_64_convert_and_equal_openai(width, tmp_path):
+    # RN50x4 (width 80) and RN50x16 (width 96): OpenAI's attention pool has width * 32 // 64
+    # heads of 64, whatever the width. Small depth and resolution, the same code paths.
+    arch = dict(R.SMALL_RN, vision_width=width, vision_layers=(1, 1, 1, 1), image_resolution=32)
+    ref = R.random_openai_clip(arch, seed=5)
+    R.fp16_roundtrip(ref)
+    src = _trace_openai_archive(ref, arch, tmp_path / f"rn{width}.pt")
+    summary = C.convert(src, tmp_path / "rn.safetensors")
+    cfg = summary["config"]
+    assert cfg["vision_width"] == width and cfg["vision_heads"] == width // 2
+    assert cfg["vision_layers"] == [1, 1, 1, 1] and cfg["image_resolution"] == 32
+    model, _ = clip.load(tmp_path / "rn.safetensors")
+    images = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    tokens = clip.tokenize(PROMPTS)
+    want_img, want_txt = R.reference_features(ref, images, tokens)
+    with jt.no_grad():
+        img = model.encode_image(images).numpy()
+        txt = model.encode_text(tokens).numpy()
+    img /= np.linalg.norm(img, axis=-1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=-1, keepdims=True)
+    np.testing.assert_allclose(img, want_img, atol=TOL, rtol=0)
+    np.testing.assert_allclose(txt, want_txt, atol=TOL, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pipeline.lists import (
     parse_labeled_list,
     read_class_list,
     read_labeled_list,
+    result_name_problem,
     seen_class_ids,
     split_class_name,
     unseen_class_ids,
@@ -281,3 +283,51 @@ def test_empty_or_missing_test_folder(tmp_path):
         list_test_images(tmp_path)
     with pytest.raises(ListError, match="test folder not found"):
         list_test_images(tmp_path / "nope")
+
+
+def test_symlink_loops_are_skipped_like_dangling_links(tmp_path, caplog):
+    (tmp_path / "image_1.jpg").write_bytes(b"x")
+    (tmp_path / "image_2.jpg").symlink_to("image_2.jpg")  # a link to itself
+    (tmp_path / "image_3.jpg").symlink_to("image_4.jpg")  # two links to each other
+    (tmp_path / "image_4.jpg").symlink_to("image_3.jpg")
+    (tmp_path / "image_5.jpg").symlink_to("missing.jpg")  # dangling
+    (tmp_path / "image_6.jpg").symlink_to("image_1.jpg")  # a good link is an image
+    with caplog.at_level(logging.WARNING):
+        got = list_test_images(tmp_path)
+    assert got == ["image_1.jpg", "image_6.jpg"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ignored 4 entries" in warnings[0].getMessage()
+    assert "image_2.jpg, image_3.jpg, image_4.jpg, image_5.jpg" in warnings[0].getMessage()
+
+
+def test_image_names_result_txt_cannot_hold_are_refused_at_listing(tmp_path):
+    # A submission needs a line per test image, '<name> <ids>': refused before any feature is
+    # computed, in one line naming the files, rather than when result.txt is written.
+    for n in ["image_1.jpg", "image 2.jpg", "image\n3.jpg", "image\t4.png", "image\xa05.jpg"]:
+        (tmp_path / n).write_bytes(b"x")
+    fd = os.open(os.path.join(os.fsencode(tmp_path), b"image_\xff6.jpg"), os.O_CREAT | os.O_WRONLY)
+    os.close(fd)
+    (tmp_path / "notes about this.txt").write_text("skipped, not an image: no problem")
+    with pytest.raises(ListError) as e:
+        list_test_images(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path}: 5 test image")
+    for shown in ["'image 2.jpg'", "'image\\n3.jpg'", "'image\\t4.png'", "'image\\xa05.jpg'"]:
+        assert shown in msg, msg
+    assert "'image_\\udcff6.jpg'" in msg and "rename" in msg and "notes" not in msg
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("image_1.jpg", None),
+        ("Ünïcödé_画像.jpg", None),
+        ("a b.jpg", "whitespace"),
+        ("a\u2028b.jpg", "whitespace"),
+        ("a\udcffb.jpg", "not valid UTF-8"),
+        ("", "empty"),
+    ],
+)
+def test_result_name_problem(name, reason):
+    got = result_name_problem(name)
+    assert got == reason if reason is None else reason in got

@@ -31,6 +31,7 @@ def test_write_read_validate(tmp_path):
         (TOP5 + 0.5, NAMES, "integer"),
         (TOP5, ["a.jpg", "a.jpg", "b.jpg"], "repeated image names"),
         (TOP5, ["a b.jpg", "c.jpg", "d.jpg"], "whitespace"),
+        (TOP5, ["a.jpg", "c\udcff.jpg", "d.jpg"], "'c\\\\udcff.jpg' is not valid UTF-8"),
     ],
 )
 def test_write_result_refuses_malformed_input(tmp_path, ids, names, message):
@@ -101,6 +102,34 @@ def test_command_line(tmp_path, capsys):
     assert main(args) == 1
     assert "class id 999 out of range" in capsys.readouterr().out
     assert main([str(p), "--test-dir", str(tmp_path / "none"), "--classes", str(classes)]) == 2
+
+
+def test_command_line_skips_symlink_loops(tmp_path, capsys):
+    test_dir = tmp_path / "TestSet"
+    test_dir.mkdir()
+    for n in NAMES:
+        (test_dir / n).write_bytes(b"x")
+    (test_dir / "image_99.jpg").symlink_to("image_99.jpg")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(f"A_c{i} {i}" for i in range(403)))
+    write_result(tmp_path / "result.txt", NAMES, TOP5)
+    args = [str(tmp_path / "result.txt"), "--test-dir", str(test_dir), "--classes", str(classes)]
+    assert main(args) == 0
+    assert "valid (3 images, 403 classes)" in capsys.readouterr().out
+
+
+def test_command_line_refuses_a_test_folder_result_txt_cannot_describe(tmp_path, capsys):
+    test_dir = tmp_path / "TestSet"
+    test_dir.mkdir()
+    for n in [*NAMES, "image 11.jpg"]:
+        (test_dir / n).write_bytes(b"x")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(f"A_c{i} {i}" for i in range(403)))
+    write_result(tmp_path / "result.txt", NAMES, TOP5)
+    args = [str(tmp_path / "result.txt"), "--test-dir", str(test_dir), "--classes", str(classes)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'image 11.jpg'" in err and "rename" in err
 
 
 def test_warnings_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,19 @@ def test_round_trip_keeps_values_config_and_source(tmp_path):
     assert info["config"] == {"x": 1} and info["source"] == {"f": "y"}
     assert weights.read_info(path)["family"] == "clip"
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_get_the_mode_of_a_plain_open(tmp_path, umask):
+    # mkstemp's 0600 made converted weights unreadable by the group whatever the umask.
+    old = os.umask(umask)
+    try:
+        path = weights.save(tmp_path / "w.safetensors", {"w": np.ones(2)}, family="clip", config={})
+        weights.save(path, {"w": np.zeros(2)}, family="clip", config={})  # replacing it
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    assert os.listdir(tmp_path) == ["w.safetensors"]
 
 
 def test_missing_file_says_where_to_download_and_how_to_convert(tmp_path):

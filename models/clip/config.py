@@ -81,7 +81,8 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """All architecture numbers of a CLIP state dict, inferred the way OpenAI's build_model does.
 
     Heads are width // 64 for both transformers, and width * 32 // 64 for the ResNet attention
-    pool, as in OpenAI's code. Raises ValueError naming what is missing or inconsistent.
+    pool, as in OpenAI's code. Raises ValueError naming what is missing or inconsistent, or
+    widths whose attention OpenAI's model could not run.
     """
     if not matches(state_dict):
         missing = [k for k in _TEXT_KEYS if k not in state_dict]
@@ -129,10 +130,19 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         cfg["transformer_layers"] = _count_blocks(keys, "transformer.resblocks.")
     except KeyError as e:
         raise ValueError(f"incomplete CLIP state dict: missing {e.args[0]!r}") from e
-    for name in ("vision_width", "transformer_width"):
-        if cfg[name] < 64 or cfg[name] % 64:
-            # OpenAI derives the head count as width // 64: other widths have no released meaning.
-            raise ValueError(f"{name}={cfg[name]} is not a positive multiple of 64")
+    # OpenAI's build_model accepts any widths; its attention then needs at least one head, and
+    # heads that split the attention's width (RN50x4's 80 gives 40 heads of 64 in a 2560-wide
+    # pool; a ViT of width 96 has 1 head of 96). Refuse only what OpenAI's model cannot run.
+    vision_dim = cfg["vision_width"] * (1 if "visual.proj" in state_dict else 32)
+    for name, dim, heads in (
+        ("vision_width", vision_dim, cfg["vision_heads"]),
+        ("transformer_width", cfg["transformer_width"], cfg["transformer_heads"]),
+    ):
+        if heads < 1 or dim % heads:
+            raise ValueError(
+                f"{name}={cfg[name]} gives {heads} attention heads for a {dim}-wide attention "
+                "(OpenAI's CLIP needs at least one head, and heads that split the width)"
+            )
     cfg["architecture"] = architecture_name(cfg)
     return cfg
 

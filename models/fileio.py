@@ -1,15 +1,16 @@
 """Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never half.
 
-Every file the pipeline writes (lists, cache shards and manifests, heads' JSON, result.txt) goes
-through here: the data goes to a temporary file in the same folder, is flushed to disk, then
-renamed over the target.
+Every file the project writes (converted weights, lists, the feature cache, heads, result.txt)
+goes through here: the data goes to a temporary file in the same folder, is flushed to disk, then
+renamed over the target. New files get the mode a plain open() gives them (0666 minus the
+umask).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Callable, Union
 
@@ -20,7 +21,7 @@ def write_atomic(path: PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(binary_file)`` on a temporary file, then move it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -31,6 +32,21 @@ def write_atomic(path: PathLike, write: Callable[[IO[bytes]], Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def create_temp(folder: PathLike, prefix: str) -> tuple[int, str]:
+    """(fd, path) of a new, empty ``<prefix><random>.tmp`` in ``folder``, open for writing.
+
+    Created like a plain open() creates a file (mode 0666 minus the umask), not 0600 as
+    ``tempfile.mkstemp`` makes it: the renamed file keeps this mode.
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: cannot create a temporary file {prefix}*.tmp")
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

@@ -57,7 +57,7 @@ def predict(env: Env, settings: Settings) -> Path:
         "undecodable": len(failed),
         "stages": stage_counts(result),
         "clip_loaded": {name: bb.loaded for name, bb in ws.backbones.items()},
-        "timings": ws.timings,
+        **ws.record(),
     }
     write_text_atomic(env.out_dir / "test.json", json.dumps(summary, indent=1) + "\n")
     return env.result_path

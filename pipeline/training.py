@@ -90,7 +90,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     if expert_ids.size:
         summary["expert"] = train_expert_stage(ws, train_list, val_list, expert_ids)
 
-    summary["timings"] = ws.timings
+    summary.update(ws.record())
     write_text_atomic(env.out_dir / "train.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.backbones import ClipBackbone, ConvNeXtBackbone, combine_views, l2_normalize
-from pipeline.cascade import SEEN, CascadeResult, run_cascade
+from pipeline.cascade import CascadeResult, run_cascade
 from pipeline.env import Env
 from pipeline.features import FeatureCache
 from pipeline.heads import classes_fingerprint, head_path, load_head
@@ -67,6 +67,21 @@ class Workspace:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
+
+    def record(self) -> dict[str, Any]:
+        """What a run reports in train.json / test.json: wall time per step (model loads
+        included in the step that needed them, and listed apart) and the peak memory."""
+        import resource
+
+        loads = {name: bb.load_seconds for name, bb in self.backbones.items()}
+        if self._convnext is not None:
+            loads["convnext"] = self._convnext.load_seconds
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return {
+            "timings": dict(self.timings),
+            "model_load_seconds": loads,
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+        }
 
     def read_list(self, path: Path, what: str) -> LabeledList:
         if not path.is_file():
@@ -219,4 +234,3 @@ class Workspace:
         )
 
 
-__all__ = ["SEEN", "Workspace"]

@@ -266,7 +266,8 @@ def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
     if f"# ok {key}" not in old:
         log_path = env_file.with_suffix(".log")
         say(f"checking CUDA: {summary} (the first time compiles Jittor for CUDA: minutes)")
-        check({**os.environ, **values, "FEWSHOT_DEVICE": "cuda"}, log_path)
+        env = {k: v for k, v in os.environ.items() if k != "FEWSHOT_CUDA_PROBLEM"}
+        check({**env, **values, "FEWSHOT_DEVICE": "cuda"}, log_path)
     for name, note in notes.items():
         if note != "yes":
             say(f"warning: GPU used without {name}: {note}")

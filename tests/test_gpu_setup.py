@@ -243,6 +243,32 @@ def test_probe_reports_cudnn_as_jittor_finds_it(tmp_path):
     assert cuda_setup.library_notes(str(nvcc), (13, 0))["cuDNN"].startswith("missing (Jittor")
 
 
+def test_probe_success_writes_the_env_and_checks_once(tmp_path, monkeypatch, capsys):
+    """The path of a working GPU, with the driver and the CUDA computation faked."""
+    nvcc = fake_toolkit(tmp_path / "cuda-13.0", "13.0")
+    monkeypatch.setenv("FEWSHOT_NVCC", str(nvcc))
+    monkeypatch.setenv("JITTOR_HOME", str(tmp_path / "home"))  # no cutt archive there
+    monkeypatch.delenv("cc_path", raising=False)
+    monkeypatch.setattr(cuda_setup, "listed_gpus", lambda: ["NVIDIA H200"])
+    monkeypatch.setattr(cuda_setup, "driver_cuda", lambda: (13, 0))
+    monkeypatch.setattr(cuda_setup, "patch_jittor", lambda: [])
+    monkeypatch.setattr(cuda_setup.jittor_cuda13, "is_patched", lambda root: True)
+    checks = []
+    monkeypatch.setattr(cuda_setup, "check", lambda env, log: checks.append(env) or {})
+    env_file = tmp_path / "cuda.env"
+    assert cuda_setup.main(["cuda_setup.py", str(env_file)]) == 0
+    assert cuda_setup.main(["cuda_setup.py", str(env_file)]) == 0
+    assert len(checks) == 1, "the check runs again only when an input changed"
+    assert checks[0]["nvcc_path"] == str(nvcc) and checks[0]["FEWSHOT_DEVICE"] == "cuda"
+    text = env_file.read_text()
+    for line in (f"export nvcc_path={nvcc}", "export use_cutlass=0", "export use_cutt=0"):
+        assert line in text.splitlines()
+    err = capsys.readouterr().err.splitlines()
+    ready = "[setup] CUDA ready: NVIDIA H200, driver CUDA 13.0, nvcc 13.0, cuBLAS yes, cuDNN no"
+    assert err.count(ready) == 2
+    assert any(ln.startswith("[setup] warning: GPU used without cuDNN: missing") for ln in err)
+
+
 # --- the CUDA 13 patch -------------------------------------------------------------------------
 
 

@@ -1,45 +1,184 @@
-"""Jittor start-up shared by every entry point: device choice and quiet logs.
+"""Jittor start-up shared by every entry point: the device, quiet logs, and what was loaded.
 
 Import :func:`jittor` from here instead of ``import jittor`` at module top, so that modules stay
-importable (and cheap) for code paths that never touch Jittor, and the device is chosen once.
+importable (and cheap) for code paths that never touch Jittor, and the device is chosen once,
+before any model is built (``nn.Conv2d`` picks a CUDA-only depthwise kernel at construction).
+
+- ``FEWSHOT_DEVICE`` (``auto``, ``cuda``, ``cpu``) or an explicit ``jittor(device)`` chooses the
+  device on the first call; later calls without a device keep it. With ``cpu`` Jittor is imported
+  with ``nvcc_path=""``, so it never probes for CUDA.
+- Jittor's info-level chatter (every compile) is dropped, its warnings and errors go to Python
+  logging. Jittor's own ``log_silent=1`` would also drop its errors, and it turns Jittor's fatal
+  log into a silent return, so a missing cuBLAS or cuDNN would go unnoticed; the same control
+  flow is kept (Jittor continues without the library) but the message is logged.
+- The start-up logs one line naming the device and the CUDA libraries Jittor loaded;
+  :func:`device_record` returns the same facts as a JSON-ready dict.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+
 _jt = None
+_requested: str | None = None  # what was asked for: "auto", "cuda" or "cpu"
+_device: str | None = None  # what runs: "cuda" or "cpu"
+_jittor_messages: list[str] = []  # first lines of Jittor's warnings and errors at import
+
+
+class DeviceError(ValueError):
+    """The device asked for is not valid or not available; the message is one line."""
+
+
+def requested_device(device: str | None = None) -> str:
+    """``device`` or ``$FEWSHOT_DEVICE`` (default ``auto``), validated without importing Jittor."""
+    source = "device" if device is not None else "FEWSHOT_DEVICE"
+    value = device if device is not None else (os.environ.get("FEWSHOT_DEVICE") or "auto")
+    if value not in DEVICES:
+        raise DeviceError(f"{source}={value!r} is not a device: use one of {', '.join(DEVICES)}")
+    return value
+
+
+def _jittor_log(level: str, verbose: int, *msg: Any) -> None:
+    """Replacement for jittor_utils.LOG._log: info dropped, warnings and errors logged."""
+    if level == "i":
+        return
+    text = "".join(str(m() if callable(m) else m) for m in msg).strip()
+    first = text.splitlines()[0] if text else "(empty message)"
+    _jittor_messages.append(first)
+    log.warning("Jittor: %s", first)
+    if text != first:
+        log.debug("Jittor (full message): %s", text)
+
+
+def _import_jittor(cpu_only: bool):
+    if cpu_only:
+        # Jittor otherwise looks for nvcc, asks nvidia-smi for the driver and may download CUDA.
+        os.environ["nvcc_path"] = ""
+    # Jittor imports torch at start-up when it is installed (a workaround for their MKL
+    # clash); train/test never need torch, and importing it costs seconds and memory.
+    # Code that needs both imports torch first, which avoids the clash anyway.
+    os.environ.setdefault("FIX_TORCH_ERROR", "0")
+    if "log_silent" not in os.environ and "log_v" not in os.environ:
+        # log_silent=1 keeps the C++ side's info and warnings quiet (its errors still show) and
+        # the compile progress bars off; the Python side's logger is replaced (see above).
+        os.environ["log_silent"] = "1"
+        import jittor_utils
+
+        jittor_utils.LOG._log = _jittor_log
+    import jittor
+
+    return jittor
 
 
 def jittor(device: str | None = None):
-    """Import Jittor once and select the device.
+    """Import Jittor once and select the device; returns the ``jittor`` module.
 
-    device: "cuda", "cpu" or None/"auto" (CUDA when Jittor has it). The environment variable
-    ``FEWSHOT_DEVICE`` overrides "auto". Returns the ``jittor`` module.
+    device: "cuda", "cpu" or "auto" (CUDA when Jittor has it). None uses ``$FEWSHOT_DEVICE``
+    on the first call and keeps the device already chosen afterwards. Raises DeviceError for
+    an unknown device or "cuda" without a usable CUDA.
     """
-    global _jt
+    global _jt, _requested, _device
+    if device is None and _device is not None:
+        return _jt
+    want = requested_device(device)
     if _jt is None:
-        # Jittor logs every compile at info level; keep warnings and errors only unless asked.
-        os.environ.setdefault("log_silent", "1")
-        # Jittor imports torch at start-up when it is installed (a workaround for their MKL
-        # clash); train/test never need torch, and importing it costs seconds and memory.
-        # Code that needs both imports torch first, which avoids the clash anyway.
-        os.environ.setdefault("FIX_TORCH_ERROR", "0")
-        import jittor as jt
-
-        _jt = jt
-    device = device or os.environ.get("FEWSHOT_DEVICE", "auto")
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', not {device!r}")
-    want_cuda = device == "cuda" or (device == "auto" and bool(_jt.has_cuda))
-    if want_cuda and not _jt.has_cuda:
-        raise RuntimeError("device 'cuda' was requested but Jittor found no CUDA GPU")
-    _jt.flags.use_cuda = 1 if want_cuda else 0
+        _jt = _import_jittor(cpu_only=want == "cpu")
+    has_cuda = bool(_jt.has_cuda)
+    if want == "cuda" and not has_cuda:
+        why = os.environ.get("FEWSHOT_CUDA_PROBLEM") or (
+            "Jittor was imported for the CPU only" if _device == "cpu" else "see scripts/setup.sh"
+        )
+        raise DeviceError(f"device 'cuda' was requested but Jittor has no CUDA: {why}")
+    use_cuda = want == "cuda" or (want == "auto" and has_cuda)
+    _jt.flags.use_cuda = int(use_cuda)
+    previous, _requested, _device = _device, want, ("cuda" if use_cuda else "cpu")
+    if previous is None:
+        log.info("%s", describe())
+    elif previous != _device:
+        log.info("switched from %s to %s (build models after this)", previous, _device)
     return _jt
 
 
 def on_gpu() -> bool:
     """True when Jittor runs on CUDA."""
     return _jt is not None and bool(_jt.flags.use_cuda)
+
+
+def _gpu_name() -> str:
+    """The current CUDA device's name, read through the CUDA runtime that Jittor loaded."""
+    try:
+        lib = ctypes.CDLL(os.path.join(_jt.compiler.cuda_lib, "libcudart.so"))
+        dev = ctypes.c_int(0)
+        lib.cudaGetDevice(ctypes.byref(dev))
+        prop = ctypes.create_string_buffer(8192)  # cudaDeviceProp starts with char name[256]
+        for symbol in ("cudaGetDeviceProperties_v2", "cudaGetDeviceProperties"):
+            fn = getattr(lib, symbol, None)
+            if fn is not None and fn(prop, dev) == 0:
+                return prop.raw[:256].split(b"\0")[0].decode(errors="replace")
+    except (OSError, AttributeError):
+        pass
+    return "unknown GPU"
+
+
+def _cuda_facts() -> dict[str, Any] | None:
+    """Toolkit and libraries of a CUDA-enabled Jittor, None when Jittor has no CUDA."""
+    if not _jt.has_cuda:
+        return None
+    ext = _jt.compile_extern
+    nvcc_version = getattr(_jt.compiler, "nvcc_version", None) or []
+    return {
+        "gpu": _gpu_name(),
+        "nvcc": ".".join(str(v) for v in nvcc_version[:2]),
+        "nvcc_path": _jt.compiler.nvcc_path,
+        "archs": [int(a) for a in _jt.flags.cuda_archs],
+        "cublas": ext.cublas is not None,
+        "cudnn": ext.cudnn is not None,
+        "cub": getattr(ext, "cub", None) is not None,
+        "cutt": getattr(ext, "cutt_ops", None) is not None,
+    }
+
+
+def device_record() -> dict[str, Any]:
+    """What this process computes on, JSON-ready (for train.json, test.json and the report).
+
+    ``device`` is "cpu" or "cuda:<GPU name>"; ``cuda`` holds the toolkit and which libraries
+    Jittor loaded (None without CUDA); ``problems`` lists Jittor's warnings at import and the
+    set-up's reason for not using a listed GPU.
+    """
+    jt = jittor()
+    cuda = _cuda_facts()
+    device = f"cuda:{cuda['gpu']}" if _device == "cuda" and cuda else "cpu"
+    problems = list(_jittor_messages)
+    if os.environ.get("FEWSHOT_CUDA_PROBLEM"):
+        problems.append(os.environ["FEWSHOT_CUDA_PROBLEM"])
+    return {
+        "device": device,
+        "requested": _requested,
+        "jittor": jt.__version__,
+        "cuda": cuda,
+        "problems": problems,
+    }
+
+
+def describe() -> str:
+    """One line: the device and, on CUDA, the libraries Jittor loaded."""
+    rec = _cuda_facts()
+    version = _jt.__version__
+    if _device == "cuda" and rec:
+        libs = ", ".join(
+            f"{name} {'yes' if rec[key] else 'NO'}"
+            for name, key in (("cuBLAS", "cublas"), ("cuDNN", "cudnn"), ("cub", "cub"))
+        )
+        archs = "/".join(f"sm_{a}" for a in rec["archs"]) or "arch unknown"
+        return f"Jittor {version} on cuda:{rec['gpu']} (nvcc {rec['nvcc']}, {archs}; {libs})"
+    why = f"asked for {_requested}"
+    if _requested == "auto":
+        why += "; no CUDA: " + (os.environ.get("FEWSHOT_CUDA_PROBLEM") or "no usable GPU")
+    return f"Jittor {version} on the CPU ({why})"

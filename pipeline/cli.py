@@ -14,6 +14,7 @@ log = logging.getLogger("pipeline")
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing step: reported in one line, no traceback."""
+    from models.runtime import DeviceError
     from models.weights import WeightsError
     from pipeline.env import ConfigError
     from pipeline.features import FeatureError
@@ -26,6 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         FloatingPointError,
         ConfigError,
+        DeviceError,
         FeatureError,
         ImageError,
         ListError,
@@ -58,6 +60,9 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any]) -> 
 
         os.environ["FEWSHOT_DEVICE"] = args.device
     try:
+        from models.runtime import requested_device
+
+        requested_device()  # an unknown FEWSHOT_DEVICE is reported before anything runs
         env = Env.from_env(vars(args))
         settings = Settings.load(args.settings)
         log.info(env.describe())
@@ -65,7 +70,7 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any]) -> 
     except KeyboardInterrupt:
         # Only before Jittor is imported: Jittor then handles SIGINT itself with a quick exit
         # (status 1, no finally blocks). Either way nothing finished is lost: every file is
-        # written atomically and the feature cache keeps its completed shards.
+        # written atomically and the feature cache keeps its completed chunks.
         log.error(
             "interrupted: finished work is kept (feature cache, saved heads); re-run to resume"
         )

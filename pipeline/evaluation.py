@@ -119,6 +119,10 @@ def evaluate(env: Env, settings: Settings) -> Path:
         notes.append("Run process.py with --pseudo-unseen K to measure routing to stage 1.")
     name, variant, params = stage1_choice(settings, ws.heads_dir)
     notes.append(f"Stage 1 ran InMaP {name} ({variant}, {params or 'defaults'}).")
+    device = ws.record()["device"]
+    cuda = device["cuda"] or {}
+    libs = ", ".join(f"{k} {'yes' if cuda.get(k) else 'no'}" for k in ("cublas", "cudnn", "cub"))
+    notes.append(f"Device: {device['device']}" + (f" ({libs})" if cuda else "") + ".")
     metrics["seen_heads"] = compare_seen_heads(ws, paths, X, y, T, probes, seen)
     params_count = parameter_counts(ws, expert)
     path = write_report(

@@ -69,15 +69,19 @@ class Workspace:
             self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
 
     def record(self) -> dict[str, Any]:
-        """What a run reports in train.json / test.json: wall time per step (model loads
-        included in the step that needed them, and listed apart) and the peak memory."""
+        """What a run reports in train.json / test.json: the device and CUDA libraries, wall
+        time per step (model loads included in the step that needed them, and listed apart)
+        and the peak memory."""
         import resource
+
+        from models.runtime import device_record
 
         loads = {name: bb.load_seconds for name, bb in self.backbones.items()}
         if self._convnext is not None:
             loads["convnext"] = self._convnext.load_seconds
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         return {
+            "device": device_record(),
             "timings": dict(self.timings),
             "model_load_seconds": loads,
             "peak_rss_mb": round(peak_kb / 1024, 1),
@@ -232,5 +236,3 @@ class Workspace:
         return run_cascade(
             all_scores, unseen, seen_scores, seen, expert.class_ids[keep], expert_scores
         )
-
-

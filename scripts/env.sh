@@ -5,6 +5,7 @@
 #   FEWSHOT_HOME  (default ~/.cache/jittor-fewshot)
 #   FEWSHOT_VENV  (default $FEWSHOT_HOME/venv)
 #   JITTOR_HOME   (default $FEWSHOT_HOME/jittor; Jittor keeps its kernel cache under it)
+#   FEWSHOT_CUDA_ENV (default $JITTOR_HOME/fewshot-cuda.env; the GPU set-up's result)
 
 FEWSHOT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export FEWSHOT_ROOT
@@ -14,12 +15,20 @@ export JITTOR_HOME="${JITTOR_HOME:-$FEWSHOT_HOME/jittor}"
 export PYTHONPATH="$FEWSHOT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-# Jittor probes for nvcc at import and, when it finds a CUDA driver but no toolkit, downloads one.
-# Without a usable GPU an empty nvcc_path keeps it on the CPU and off the network. With a GPU we
-# leave Jittor's CUDA detection alone (a user's own nvcc_path always wins).
-if [ -z "${nvcc_path+x}" ]; then
-    if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; }; then
-        export nvcc_path=""
+# Jittor probes for nvcc at import and, when it finds a driver but no toolkit, downloads one.
+# It gets a CUDA toolkit only through what scripts/setup.sh found to work (scripts/cuda_setup.py
+# writes $FEWSHOT_CUDA_ENV); otherwise nvcc_path="" keeps it on the CPU and off the network.
+# FEWSHOT_DEVICE=cpu skips every CUDA probe. Choose a toolkit with FEWSHOT_NVCC (docs/GPU.md).
+export FEWSHOT_CUDA_ENV="${FEWSHOT_CUDA_ENV:-$JITTOR_HOME/fewshot-cuda.env}"
+unset FEWSHOT_CUDA FEWSHOT_CUDA_PROBLEM
+export nvcc_path=""
+if [ "${FEWSHOT_DEVICE:-auto}" != cpu ] && command -v nvidia-smi >/dev/null 2>&1 &&
+    nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    if [ -f "$FEWSHOT_CUDA_ENV" ]; then
+        # shellcheck disable=SC1090
+        source "$FEWSHOT_CUDA_ENV"
+    else
+        export FEWSHOT_CUDA_PROBLEM="a GPU is listed but not set up yet: run bash scripts/setup.sh"
     fi
 fi
 

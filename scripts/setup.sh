@@ -6,11 +6,21 @@
 #
 # Creates the venv, installs the pins of pyproject.toml (only when they changed), installs
 # Debian's oneDNN (libdnnl-dev) when missing and links it where Jittor looks for its MKL build,
-# so convolutions are fast and Jittor never tries to download it, and warms Jittor up (its
+# so convolutions are fast and Jittor never tries to download it, sets Jittor up for a GPU when
+# nvidia-smi lists one (scripts/cuda_setup.py, docs/GPU.md: never downloads CUDA; one line and
+# the CPU when the GPU cannot be used, exit 1 if FEWSHOT_DEVICE=cuda), and warms Jittor up (its
 # first import compiles for a few minutes and may exit asking to be re-run).
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+case "${FEWSHOT_DEVICE:-auto}" in
+    auto | cuda | cpu) ;;
+    *)
+        echo "[setup] error: FEWSHOT_DEVICE='$FEWSHOT_DEVICE' is not a device: use one of auto, cuda, cpu" >&2
+        exit 2
+        ;;
+esac
 
 dev=0
 for arg in "$@"; do
@@ -109,7 +119,25 @@ if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ ! -e "$mkl_dir/lib/libmkl
     fi
 fi
 
-# --- 4. warm Jittor up -------------------------------------------------------------------
+# --- 4. the GPU, when nvidia-smi lists one -------------------------------------------------
+# Jittor's own CUDA download leaves $JITTOR_HOME/.cache/jittor/jtcuda behind when it fails
+# (offline), and every later import then tries again: remove one that holds no toolkit.
+jtcuda="$JITTOR_HOME/.cache/jittor/jtcuda"
+if [ -d "$jtcuda" ] && ! compgen -G "$jtcuda/*/bin/nvcc" >/dev/null; then
+    log "removing $jtcuda (an incomplete CUDA download of Jittor's)"
+    rm -rf "$jtcuda"
+fi
+if [ "${FEWSHOT_DEVICE:-auto}" != cpu ] && command -v nvidia-smi >/dev/null 2>&1 &&
+    nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    "$VPY" "$FEWSHOT_ROOT/scripts/cuda_setup.py" "$FEWSHOT_CUDA_ENV" || exit 1
+    # shellcheck disable=SC1090
+    source "$FEWSHOT_CUDA_ENV"
+elif [ "${FEWSHOT_DEVICE:-auto}" = cuda ]; then
+    log "error: FEWSHOT_DEVICE=cuda but nvidia-smi lists no GPU (install the NVIDIA driver)"
+    exit 1
+fi
+
+# --- 5. warm Jittor up -------------------------------------------------------------------
 # The first import compiles Jittor's core (minutes); an import that finds a rebuilt core prints
 # "please rerun" and exits 0, so loop until the import really completes.
 for attempt in 1 2 3 4; do

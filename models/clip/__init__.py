@@ -54,7 +54,8 @@ def available_models() -> list[str]:
 def load(path: Union[str, os.PathLike], device: Optional[str] = None) -> tuple[CLIP, Preprocess]:
     """(model in eval mode, its preprocessing) from a converted CLIP safetensors file.
 
-    ``device``: "cpu", "cuda" or None/"auto" (see models.runtime). Raises models.weights.
+    ``device``: "cpu", "cuda", "auto" or None (the device already chosen, see models.runtime),
+    set before the model is built. Raises models.weights.
     WeightsError for a missing file, a file of another family or weights that do not fit.
     """
     from models import weights

@@ -215,12 +215,16 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "state d
     return model.eval()
 
 
-def load(path: str | os.PathLike) -> ConvNeXtV2:
+def load(path: str | os.PathLike, device: str | None = None) -> ConvNeXtV2:
     """Load a converted ConvNeXt-V2 safetensors file (see convert.py) in eval mode.
+
+    ``device``: "cpu", "cuda", "auto" or None (the device already chosen, see models.runtime),
+    set before the model is built: ``nn.Conv2d`` picks its CUDA-only depthwise kernel then.
 
     Jittor's ``eval()`` also stops the parameters' gradients: call ``train()`` (or ``start_grad()``
     on the parameters to tune) before fine-tuning.
     """
+    jittor(device)
     tensors, info = weights.load(path, expect_family=FAMILY)
     try:
         inferred = infer_config(tensors)

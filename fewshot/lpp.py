@@ -18,7 +18,10 @@ chosen on the validation features given to ``fit`` (the official script reports 
 at the best validation epoch; nothing here ever sees test labels). Computation in float32 (the
 official probe runs in the CLIP model's dtype, fp16 on GPU).
 
-``CHALLENGE`` holds what the challenge solution did: frozen alpha, 1000 epochs, cosine schedule.
+``CHALLENGE`` holds what the challenge solution did (few_lp.py, train.sh): frozen alpha, 1000
+epochs, Jittor's CosineAnnealingLR stepped per epoch (T_max 1000 for ViT-B/32, 500 for RN101, so
+RN101's rate restarts; see ``fewshot._optim.jittor_cosine_lr``), the bias of Jittor's nn.Linear
+(uniform +-1/sqrt(d)), and the best validation epoch with a strict ``>`` (the earliest of ties).
 Gradients are the closed forms of the cross-entropy (G = (softmax - onehot) / N; dW = G^T F,
 db = sum_i G, dalpha = sum_i G (.) F@T), computed in Jittor without an autograd graph.
 """
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot._optim import SGDMomentum, cosine_lr
+from fewshot._optim import SGDMomentum, cosine_lr, jittor_cosine_lr
 from fewshot._tensor import (
     as_labels,
     as_numpy,
@@ -53,13 +56,20 @@ class LPPConfig:
     alpha_every: int = 10  # alpha updated after every 10th epoch
     learn_alpha: bool = True  # False: alpha frozen at alpha0 (challenge solution)
     accumulate_alpha_grad: bool = True  # official: alpha.grad never zeroed (sum over epochs)
-    schedule: str = "none"  # "none" (official) or "cosine" (CosineAnnealingLR over epochs)
+    # "none" (official), "cosine" (torch's CosineAnnealingLR stepped per epoch) or
+    # "jittor-cosine" (Jittor's, one epoch behind: the challenge solution); T_max = t_max or epochs
+    schedule: str = "none"
+    t_max: int | None = None
+    strict_best: bool = False  # official: a later epoch of equal accuracy wins (>=)
     bias_init: str = "zero"  # "zero" or "uniform" (torch nn.Linear default, seeded)
     seed: int = 0  # only used by bias_init="uniform"
 
 
 OFFICIAL = LPPConfig()
-CHALLENGE = LPPConfig(epochs=1000, learn_alpha=False, schedule="cosine")
+CHALLENGE = LPPConfig(
+    epochs=1000, learn_alpha=False, schedule="jittor-cosine", strict_best=True, bias_init="uniform"
+)
+SCHEDULES = {"none": None, "cosine": cosine_lr, "jittor-cosine": jittor_cosine_lr}
 
 
 @forward_only
@@ -107,8 +117,10 @@ class LPPlusPlus:
     def __init__(self, config: LPPConfig = OFFICIAL, **overrides: Any) -> None:
         self.config = replace(config, **overrides)
         cfg = self.config
-        if cfg.schedule not in ("none", "cosine"):
-            raise ValueError(f"LP++ schedule must be 'none' or 'cosine', not {cfg.schedule!r}")
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(
+                f"LP++ schedule must be one of {list(SCHEDULES)}, not {cfg.schedule!r}"
+            )
         if cfg.bias_init not in ("zero", "uniform"):
             raise ValueError(f"LP++ bias_init must be 'zero' or 'uniform', not {cfg.bias_init!r}")
         self.W = self.b = self.alpha = self.T = None
@@ -166,7 +178,8 @@ class LPPlusPlus:
             G = (row_softmax(logits) - Y) / N
             gW = G.transpose(1, 0) @ Fv
             gb = G.sum(dim=0)
-            lr = lr_w if cfg.schedule == "none" else cosine_lr(lr_w, epoch, cfg.epochs)
+            schedule = SCHEDULES[cfg.schedule]
+            lr = lr_w if schedule is None else schedule(lr_w, epoch, cfg.t_max or cfg.epochs)
             W, b = opt.step([W, b], [gW, gb], lr)
             if cfg.learn_alpha:
                 galpha = (G * FT).sum(dim=0)
@@ -178,9 +191,10 @@ class LPPlusPlus:
                 lv = Fval @ W.transpose(1, 0) + b + alpha * FvalT
                 pred, _ = j.argmax(lv, dim=1)
                 count = (pred == yval).float32().sum().reshape((1,))
-                # Official keeps the later epoch on ties (acc_val >= best_acc); the choice is
-                # made on the device so no scalar leaves it per epoch.
-                keep = (count >= best_count).float32()
+                # Official keeps the later epoch on ties (acc_val >= best_acc), the challenge
+                # solution the earlier (>); decided on the device: no scalar leaves it per epoch.
+                better = count > best_count if cfg.strict_best else count >= best_count
+                keep = better.float32()
                 best = [keep * new + (1.0 - keep) * old for new, old in zip((W, b, alpha), best)]
                 best_count = keep * count + (1.0 - keep) * best_count
                 best_epoch = keep * float(epoch) + (1.0 - keep) * best_epoch

@@ -18,15 +18,20 @@ from fewshot.lpp import CHALLENGE, LPPlusPlus, lpp_init  # noqa: E402
 P = planted()
 
 
-def torch_lpp(F, y, T, epochs, val=None, learn_alpha=True, accumulate=True, cosine=False):
-    """The official loop (float32, zero bias); returns (W, b, alpha, best_epoch)."""
+def torch_lpp(
+    F, y, T, epochs, val=None, learn_alpha=True, accumulate=True, cosine=False, lrs=None,
+    b0=None, strict=False,
+):  # fmt: skip
+    """The official loop (float32, zero bias); returns (W, b, alpha, best_epoch). ``lrs``: the
+    rate of every epoch as a fraction of lr_W (another scheduler); ``b0``: the initial bias;
+    ``strict``: the earlier of equally good epochs is kept (the challenge solution's ``>``)."""
     F, T = torch.tensor(F), torch.tensor(T)
     y = torch.tensor(y)
     N, C = F.shape[0], T.shape[1]
     oh = torch.nn.functional.one_hot(y, C).float()
     FT = F @ T
     W = (oh.T @ F).clone().requires_grad_(True)
-    b = torch.zeros(C, requires_grad=True)
+    b = (torch.zeros(C) if b0 is None else torch.tensor(b0)).requires_grad_(True)
     alpha0 = 250 * ((oh * FT).sum(0) / oh.sum(0)).mean()
     alpha = (alpha0 * torch.ones(1, C)).requires_grad_(True)
     lr_alpha = N / (4 * (FT**2).sum(0).max())
@@ -35,6 +40,8 @@ def torch_lpp(F, y, T, epochs, val=None, learn_alpha=True, accumulate=True, cosi
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if cosine else None
     best, snap = -1.0, None
     for epoch in range(epochs):
+        if lrs is not None:
+            opt.param_groups[0]["lr"] = lr_w * lrs[epoch]
         logits = F @ W.T + b + torch.ones(N, 1) @ alpha * FT
         loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad()
@@ -51,7 +58,7 @@ def torch_lpp(F, y, T, epochs, val=None, learn_alpha=True, accumulate=True, cosi
                 Fv = torch.tensor(val[0])
                 lv = Fv @ W.T + b + alpha * (Fv @ T)
                 acc = (lv.argmax(1).numpy() == val[1]).mean()
-            if acc >= best:
+            if acc > best or (acc == best and not strict):
                 best, snap = (
                     acc,
                     (W.detach().clone(), b.detach().clone(), alpha.detach().clone(), epoch),
@@ -132,11 +139,55 @@ def test_best_epoch_is_chosen_on_validation_with_ties_going_to_the_later_epoch()
     np.testing.assert_allclose(m.alpha, alpha, rtol=1e-5)
 
 
-def test_challenge_config_and_cosine_schedule():
-    assert CHALLENGE.epochs == 1000 and not CHALLENGE.learn_alpha and CHALLENGE.schedule == "cosine"
-    m = LPPlusPlus(CHALLENGE, epochs=10).fit(P.X_train, P.y_train, P.T)
-    assert m.config.epochs == 10 and m.config.schedule == "cosine"
+def jittor_scheduler_rates(epochs: int, t_max: int, eta_min: float = 0.0) -> list[float]:
+    """The rate of every epoch (base 1) of a loop that steps Jittor's own CosineAnnealingLR
+    after each epoch, as the challenge solution's few_lp.py and train_dog.py do."""
+    from jittor.lr_scheduler import CosineAnnealingLR
+
+    class Optimizer:
+        lr, param_groups = 1.0, [{}]
+
+    opt = Optimizer()
+    sched = CosineAnnealingLR(opt, t_max, eta_min)
+    rates = []
+    for _ in range(epochs):
+        rates.append(opt.lr)
+        sched.step()
+    return rates
+
+
+@pytest.mark.parametrize(
+    "epochs, t_max, eta_min", [(31, 15, 1e-5), (1000, 500, 0.0), (60, 60, 0.0)]
+)
+def test_jittor_cosine_is_jittors_scheduler(epochs, t_max, eta_min):
+    from fewshot._optim import jittor_cosine_lr
+
+    want = jittor_scheduler_rates(epochs, t_max, eta_min)
+    got = [jittor_cosine_lr(1.0, e, t_max, eta_min) for e in range(epochs)]
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-12)
+    assert got[0] == got[1] == 1.0  # Jittor's first step returns the base rate again
+    if epochs > 2 * t_max:  # restarts: back near the base rate after 2 T_max epochs
+        assert got[2 * t_max] > 0.98 and min(got) < 0.01
+
+
+def test_challenge_config_matches_the_torch_restatement_with_jittors_schedule():
+    assert CHALLENGE.epochs == 1000 and not CHALLENGE.learn_alpha
+    assert CHALLENGE.schedule == "jittor-cosine" and CHALLENGE.strict_best
+    assert CHALLENGE.bias_init == "uniform"
+    m = LPPlusPlus(CHALLENGE, epochs=24, t_max=8, seed=5).fit(
+        P.X_train, P.y_train, P.T, val=(P.X_val, P.y_val)
+    )
+    assert m.config.epochs == 24 and m.config.t_max == 8
     assert math.isclose(m.lr_w, lpp_init(P.X_train, P.y_train, P.T)["lr_w"], rel_tol=1e-9)
+    b0 = LPPlusPlus(CHALLENGE, epochs=0, seed=5).fit(P.X_train, P.y_train, P.T).b
+    W, b, alpha, e = torch_lpp(
+        P.X_train, P.y_train, P.T, 24, val=(P.X_val, P.y_val), learn_alpha=False,
+        lrs=jittor_scheduler_rates(24, 8), b0=b0, strict=True,
+    )  # fmt: skip
+    h = m.val_history
+    assert e == m.best_epoch == int(np.argmax(h))  # the earliest of the best epochs
+    np.testing.assert_allclose(m.W, W, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m.b, b, atol=1e-4)
 
 
 def test_state_dict_round_trip_through_safetensors(tmp_path):
@@ -169,3 +220,15 @@ def test_lpp_beats_zero_shot_with_four_shots():
     zs = accuracy(P.X_test @ P.T, P.y_test)
     m = LPPlusPlus().fit(P.X_train, P.y_train, P.T, val=(P.X_val, P.y_val))
     assert accuracy(m.logits(P.X_test), P.y_test) > zs + 0.3
+
+
+def test_strict_selection_keeps_the_earliest_of_equal_epochs():
+    val = (P.X_train, P.y_train)  # the training set itself: its accuracy plateaus at the top
+    official = LPPlusPlus(epochs=40).fit(P.X_train, P.y_train, P.T, val=val)
+    strict = LPPlusPlus(epochs=40, strict_best=True).fit(P.X_train, P.y_train, P.T, val=val)
+    h = official.val_history
+    np.testing.assert_array_equal(h, strict.val_history)
+    assert (h == h.max()).sum() > 1  # ties exist
+    assert (
+        strict.best_epoch == int(np.argmax(h)) < official.best_epoch == 39 - int(np.argmax(h[::-1]))
+    )

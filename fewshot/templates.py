@@ -5,7 +5,15 @@ Template sets:
   * ``ensemble7``: the 7 templates of the CLIP ImageNet notebook that InMaP uses;
   * ``domain``: one template per class from its challenge domain prefix ("..., a type of dog." for
     Thu-dog, food for Food-101, car for Stanford-Cars, the plain prompt for Animal / Caltech-101);
+  * ``challenge``: the challenge solution's stage-2 prompts (test.py, few_lp.py): "a photo of a
+    {}" with ", a type of dog" / ", a type of food" for those domains, no final full stop;
+  * ``bare``: the challenge solution's stage-1 (InMaP) text: the class name alone, after the
+    domain prefix, underscores kept ("Faces_easy");
   * ``descriptions``: user sentences per class from a JSON file {class name: [sentence, ...]}.
+
+``name_edits`` maps a raw class-list name to the name written into its prompts, in the raw form
+(the challenge solution renamed two Audi classes: "Audi_R8_Coupe_2012" became
+"Audi_R8_Coupe_2012_Exotic_Premium").
 """
 
 from __future__ import annotations
@@ -41,7 +49,12 @@ DOMAIN_TEMPLATES: dict[str, str] = {
     "Stanford-Cars": "a photo of a {}, a type of car.",
 }
 
-TEMPLATE_SETS = ("single", "ensemble7", "domain", "descriptions")
+CHALLENGE_TEMPLATES: dict[str, str] = {
+    "Food-101": "a photo of a {}, a type of food",
+    "Thu-dog": "a photo of a {}, a type of dog",
+}
+
+TEMPLATE_SETS = ("single", "ensemble7", "domain", "challenge", "bare", "descriptions")
 
 
 def class_domain(raw: str) -> str | None:
@@ -59,16 +72,20 @@ def strip_class_id(raw: str) -> str:
     return head.strip() if sep and tail.isdigit() else name
 
 
+def bare_class_name(raw: str) -> str:
+    """The class name after the domain prefix, as written: "Caltech-101_Faces_easy 53" ->
+    "Faces_easy"."""
+    name = strip_class_id(raw)
+    dom = class_domain(name)
+    return name[len(dom) + 1 :] if dom is not None else name
+
+
 def clean_class_name(raw: str) -> str:
     """Readable class name: drop a trailing " <id>", the domain prefix, and turn "_" into " ".
 
     "Stanford-Cars_Audi_R8_Coupe_2012 389" -> "Audi R8 Coupe 2012".
     """
-    name = strip_class_id(raw)
-    dom = class_domain(name)
-    if dom is not None:
-        name = name[len(dom) + 1 :]
-    return " ".join(name.replace("_", " ").split())
+    return " ".join(bare_class_name(raw).replace("_", " ").split())
 
 
 def load_descriptions(path: Union[str, Path]) -> dict[str, list[str]]:
@@ -95,6 +112,7 @@ def class_prompts(
     class_names: Sequence[str],
     templates: Union[str, Sequence[str]] = "domain",
     descriptions: Union[Mapping[str, Sequence[str]], str, Path, None] = None,
+    name_edits: Union[Mapping[str, str], None] = None,
 ) -> list[list[str]]:
     """The prompts of every class: a list (one per class) of sentences.
 
@@ -102,6 +120,7 @@ def class_prompts(
     templates: a set name from :data:`TEMPLATE_SETS` or a sequence of "{}" templates.
     descriptions: mapping or JSON path, used with templates="descriptions"; looked up by raw
     name, then by cleaned name; classes without an entry fall back to their domain template.
+    name_edits: raw class name -> the name its prompts use, in raw form (underscores).
     """
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
@@ -117,8 +136,9 @@ def class_prompts(
     missing = []
     for raw in class_names:
         key = strip_class_id(raw)
-        name = clean_class_name(key)
         dom = class_domain(key)
+        bare = (name_edits or {}).get(key) or bare_class_name(key)
+        name = clean_class_name(bare)
         domain_t = DOMAIN_TEMPLATES.get(dom, SINGLE[0])
         if templates == "single":
             prompts.append([SINGLE[0].format(name)])
@@ -126,6 +146,10 @@ def class_prompts(
             prompts.append([t.format(name) for t in ENSEMBLE7])
         elif templates == "domain":
             prompts.append([domain_t.format(name)])
+        elif templates == "challenge":
+            prompts.append([CHALLENGE_TEMPLATES.get(dom, "a photo of a {}").format(name)])
+        elif templates == "bare":
+            prompts.append([bare])
         elif templates == "descriptions":
             sents = descriptions.get(key) or descriptions.get(name)
             if sents is None:

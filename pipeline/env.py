@@ -41,6 +41,8 @@ from typing import Any, NamedTuple, Optional
 
 from pipeline.images import default_workers
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 class WeightFile(NamedTuple):
     variable: str  # environment variable (and --option) naming the file

@@ -47,10 +47,10 @@ import numpy as np
 from PIL import Image
 
 from models.clip.config import FULL_SIZE_CLIP
+from pipeline.env import REPO_ROOT, WEIGHT_FILES
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------------------ demo dataset
 
@@ -456,8 +456,6 @@ def write_weights(folder: str | os.PathLike, size: str = "demo", seed: int = 0) 
 
     if size not in WEIGHT_SIZES:
         raise ValueError(f"size must be one of {sorted(WEIGHT_SIZES)}, not {size!r}")
-    from pipeline.env import WEIGHT_FILES
-
     clip_configs, variant = WEIGHT_SIZES[size]
     targets = {k: Path(folder) / WEIGHT_FILES[k].default for k in UPSTREAM_NAMES}
     for i, (name, src) in enumerate(UPSTREAM_NAMES.items()):

@@ -173,3 +173,33 @@ def test_with_the_jittor_clip_and_its_tokenizer():
             cols.append(e.mean(0) / np.linalg.norm(e.mean(0)))
     np.testing.assert_allclose(T, np.stack(cols, 1), atol=1e-5)
     assert T.shape == (SMALL_VIT["embed_dim"], 3)
+
+
+def test_challenge_and_bare_sets_are_the_challenge_solutions_text():
+    """Against a restatement of the challenge solution's prompt code (test.py, few_lp.py) over
+    board B's whole class list: stage 2 "a photo of a {name}[, a type of dog/food]" with
+    underscores as spaces; stage 1 the bare name, underscores kept, two Audi names edited."""
+    from pipeline.env import REPO_ROOT
+    from pipeline.lists import read_class_list
+
+    names = list(read_class_list(REPO_ROOT / "data" / "classes_b.txt").names)
+    edits = {
+        "Stanford-Cars_Audi_TTS_Coupe_2012": "Audi_TTS_Coupe_2012_Sporty_Elegant",
+        "Stanford-Cars_Audi_R8_Coupe_2012": "Audi_R8_Coupe_2012_Exotic_Premium",
+    }
+    described = {"Audi_TTS_Coupe_2012": "Sporty_Elegant", "Audi_R8_Coupe_2012": "Exotic_Premium"}
+    suffix = {"Animal": "", "Caltech-101": "", "Food-101": ", a type of food"}
+    suffix["Thu-dog"] = ", a type of dog"
+    stage1, stage2 = [], []
+    for raw in names:
+        domain = next(d for d in (*suffix, "Stanford-Cars") if raw.startswith(d + "_"))
+        name = raw[len(domain) + 1 :]
+        if domain == "Stanford-Cars":
+            stage1.append(name + "_" + described[name] if name in described else name)
+        else:
+            stage1.append(name)
+            stage2.append(("a photo of a " + name + suffix[domain]).replace("_", " "))
+    assert TP.class_prompts(names, "bare", name_edits=edits) == [[s] for s in stage1]
+    assert TP.class_prompts(names[:374], "challenge") == [[s] for s in stage2]
+    assert stage1[:2] == ["Bear", "Bee"] and "Faces_easy" in stage1
+    assert TP.class_prompts(["Animal_Bee"], "bare") == [["Bee"]]  # no edit: the bare name

@@ -4,7 +4,8 @@ Formats (docs/DATA.md has the details):
 
 - class list: ``<Domain>_<name> <id>`` per line, ids 0..C-1 each exactly once;
 - labelled list (train.txt, the 4-shot and validation lists, the demo's test_labels.txt):
-  ``<path> <label>`` per line, the path relative to DATA_DIR (or the test folder);
+  ``<path> <label>`` per line (or ``<path>,<label>``, as the challenge solution's 4-shot list
+  data/seed_train_4shot.txt), the path relative to DATA_DIR (or the test folder);
 - test folder: ``image_<n>.jpg|jpeg|png|...``, ordered by the number in the name.
 
 All parsers accept UTF-8 (with or without a BOM), Windows line endings, surrounding whitespace,
@@ -54,14 +55,18 @@ def _read_lines(path: PathLike) -> list[str]:
 
 def _split_line(line: str) -> Optional[tuple[str, str]]:
     """``'<text> <last token>'`` -> (text, token); None for a blank line. The text may contain
-    spaces (only the last whitespace separates), so file names with spaces work."""
+    spaces (only the last whitespace separates), so file names with spaces work. The comma
+    form ``'<text>,<integer>'`` (the challenge solution's lists) is read the same way."""
     s = line.strip()
     if not s:
         return None
     parts = s.rsplit(None, 1)
-    if len(parts) != 2:
-        return (s, "")
-    return parts[0], parts[1]
+    if len(parts) == 2 and _parse_int(parts[1]) is not None:
+        return parts[0].removesuffix(",").rstrip() or parts[0], parts[1]
+    head, comma, tail = s.rpartition(",")
+    if comma and head.strip() and _parse_int(tail.strip()) is not None:
+        return head.strip(), tail.strip()
+    return (parts[0], parts[1]) if len(parts) == 2 else (s, "")
 
 
 def _parse_int(token: str) -> Optional[int]:

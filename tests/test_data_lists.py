@@ -180,6 +180,30 @@ def test_train_list_errors(classes, text, message):
     assert message in str(e.value)
 
 
+def test_comma_lists_of_the_challenge_solution(tmp_path, classes):
+    text = "TrainSet/Animal/Bear/1.jpg,0\nTrainSet/a,b/2.jpg,1\nTrainSet/c.jpg, 2\nx,y.jpg 3\n"
+    lst = read_labeled_list(write(tmp_path / "seed.txt", text), classes)
+    assert lst.paths == (
+        "TrainSet/Animal/Bear/1.jpg",
+        "TrainSet/a,b/2.jpg",
+        "TrainSet/c.jpg",
+        "x,y.jpg",
+    )
+    assert lst.labels.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ListError, match="seed2.txt:1"):
+        read_labeled_list(write(tmp_path / "seed2.txt", "a.jpg,x\n"), classes)
+
+
+def test_shipped_seed_shot_list_is_four_per_seen_class_of_board_b():
+    from pipeline.env import REPO_ROOT
+
+    board_b = read_class_list(REPO_ROOT / "data" / "classes_b.txt")
+    shots = read_labeled_list(REPO_ROOT / "data" / "seed_train_4shot.txt", board_b)
+    assert len(shots) == 1496 and all(p.startswith("TrainSet/") for p in shots.paths)
+    counts = shots.counts(len(board_b))
+    assert (counts[:374] == 4).all() and (counts[374:] == 0).all()
+
+
 def test_labeled_list_roundtrip(tmp_path, classes):
     lst = LabeledList(("x/ä b.jpg", "y.png"), np.array([3, 0]))
     p = tmp_path / "sub" / "l.txt"

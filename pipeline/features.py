@@ -244,8 +244,10 @@ class FeatureCache:
         batch_size: int = 64,
         workers: Optional[int] = None,
         progress: bool = True,
+        seed: int = 0,
     ) -> list[FeatureSet]:
         """Features of ``paths`` for every encoder and view, from the cache or computed.
+        ``seed`` draws the "aug" view (pipeline.images.augment) and is part of its key.
 
         All encoders share ``preprocess``: each image is decoded once and every batch goes
         through every encoder whose entries miss it (a Jittor call holds the GIL, so on a GPU a
@@ -273,14 +275,17 @@ class FeatureCache:
         for enc in encoders:
             parts = {str(k): str(v) for k, v in sorted(enc.key_parts.items())}
             for v in views:
-                e = _Entry(self, enc, v, {**common, "parts": parts, "view": v})
+                key = {**common, "parts": parts, "view": v}
+                if v == "aug":
+                    key["seed"] = seed
+                e = _Entry(self, enc, v, key)
                 if not e.load():
                     e.load_chunks()
                 entries.append(e)
         todo = [e for e in entries if e.missing()]
         if todo:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._compute(todo, paths, preprocess, batch_size, workers, progress)
+            self._compute(todo, paths, preprocess, batch_size, workers, progress, seed)
         for e in entries:
             e.finish()
         out = []
@@ -307,6 +312,7 @@ class FeatureCache:
         batch_size: int,
         workers: Optional[int],
         progress: bool,
+        seed: int,
     ) -> None:
         """Decode the chunks some entry misses, once, and encode them with every encoder that
         needs them, saving each entry's chunk as soon as it is encoded (an interruption loses at
@@ -337,9 +343,11 @@ class FeatureCache:
                 needing = [e for e in entries if c not in e.chunks]
                 rows: list[list[np.ndarray]] = [[] for _ in needing]
                 failed: list[int] = []
-                for b in iter_batches(
-                    chunk_paths, preprocess, batch_size, workers, views=views, fill_failed=True
-                ):
+                batches = iter_batches(
+                    chunk_paths, preprocess, batch_size, workers, views=views, fill_failed=True,
+                    seed=seed, offset=c * size,
+                )  # fmt: skip
+                for b in batches:
                     for e, out in zip(needing, rows):
                         out.append(
                             _encode(e, b.images[e.view], [chunk_paths[i] for i in b.indices])

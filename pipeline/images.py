@@ -114,7 +114,9 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 # ----------------------------------------------------------------------------- batch loading
 
-VIEWS = ("orig", "flip")
+VIEWS = ("orig", "flip", "aug")
+AUG_SCALE = (0.5, 1.0)  # LP++'s RandomResizedCrop (official linear_probe_p2 data loader)
+AUG_RATIO = (3 / 4, 4 / 3)
 
 
 class Batch(NamedTuple):
@@ -140,31 +142,56 @@ def default_workers() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
+def augment(im: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """torchvision's RandomResizedCrop(size, scale AUG_SCALE, ratio AUG_RATIO, bicubic) and
+    RandomHorizontalFlip, drawn from ``rng``: LP++'s training view."""
+    w, h = im.size
+    box = None
+    for _ in range(10):
+        area = w * h * rng.uniform(*AUG_SCALE)
+        aspect = np.exp(rng.uniform(np.log(AUG_RATIO[0]), np.log(AUG_RATIO[1])))
+        cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            box = (left, top, left + cw, top + ch)
+            break
+    if box is None:  # torchvision's fallback: the centre crop of the nearest allowed ratio
+        ratio = min(max(w / h, AUG_RATIO[0]), AUG_RATIO[1])
+        cw, ch = (w, int(round(w / ratio))) if w / h < ratio else (int(round(h * ratio)), h)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        box = (left, top, left + cw, top + ch)
+    out = im.crop(box).resize((size, size), Image.BICUBIC)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
+
+
 def _preprocess_views(
-    im: Image.Image, preprocess: Preprocess, views: Sequence[str]
+    im: Image.Image, preprocess: Preprocess, views: Sequence[str], index: int = 0, seed: int = 0
 ) -> tuple[np.ndarray, ...]:
     out = []
     for v in views:
         # Flip before preprocessing: a centre crop of an odd margin is not symmetric, so
         # flipping the preprocessed tensor would not equal preprocessing the flipped image.
         src = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if v == "flip" else im
+        if v == "aug":  # seeded per image position: the same view on every run
+            src = augment(im, preprocess.n_px, np.random.default_rng([seed, index]))
         out.append(np.ascontiguousarray(preprocess(src), dtype=np.float32))
     return tuple(out)
 
 
 def _decode_chunk(
-    paths: Sequence[str], preprocess: Preprocess, views: Sequence[str]
+    paths: Sequence[str], preprocess: Preprocess, views: Sequence[str], start: int, seed: int
 ) -> list[tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]]:
-    """Worker task: decode and preprocess consecutive images; (arrays, None) or (None, error)."""
+    """Worker task: decode and preprocess consecutive images (``start`` is the position of the
+    first); (arrays, None) or (None, error)."""
     out: list[tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]] = []
-    for p in paths:
+    for j, p in enumerate(paths):
         try:
             im = load_rgb(p)
         except ImageError as e:
             out.append((None, str(e)))
             continue
         try:
-            out.append((_preprocess_views(im, preprocess, views), None))
+            out.append((_preprocess_views(im, preprocess, views, start + j, seed), None))
         except Exception as e:
             # A preprocessing failure on a decoded image is a bug, not a bad file: surface it.
             raise RuntimeError(f"{p}: preprocessing failed ({type(e).__name__}: {e})") from e
@@ -204,14 +231,17 @@ def iter_batches(
     prefetch: int = 4,
     fill_failed: bool = False,
     on_error: Optional[Callable[[int, str], None]] = None,
+    seed: int = 0,
+    offset: int = 0,
 ) -> Iterator[Batch]:
     """Decode ``paths`` on ``workers`` threads and yield Batches in list order.
 
     Workers decode up to ``prefetch`` batches ahead of the consumer (bounded memory).
-    ``views``: "orig" and/or "flip" (horizontal flip, for test-time augmentation), each
-    preprocessed from the same decoded image. ``fill_failed``: failed images stay in the batch as
-    a mid-grey placeholder (still listed in ``failed``), so every position gets a row; otherwise
-    they are left out. ``on_error(index, message)`` is called for each failure.
+    ``views``: "orig", "flip" (horizontal flip, for test-time augmentation) and/or "aug" (a
+    random resized crop and flip, :func:`augment`, drawn from ``[seed, offset + position]``),
+    each preprocessed from the same decoded image. ``fill_failed``: failed images stay in the
+    batch as a mid-grey placeholder (still listed in ``failed``), so every position gets a row;
+    otherwise they are left out. ``on_error(index, message)`` is called for each failure.
     ``workers=0`` decodes in the calling thread.
     """
     views = tuple(views)
@@ -237,10 +267,11 @@ def iter_batches(
         nonlocal next_chunk
         while next_chunk < len(starts) and len(pending) < max_pending:
             sub = paths[starts[next_chunk] : starts[next_chunk] + chunk]
+            task = (sub, preprocess, views, offset + starts[next_chunk], seed)
             if executor is None:
-                pending.append(_decode_chunk(sub, preprocess, views))
+                pending.append(_decode_chunk(*task))
             else:
-                pending.append(executor.submit(_decode_chunk, sub, preprocess, views))
+                pending.append(executor.submit(_decode_chunk, *task))
             next_chunk += 1
 
     try:

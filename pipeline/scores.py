@@ -1,65 +1,186 @@
-"""Scores of the learned stages from features: stage 1 (InMaP per backbone over all classes,
-transductive: it sees every image being classified at once, fused across backbones) and stage 2
-(LP++ per backbone over the seen classes, fused); and which stage-1 variant runs.
+"""The cascade on features: stage-1 scores (InMaP per backbone over the class columns, fused),
+the seen-class heads of stage 2 (LP++, Tip-Adapter-F, AMU-Tuning, or LP++ and Tip-Adapter-F
+together) and the routing with the expert, for one configuration of the cascade's choices.
+
+Pure functions of arrays and fitted models: train.py's validation runs them on validation
+batches, test.py on the test set.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from pipeline.cascade import fuse
-from pipeline.settings import Settings
+from pipeline.cascade import CascadeResult, fuse, run_cascade
+from pipeline.settings import CHOICE_OPTIONS, Settings
 
-# Stage-1 candidates compared on the validation split with pseudo-unseen classes. The official
-# algorithm's uniform class marginal (gamma 0) fights class imbalance between seen and unseen
-# images; gamma 0.5 / 1 follow the pseudo-label marginal instead (ALGORITHMS.md, section 2).
+# Stage-1 candidates: the official algorithm's uniform class marginal (gamma 0) fights the class
+# imbalance between seen and unseen images; gamma 0.5 / 1 follow the pseudo-label marginal
+# instead (ALGORITHMS.md, section 2); "challenge" is the challenge solution's variant.
 STAGE1_CANDIDATES: dict[str, tuple[str, dict[str, float]]] = {
+    "challenge": ("challenge", {}),
     "official-gamma0": ("official", {"gamma": 0.0}),
     "official-gamma0.5": ("official", {"gamma": 0.5}),
     "official-gamma1": ("official", {"gamma": 1.0}),
-    "challenge": ("challenge", {}),
 }
-DEFAULT_STAGE1 = "challenge"
-STAGE1_FILE = "stage1.json"  # train.py's choice, in the heads folder
+CHOICE_FILE = "cascade.json"  # train.py's choices, in the heads folder
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One configuration of the cascade's choices (pipeline.settings.CHOICE_OPTIONS)."""
+
+    flip_tta: bool
+    inmap_prompts: str
+    stage1: str
+    lpp_views: str
+    seen_head: str
+    expert_integration: str
+    transclip: str
+
+    @classmethod
+    def challenge(cls) -> Choice:
+        """The challenge solution's choices (the first option of each)."""
+        return cls(**{k: v[0] for k, v in CHOICE_OPTIONS.items()})
+
+    def pinned(self, settings: Settings) -> Choice:
+        """This choice with every field that ``settings`` pins set to the pinned value."""
+        fixed = {
+            k: getattr(settings, k) for k in CHOICE_OPTIONS if getattr(settings, k) is not None
+        }
+        return Choice(**{**asdict(self), **fixed})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def stage1_scores(
-    X: dict[str, np.ndarray],
-    T: dict[str, np.ndarray],
-    variant: str,
-    params: dict[str, float],
-    fusion: dict[str, float],
+    X: dict[str, np.ndarray], T: dict[str, np.ndarray], stage1: str, fusion: dict[str, float]
 ) -> np.ndarray:
-    """Fused InMaP logits [n, C] over all classes: sum_b fusion[b] * X_b @ W_b."""
+    """Fused InMaP logits [n, C'] over the columns of T: sum_b fusion[b] * X_b @ W_b."""
     from fewshot.inmap import run_inmap
 
-    logits = []
-    for name in fusion:
-        W = run_inmap(X[name], T[name], variant=variant, **params)
-        logits.append(X[name] @ W)
-    return fuse(logits, [fusion[n] for n in fusion])
+    variant, params = STAGE1_CANDIDATES[stage1]
+    logits = [X[b] @ run_inmap(X[b], T[b], variant=variant, **params) for b in fusion]
+    return fuse(logits, [fusion[b] for b in fusion])
 
 
-def stage2_scores(
-    X: dict[str, np.ndarray], probes: dict[str, Any], fusion: dict[str, float]
+# ------------------------------------------------------------------------------ seen heads
+
+HEAD_METHODS = {"lpp": ("lpp",), "tip": ("tip",), "lpp+tip": ("lpp", "tip"), "amu": ("amu",)}
+
+
+def lpp_config(settings: Settings, backbone: str):
+    """LP++'s configuration for one backbone from the settings."""
+    from fewshot.lpp import LPPConfig
+
+    return LPPConfig(
+        epochs=settings.lpp_epochs,
+        learn_alpha=settings.lpp_learn_alpha,
+        schedule=settings.lpp_schedule,
+        t_max=settings.lpp_t_max.get(backbone),
+        strict_best=settings.lpp_strict_best,
+        bias_init=settings.lpp_bias_init,
+    )
+
+
+def fit_head(
+    kind: str,
+    settings: Settings,
+    X: dict[str, np.ndarray],
+    y: np.ndarray,
+    T: dict[str, np.ndarray],
+    val: Optional[tuple[dict[str, np.ndarray], np.ndarray]],
+    aux: Optional[tuple[np.ndarray, Optional[np.ndarray]]] = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Fit the seen-class head ``kind`` on training features X (by backbone) with labels y
+    (columns of T, which holds only the seen classes); ``val`` = (features, labels) selects
+    epochs and hyperparameters; ``aux`` = (ConvNeXt features of the shots, of val) for AMU.
+    Returns method -> backbone -> fitted model."""
+    from fewshot.amu import AMUTuning
+    from fewshot.lpp import LPPlusPlus
+    from fewshot.tip_adapter import TipAdapterF
+
+    out: dict[str, dict[str, Any]] = {m: {} for m in HEAD_METHODS[kind]}
+    for b in X:
+        v = None if val is None or not len(val[1]) else (val[0][b], val[1])
+        if "lpp" in out:
+            out["lpp"][b] = LPPlusPlus(lpp_config(settings, b), seed=seed).fit(X[b], y, T[b], v)
+        if "tip" in out:
+            out["tip"][b] = TipAdapterF().fit(X[b], y, T[b], v)
+        if "amu" in out:
+            av = None if v is None else (v[0], aux[1], v[1])
+            out["amu"][b] = AMUTuning(seed=seed).fit(X[b], aux[0], y, T[b], av)
+    return out
+
+
+def head_scores(
+    models: dict[str, dict[str, Any]],
+    X: dict[str, np.ndarray],
+    fusion: dict[str, float],
+    aux: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Fused LP++ logits [n, S] over the seen classes."""
-    return fuse([probes[n].logits(X[n]) for n in fusion], [fusion[n] for n in fusion])
+    """Fused logits [n, S] of a fitted head: per backbone the method's logits (two methods:
+    the sum of their log-softmaxes, a product of experts), then the weighted sum over
+    backbones."""
+    from fewshot._tensor import as_numpy, jt, log_softmax
+
+    def one(method: str, b: str) -> np.ndarray:
+        m = models[method][b]
+        return m.logits(X[b], aux) if method == "amu" else m.logits(X[b])
+
+    per_backbone = []
+    for b in fusion:
+        parts = [one(method, b) for method in models]
+        if len(parts) > 1:
+            parts = [as_numpy(log_softmax(jt().array(p), dim=1)) for p in parts]
+        per_backbone.append(np.sum(parts, axis=0))
+    return fuse(per_backbone, [fusion[b] for b in fusion])
 
 
-def stage1_choice(settings: Settings, heads_dir: Path) -> tuple[str, str, dict[str, float]]:
-    """(candidate name, variant, params) of stage 1 from the settings, or train.py's choice."""
-    if settings.inmap_variant == "auto":
-        path = Path(heads_dir) / STAGE1_FILE
-        name = json.loads(path.read_text())["chosen"] if path.is_file() else DEFAULT_STAGE1
-        variant, params = STAGE1_CANDIDATES[name]
+# ------------------------------------------------------------------------------ the cascade
+
+
+def log_softmax_np(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def run_stages(
+    choice: Choice,
+    fusion: dict[str, float],
+    stage1: Optional[np.ndarray],
+    cols: np.ndarray,
+    seen_scores: np.ndarray,
+    seen: np.ndarray,
+    expert_ids: Optional[np.ndarray] = None,
+    expert_logits: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+) -> CascadeResult:
+    """Route and answer: ``stage1`` [n, len(cols)] scores over the class ids ``cols`` (None:
+    no stage 1), ``seen_scores`` [n, len(seen)]; the expert's logits over ``expert_ids`` are
+    asked for the routed rows only. With ``choice.expert_integration == "fusion"`` the expert's
+    log-softmax is added to stage 2's over the expert's classes."""
+    n = len(seen_scores)
+    C = int(max(cols.max(), seen.max())) + 1
+    unseen = np.setdiff1d(cols, seen)
+    if stage1 is None or not unseen.size:
+        all_scores, unseen = np.zeros((n, C), np.float32), np.zeros(0, np.int64)
     else:
-        name, variant, params = settings.inmap_variant, settings.inmap_variant, {}
-    params = dict(params)
-    if settings.inmap_gamma is not None:
-        params["gamma"] = float(settings.inmap_gamma)
-    return name, variant, params
+        # Columns outside ``cols`` can never win: stage 1 only knows the classes it was given.
+        all_scores = np.full((n, C), -np.finfo(np.float32).max / 4, np.float32)
+        all_scores[:, cols] = stage1
+    if expert_logits is None or expert_ids is None:
+        return run_cascade(all_scores, unseen, seen_scores, seen)
+    keep = np.isin(expert_ids, seen)  # a held-out expert class is not the expert's to answer
+    where = np.searchsorted(seen, expert_ids[keep])
+
+    def expert(rows: np.ndarray) -> np.ndarray:
+        scores = expert_logits(rows)[:, keep]
+        if choice.expert_integration == "fusion":
+            scores = log_softmax_np(scores) + log_softmax_np(seen_scores[rows][:, where])
+        return scores
+
+    return run_cascade(all_scores, unseen, seen_scores, seen, expert_ids[keep], expert)

@@ -1,13 +1,15 @@
-"""Method settings of the cascade: stages, fusion weights, hyperparameters.
+"""Method settings of the cascade: which method each stage runs, and its hyperparameters.
 
 Paths and sizes come from pipeline.env (environment variables); *what the pipeline does* comes
-from here. Defaults follow the challenge solution this project reproduces; a YAML file (``--settings
-FILE`` or ``$SETTINGS``) overrides any field, e.g.::
+from here: the defaults below, then a YAML file (``--settings FILE`` or ``$SETTINGS``) that
+overrides any field. ``settings/default.yaml`` lists the defaults; ``settings/challenge.yaml``
+is the challenge solution's recipe, value for value (docs/METHODS.md).
 
-    inmap_variant: official
-    inmap_gamma: 0.5
-    lpp_fusion: {vit: 0.5, rn: 0.5}
-    expert_domain: null        # no expert stage
+The cascade's CHOICES (flip averaging, stage-1 prompts and variant, the seen-class head and its
+training views, the expert's integration, TransCLIP) default to ``null``: train.sh's
+board-shaped validation picks each one, starting from the challenge solution's choice and
+replacing it only when another wins by more than the standard error (pipeline.selection).
+A value in a settings file pins the choice.
 
 Which classes are "unseen" (no training image) comes from the training list, and which belong to the
 expert from ``expert_domain`` and the class list; nothing is tied to class ids.
@@ -26,7 +28,17 @@ from typing import Any, Optional
 from fewshot.templates import TEMPLATE_SETS
 from pipeline.env import CLIP_BACKBONES
 
-INMAP_VARIANTS = ("auto", "official", "challenge")
+# The options of each cascade choice (None in a Settings field: validation chooses). The first
+# option is the challenge solution's; STAGE1 names are pipeline.scores.STAGE1_CANDIDATES.
+CHOICE_OPTIONS: dict[str, tuple] = {
+    "flip_tta": (True, False),
+    "inmap_prompts": ("bare", "templates"),
+    "stage1": ("challenge", "official-gamma0", "official-gamma0.5", "official-gamma1"),
+    "lpp_views": ("orig", "aug"),
+    "seen_head": ("lpp", "tip", "lpp+tip", "amu"),
+    "expert_integration": ("switch", "fusion"),
+    "transclip": ("off",),
+}
 
 
 class SettingsError(ValueError):
@@ -37,24 +49,39 @@ class SettingsError(ValueError):
 class Settings:
     """Everything that selects or tunes a method. See the module docstring for overriding."""
 
-    # CLIP backbones, by name (pipeline.env.WEIGHT_FILES), and the prompts of the text classifiers.
+    # CLIP backbones, by name (pipeline.env.WEIGHT_FILES); the prompts of the stage-2 text
+    # classifiers (and of stage 1 with inmap_prompts: templates); class-name edits for prompts.
     backbones: tuple[str, ...] = ("vit", "rn")
-    templates: str = "domain"  # single | ensemble7 | domain | descriptions
+    templates: str = "domain"  # see fewshot.templates.TEMPLATE_SETS
     descriptions: Optional[str] = None  # JSON {class name: [sentences]} for "descriptions"
-    flip_tta: bool = False  # average the features of each image and its mirror image
+    name_edits: dict[str, str] = field(default_factory=dict)  # raw class name -> prompt name
+    shot_list: Optional[str] = None  # process.py: use this 4-shot list instead of choosing
+
+    # The cascade's choices (module docstring): None lets the validation choose.
+    flip_tta: Optional[bool] = None  # average each image's features with its mirror image's
+    inmap_prompts: Optional[str] = None  # stage-1 text: "bare" class names or the templates
+    stage1: Optional[str] = None  # InMaP variant (pipeline.scores.STAGE1_CANDIDATES)
+    lpp_views: Optional[str] = None  # seen head trained on "orig" or "aug"mented shot views
+    seen_head: Optional[str] = None  # "lpp", "tip" (Tip-Adapter-F), "lpp+tip", "amu"
+    expert_integration: Optional[str] = None  # "switch" (the expert's ranking) or "fusion"
+    transclip: Optional[str] = None  # "off"
 
     # Stage 1: InMaP over all classes; answers images whose top-1 class has no training image.
     unseen_stage: bool = True
-    # "auto": the variant train.py picked on the validation split with pseudo-unseen classes
-    # (falls back to "challenge" when the split has none); or "official" / "challenge".
-    inmap_variant: str = "auto"
-    inmap_gamma: Optional[float] = None  # Sinkhorn class-marginal exponent (None: the variant's)
     inmap_fusion: dict[str, float] = field(default_factory=lambda: {"vit": 0.5, "rn": 0.5})
 
-    # Stage 2: LP++ over the seen classes, one probe per backbone, logits fused.
+    # Stage 2: a head over the seen classes per backbone, logits fused. LP++ defaults are the
+    # official ones (fewshot.lpp.OFFICIAL); settings/challenge.yaml has the challenge's.
     lpp_fusion: dict[str, float] = field(default_factory=lambda: {"vit": 0.6, "rn": 0.4})
-    lpp_epochs: int = 300  # official LP++ default (the challenge solution used 1000)
-    lpp_learn_alpha: bool = True  # official; the challenge solution froze alpha
+    lpp_epochs: int = 300
+    lpp_learn_alpha: bool = True
+    lpp_schedule: str = "none"  # none | cosine | jittor-cosine
+    lpp_t_max: dict[str, int] = field(default_factory=dict)  # per backbone (default: epochs)
+    lpp_strict_best: bool = False
+    lpp_bias_init: str = "zero"  # zero | uniform
+    # AMU-Tuning (ConvNeXt-V2 auxiliary features) is a seen_head candidate only when true: it
+    # needs ConvNeXt features of every shot and validation image.
+    amu: bool = False
 
     # Stage 3: the ConvNeXt-V2 expert over the classes of one domain (None: no expert).
     expert_domain: Optional[str] = "Thu-dog"
@@ -63,10 +90,16 @@ class Settings:
     expert_eval_size: int = 384
     expert_train_resize: int = 320
     expert_train_crop: int = 280
+    expert_resample: str = "bicubic"  # bicubic | bilinear (the challenge: Jittor's default)
+    expert_weight_decay: float = 0.01
+    expert_schedule: str = "cosine"  # cosine | jittor-cosine
+    expert_t_max: Optional[int] = None  # default: expert_epochs
+    expert_eta_min: float = 0.0
+    expert_select: str = "best"  # best (validation) | last
 
-    # Optional AMU-Tuning head on the seen classes with ConvNeXt-V2 features as auxiliary branch;
-    # reported by the evaluation, not used by the cascade.
-    amu: bool = False
+    # The board-shaped validation (pipeline.validation).
+    val_folds: int = 3  # held-out blocks of seen classes, each playing the unseen classes
+    val_unseen_share: Optional[float] = None  # None: stage 1's share on the test set, or 0.28
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,7 +167,16 @@ class Settings:
             raise error("backbones", "a backbone is named twice")
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
-                raise error(name, f"expected one of {', '.join(choices)}")
+                raise error(name, f"expected one of {', '.join(map(str, choices))}")
+        for name, options in CHOICE_OPTIONS.items():
+            value = getattr(self, name)
+            if value is not None and value not in options:
+                options_text = ", ".join(map(str, options))
+                raise error(name, f"expected one of {options_text} or null (validation chooses)")
+        if self.seen_head == "amu" and not self.amu:
+            raise error("seen_head", "amu needs amu: true")
+        if set(self.lpp_t_max) - set(self.backbones):
+            raise error("lpp_t_max", f"expected backbones of {list(self.backbones)}")
         for name, low in MINIMUM.items():
             value = getattr(self, name)
             if value is not None and value < low:
@@ -174,10 +216,13 @@ class Settings:
 # Choices and lower bounds of the fields that have them (None, where allowed, passes).
 CHOICES = {
     "templates": TEMPLATE_SETS,
-    "inmap_variant": INMAP_VARIANTS,
+    "lpp_schedule": ("none", "cosine", "jittor-cosine"),
+    "lpp_bias_init": ("zero", "uniform"),
+    "expert_resample": ("bicubic", "bilinear"),
+    "expert_schedule": ("cosine", "jittor-cosine"),
+    "expert_select": ("best", "last"),
 }
 MINIMUM = {
-    "inmap_gamma": 0,
     "lpp_epochs": 1,
     "expert_epochs": 1,
     "expert_views": 1,
@@ -185,6 +230,11 @@ MINIMUM = {
     "expert_eval_size": 32,
     "expert_train_resize": 32,
     "expert_train_crop": 32,
+    "expert_weight_decay": 0,
+    "expert_t_max": 1,
+    "expert_eta_min": 0,
+    "val_folds": 1,
+    "val_unseen_share": 0,
 }
 # How a field's value must be written, for the messages (by field; then by annotation).
 _EXPECTED = {
@@ -192,6 +242,9 @@ _EXPECTED = {
     "descriptions": "the path of a JSON file {class name: [sentences]}",
     "inmap_fusion": "a mapping of backbone: weight, e.g. {vit: 0.5, rn: 0.5}",
     "lpp_fusion": "a mapping of backbone: weight, e.g. {vit: 0.6, rn: 0.4}",
+    "lpp_t_max": "a mapping of backbone: epochs, e.g. {vit: 1000, rn: 500}",
+    "name_edits": "a mapping of class name: name in prompts",
+    "shot_list": "the path of a <path> <label> (or <path>,<label>) list",
 }
 
 
@@ -246,9 +299,10 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
     if origin is tuple:  # tuple[str, ...]
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         return ok, tuple(value) if ok else value
-    if origin is dict:  # dict[str, float]
+    if origin is dict:  # dict[str, float | int | str]
+        inner = typing.get_args(hint)[1]
         ok = isinstance(value, dict) and all(
-            isinstance(k, str) and _is_number(v) for k, v in value.items()
+            isinstance(k, str) and _matches(v, inner)[0] for k, v in value.items()
         )
-        return ok, {k: float(v) for k, v in value.items()} if ok else value
+        return ok, {k: _matches(v, inner)[1] for k, v in value.items()} if ok else value
     raise TypeError(f"no type check for {hint!r}")  # a new field needs one here

@@ -345,3 +345,18 @@ def test_many_encoders_interrupted_keep_finished_chunks(tmp_path, images):
     assert a2.images == 6 and b2.images == 6
     np.testing.assert_allclose(fa["orig"], reference(images, a2), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fb["orig"], reference(images, b2), rtol=1e-5, atol=1e-5)
+
+
+def test_aug_view_entries_are_keyed_by_their_seed(tmp_path, images):
+    from models.clip.preprocess import Preprocess
+
+    cache = FeatureCache(tmp_path / "cache", chunk_size=4)
+    pre = Preprocess(8)
+    a = compute(cache, images, CountingEncoder(), pre=pre, views=("aug",), seed=0)
+    enc = CountingEncoder()
+    b = compute(cache, images, enc, pre=pre, views=("aug",), seed=1)
+    assert enc.images == 10 and not np.array_equal(a["aug"], b["aug"])
+    enc = CountingEncoder()
+    again = compute(cache, images, enc, pre=pre, views=("aug",), seed=0)
+    assert enc.calls == 0
+    np.testing.assert_array_equal(again["aug"], a["aug"])

@@ -316,3 +316,47 @@ def test_preprocess_bug_is_not_hidden_as_a_bad_image(image_dir):
 
     with pytest.raises(RuntimeError, match="preprocessing failed.*ZeroDivisionError"):
         list(iter_batches(paths[:2], broken, 2, 1))
+
+
+def test_augmented_view_is_a_seeded_random_resized_crop(image_dir):
+    from pipeline.images import AUG_RATIO, AUG_SCALE, augment
+
+    # An image whose pixels encode their coordinates: the crop box can be read back.
+    w, h = 120, 90
+    yy, xx = np.mgrid[0:h, 0:w]
+    coords = Image.fromarray(np.stack([xx * 2, yy * 2, np.zeros_like(xx)], -1).astype(np.uint8))
+    areas, flips = [], 0
+    for i in range(200):
+        out = augment(coords, 32, np.random.default_rng([0, i]))
+        assert out.size == (32, 32) and out.mode == "RGB"
+        a = np.asarray(out.resize((32, 32), Image.NEAREST), np.float64)
+        x, y = a[..., 0] / 2, a[..., 1] / 2
+        cw, ch = np.ptp(x) + 1, np.ptp(y) + 1  # the crop's extent, within resampling error
+        areas.append(cw * ch / (w * h))
+        assert AUG_RATIO[0] * 0.8 < cw / ch < AUG_RATIO[1] * 1.25
+        flips += x[:, 0].mean() > x[:, -1].mean()
+    assert AUG_SCALE[0] * 0.8 < min(areas) and max(areas) <= 1.0 + 1e-9
+    assert 70 < flips < 130  # a fair coin
+    same = augment(coords, 32, np.random.default_rng([0, 5]))
+    assert np.array_equal(
+        np.asarray(same), np.asarray(augment(coords, 32, np.random.default_rng([0, 5])))
+    )
+    thin = augment(Image.new("RGB", (400, 10)), 32, np.random.default_rng(0))  # fallback crop
+    assert thin.size == (32, 32)
+
+
+def test_loader_aug_view_depends_on_seed_and_position_only(image_dir):
+    from models.clip.preprocess import Preprocess
+
+    paths, broken = image_dir
+    good = [p for i, p in enumerate(paths) if i not in broken]
+    pre = Preprocess(16)
+
+    def aug(paths, seed, offset=0, workers=2, batch=3):
+        batches = iter_batches(paths, pre, batch, workers, views=("aug",), seed=seed, offset=offset)
+        return np.concatenate([b.images["aug"] for b in batches])
+
+    a = aug(good, 0)
+    np.testing.assert_array_equal(a, aug(good, 0, workers=0, batch=5))  # same on every run
+    assert not np.array_equal(a, aug(good, 1))
+    np.testing.assert_array_equal(a[3:], aug(good[3:], 0, offset=3))  # position, not batch

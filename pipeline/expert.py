@@ -16,6 +16,9 @@ Three concerns, apart:
   views (each in turn, in a seeded order per image), AdamW (lr 1e-3, weight decay 0.01), a
   per-epoch cosine schedule, batch 32, 31 epochs, and keeps the epoch with the best validation
   accuracy (ties: lower validation loss, then the earlier epoch). The test set is never seen.
+  The challenge solution's recipe (settings/challenge.yaml): bilinear resizing, weight decay
+  0, Jittor's restarting cosine (T_max 15, eta_min 1e-5), the last epoch kept, and 31 views
+  (one fresh view per epoch: the backbone is frozen, so this is its on-the-fly augmentation).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class DomainExpert:
         backbone_fingerprint: str,
         eval_size: int = 384,
         info: Optional[dict[str, Any]] = None,
+        resample: str = "bicubic",
     ) -> None:
         self.head_weight = np.asarray(head_weight, np.float32)
         self.head_bias = np.asarray(head_bias, np.float32)
@@ -72,7 +76,7 @@ class DomainExpert:
                 f"{len(self.class_ids)} classes"
             )
         self.backbone_fingerprint = backbone_fingerprint
-        self.preprocess = convnext.EvalTransform(eval_size)
+        self.preprocess = convnext.EvalTransform(eval_size, resample)
         self.info = info or {}
 
     @property
@@ -128,6 +132,7 @@ class DomainExpert:
             recorded["fingerprint"],
             int(info["transforms"]["eval_size"]),
             info,
+            info["transforms"].get("resample", "bicubic"),
         )
 
 
@@ -207,11 +212,17 @@ def fit_head(
     weight_decay: float = 0.01,
     batch_size: int = 32,
     seed: int = 0,
+    schedule: str = "cosine",
+    t_max: Optional[int] = None,
+    eta_min: float = 0.0,
+    select: str = "best",
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int]:
     """Train a linear head on cached view features ``feats`` [n, views, D] with labels [n]
-    (0..num_classes-1). Returns (head tensors of the selected epoch, per-epoch history, selected
-    epoch, 1-based); without validation images the last epoch is kept."""
-    from fewshot._optim import cosine_lr
+    (0..num_classes-1). ``schedule``: "cosine" (torch's) or "jittor-cosine" (Jittor's, one
+    epoch behind and restarting; fewshot._optim), T_max = ``t_max`` or ``epochs``. Returns (head
+    tensors of the selected epoch, per-epoch history, selected epoch, 1-based); with ``select``
+    "last", or without validation images, the last epoch is kept."""
+    from fewshot._optim import cosine_lr, jittor_cosine_lr
     from fewshot._tensor import as_numpy, cross_entropy, one_hot
     from models.runtime import jittor
 
@@ -228,7 +239,8 @@ def fit_head(
     best_key, best_epoch, best = None, epochs, {}
     bar = tqdm(range(epochs), desc="expert epochs", unit="epoch")
     for epoch in bar:
-        optimizer.lr = cosine_lr(lr, epoch, epochs)
+        rate = jittor_cosine_lr if schedule == "jittor-cosine" else cosine_lr
+        optimizer.lr = rate(lr, epoch, t_max or epochs, eta_min)
         order = order_rng.permutation(n)
         total = 0.0
         for start in range(0, n, batch_size):
@@ -244,13 +256,15 @@ def fit_head(
                 val_loss = cross_entropy(logits, one_hot(val_labels, num_classes))
                 record["val_acc"] = float((as_numpy(logits).argmax(1) == val_labels).mean())
                 record["val_loss"] = float(val_loss.item())
-            if best_key is None or selection_key(record) > best_key:
+            if select == "best" and (best_key is None or selection_key(record) > best_key):
                 best_key, best_epoch = selection_key(record), epoch + 1
                 best = {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=record.get("val_acc", "-"))
-    if not len(val_labels):
-        log.warning("no validation images: keeping the last epoch (no checkpoint selection)")
+    if select == "last" or not len(val_labels):
+        if select == "best":
+            log.warning("no validation images: keeping the last epoch (no checkpoint selection)")
+        best_epoch = epochs
         best = {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
     return best, history, best_epoch
 
@@ -272,6 +286,11 @@ def train_expert(
     train_crop: int = 280,
     eval_size: int = 384,
     feature_batch: int = 16,
+    resample: str = "bicubic",
+    schedule: str = "cosine",
+    t_max: Optional[int] = None,
+    eta_min: float = 0.0,
+    select: str = "best",
 ) -> DomainExpert:
     """Train the expert on ``(image path, class id)`` items; ``val_features`` [m, D] are the
     backbone's features of validation images (evaluation view) whose class ids are
@@ -291,7 +310,7 @@ def train_expert(
                 f"({len(index)} ids, {min(index)}..{max(index)})"
             )
     t0 = time.time()
-    train_tf = convnext.TrainTransform(train_resize, train_crop)
+    train_tf = convnext.TrainTransform(train_resize, train_crop, resample=resample)
     items = [(os.fspath(p), int(c)) for p, c in train_items]
     resized, train_cids, skipped = _decode_train(items, train_tf)
     empty = sorted(set(class_ids) - set(train_cids))
@@ -322,6 +341,10 @@ def train_expert(
         weight_decay=weight_decay,
         batch_size=batch_size,
         seed=seed,
+        schedule=schedule,
+        t_max=t_max,
+        eta_min=eta_min,
+        select=select,
     )
     info = {
         "version": ARTEFACT_VERSION,
@@ -338,19 +361,20 @@ def train_expert(
             "batch_size": batch_size,
             "views": views,
             "seed": seed,
-            "schedule": "cosine per epoch, eta_min 0",
+            "schedule": f"{schedule} per epoch, T_max {t_max or epochs}, eta_min {eta_min}",
             "optimizer": "AdamW",
         },
         "transforms": {
             "train": train_tf.describe(),
-            "eval": convnext.EvalTransform(eval_size).describe(),
+            "eval": convnext.EvalTransform(eval_size, resample).describe(),
             "eval_size": eval_size,
+            "resample": resample,
         },
         "history": history,
         "best_epoch": best_epoch,
         "selection": "max val_acc, ties: min val_loss, then earliest"
-        if len(y_val)
-        else "last epoch (no validation images)",
+        if len(y_val) and select == "best"
+        else "last epoch",
         "n_train": len(y_train),
         "n_val": len(y_val),
         "skipped_train": skipped,
@@ -358,5 +382,5 @@ def train_expert(
     }
     return DomainExpert(
         best["head.weight"], best["head.bias"], class_ids, info["backbone"]["fingerprint"],
-        eval_size, info,
+        eval_size, info, resample,
     )  # fmt: skip

@@ -194,3 +194,22 @@ def torchvision_clip_preprocess(img, n_px: int) -> np.ndarray:
     mean = torch.as_tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.as_tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
     return t.sub_(mean).div_(std).numpy()
+
+
+def jittor_scheduler_rates(
+    epochs: int, t_max: int, eta_min: float = 0.0, base: float = 1.0
+) -> list[float]:
+    """The rate of every epoch of a loop that steps Jittor's own CosineAnnealingLR
+    after each epoch, as the challenge solution's few_lp.py and train_dog.py do."""
+    from jittor.lr_scheduler import CosineAnnealingLR
+
+    class Optimizer:
+        lr, param_groups = base, [{}]
+
+    opt = Optimizer()
+    sched = CosineAnnealingLR(opt, t_max, eta_min)
+    rates = []
+    for _ in range(epochs):
+        rates.append(opt.lr)
+        sched.step()
+    return rates

@@ -221,3 +221,23 @@ def test_input_errors(data, tmp_path):
         ex.train_expert(backbone, only_broken, *none, CLASS_IDS, **SIZES)
     with pytest.raises(weights.WeightsError, match="no expert"):
         ex.DomainExpert.load(tmp_path / "nothing", data["backbone"])
+
+
+def test_challenge_recipe_schedule_and_last_epoch():
+    from _reference import jittor_scheduler_rates
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(12, 3, 8)).astype(np.float32)
+    labels = np.arange(12) % 3
+    val = (rng.normal(size=(6, 8)).astype(np.float32), np.arange(6) % 3)
+    recipe = dict(
+        epochs=8, lr=1e-2, weight_decay=0.0, schedule="jittor-cosine", t_max=3, eta_min=1e-5
+    )
+    best, history, epoch = ex.fit_head(feats, labels, *val, 3, select="last", **recipe)
+    rates = jittor_scheduler_rates(8, 3, 1e-5, base=1e-2)
+    np.testing.assert_allclose([h["lr"] for h in history], rates, rtol=1e-9)
+    assert epoch == 8 and "val_acc" in history[0]  # validated, but the last epoch is kept
+    no_val = ex.fit_head(feats, labels, np.zeros((0, 8), np.float32), np.zeros(0, int), 3, **recipe)
+    np.testing.assert_array_equal(best["head.weight"], no_val[0]["head.weight"])
+    decayed = ex.fit_head(feats, labels, *val, 3, select="last", **{**recipe, "weight_decay": 0.5})
+    assert not np.allclose(decayed[0]["head.weight"], best["head.weight"])

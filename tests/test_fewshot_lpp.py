@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")  # before Jittor, as the project asks
 
 import numpy as np  # noqa: E402
+from _reference import jittor_scheduler_rates  # noqa: E402
 from test_fewshot_planted import accuracy, planted  # noqa: E402
 
 from fewshot.lpp import CHALLENGE, LPPlusPlus, lpp_init  # noqa: E402
@@ -137,23 +138,6 @@ def test_best_epoch_is_chosen_on_validation_with_ties_going_to_the_later_epoch()
     assert e == m.best_epoch
     np.testing.assert_allclose(m.W, W, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(m.alpha, alpha, rtol=1e-5)
-
-
-def jittor_scheduler_rates(epochs: int, t_max: int, eta_min: float = 0.0) -> list[float]:
-    """The rate of every epoch (base 1) of a loop that steps Jittor's own CosineAnnealingLR
-    after each epoch, as the challenge solution's few_lp.py and train_dog.py do."""
-    from jittor.lr_scheduler import CosineAnnealingLR
-
-    class Optimizer:
-        lr, param_groups = 1.0, [{}]
-
-    opt = Optimizer()
-    sched = CosineAnnealingLR(opt, t_max, eta_min)
-    rates = []
-    for _ in range(epochs):
-        rates.append(opt.lr)
-        sched.step()
-    return rates
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,9 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official ConvNeXt-V2 evaluation resizes bicubic; the challenge solution used Jittor's
+# transform.Resize, whose default is bilinear (train_dog.py, test.py).
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 def _normalise(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -21,24 +24,25 @@ def _normalise(img: Image.Image, mean: Sequence[float], std: Sequence[float]) ->
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Resize to size x size (bicubic, aspect not kept) and normalise: deterministic."""
+    """Resize to size x size (aspect not kept) and normalise: deterministic."""
 
     size: int = 384
+    resample: str = "bicubic"  # or "bilinear" (RESAMPLE)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        img = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
+        img = img.convert("RGB").resize((self.size, self.size), RESAMPLE[self.resample])
         return _normalise(img, self.mean, self.std)
 
     def describe(self) -> str:
         """Identity for feature-cache keys (pipeline/features.py)."""
-        return f"convnextv2-eval:resize{self.size}sq:bicubic:mean{self.mean}:std{self.std}"
+        return f"convnextv2-eval:resize{self.size}sq:{self.resample}:mean{self.mean}:std{self.std}"
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Resize to resize x resize (bicubic) -> random crop x crop -> random horizontal flip.
+    """Resize to resize x resize -> random crop x crop -> random horizontal flip.
 
     The randomness comes only from the numpy Generator passed in, so a seed fixes every view.
     """
@@ -46,6 +50,7 @@ class TrainTransform:
     resize: int = 320
     crop: int = 280
     flip: bool = True
+    resample: str = "bicubic"  # or "bilinear" (RESAMPLE)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -58,7 +63,7 @@ class TrainTransform:
 
     def resize_image(self, img: Image.Image) -> Image.Image:
         """The deterministic first step; cache it to draw many views of one image cheaply."""
-        return img.convert("RGB").resize((self.resize, self.resize), Image.Resampling.BICUBIC)
+        return img.convert("RGB").resize((self.resize, self.resize), RESAMPLE[self.resample])
 
     def augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
         """The random steps (crop, flip) and normalisation on an image from resize_image()."""
@@ -71,16 +76,19 @@ class TrainTransform:
     def describe(self) -> str:
         """Identity of the transform (the views also depend on the seed)."""
         return (
-            f"convnextv2-train:resize{self.resize}sq:bicubic:crop{self.crop}:flip{self.flip}:"
+            f"convnextv2-train:resize{self.resize}sq:{self.resample}:crop{self.crop}:flip{self.flip}:"
             f"mean{self.mean}:std{self.std}"
         )
 
 
-def preprocess(size: int = 384) -> Callable[[Image.Image], np.ndarray]:
-    """Evaluation transform of the challenge solution: bicubic size x size, ImageNet norm."""
-    return EvalTransform(size)
+def preprocess(size: int = 384, resample: str = "bicubic") -> Callable[[Image.Image], np.ndarray]:
+    """Evaluation transform: size x size (the challenge solution: 384, bilinear), ImageNet norm."""
+    return EvalTransform(size, resample)
 
 
-def train_transform(resize: int = 320, crop: int = 280, flip: bool = True) -> TrainTransform:
-    """Training transform of the challenge solution: Resize 320 -> RandomCrop 280 -> flip."""
-    return TrainTransform(resize, crop, flip)
+def train_transform(
+    resize: int = 320, crop: int = 280, flip: bool = True, resample: str = "bicubic"
+) -> TrainTransform:
+    """Training transform: Resize 320 -> RandomCrop 280 -> flip (the challenge solution's, with
+    bilinear resizing)."""
+    return TrainTransform(resize, crop, flip, resample)

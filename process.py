@@ -7,7 +7,6 @@ with ``--shot-list``) and writes into ``$OUT_DIR/lists/``:
     train_4shot.txt   the training shots (<path> <label>, paths relative to DATA_DIR)
     val.txt           up to --val-per-class other images per class, never used for training
     split.json        what was done (seed, sources, counts)
-    train_4shot_pseudo.txt, pseudo_unseen.json   with --pseudo-unseen K (evaluation only)
 
 Then run ``bash train.sh`` and ``bash test.sh``. See docs/DATA.md.
 """
@@ -20,6 +19,7 @@ import sys
 
 from pipeline.env import ConfigError, Env, add_env_arguments
 from pipeline.lists import ListError, read_class_list, read_labeled_list
+from pipeline.settings import Settings, SettingsError
 from pipeline.split import (
     SplitError,
     make_checker,
@@ -35,14 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--shot-list", help="use this <path> <label> list as the training shots")
     ap.add_argument(
-        "--pseudo-unseen",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also hold out K seen classes per domain as pseudo-unseen (evaluation only)",
+        "--shot-list",
+        help="use this <path> <label> (or <path>,<label>) list as the training shots "
+        "[the settings' shot_list]",
     )
+    ap.add_argument("--settings", help="YAML settings file, for shot_list [$SETTINGS]")
     ap.add_argument(
         "--allow-fewer",
         action="store_true",
@@ -83,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         pool = read_labeled_list(env.train_list, classes)
         if len(pool) == 0:
             raise ListError(f"{env.train_list}: no images listed")
-        common = dict(val_per_class=env.val_per_class, pseudo_unseen=args.pseudo_unseen)
-        if args.shot_list:
-            shots = read_labeled_list(args.shot_list, classes)
+        common = dict(val_per_class=env.val_per_class)
+        shot_list = args.shot_list or Settings.load(args.settings).shot_list
+        if shot_list:
+            shots = read_labeled_list(shot_list, classes)
             split = split_from_shot_list(shots, pool, classes, env.shots, env.seed, **common)
-            source = args.shot_list
+            source = shot_list
         else:
             check = None if args.no_check else make_checker(env.data_dir, env.workers)
             split = select_shots(
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "source": source,
         }
         written = write_split(split, env.lists_dir, classes, info)
-    except (ConfigError, ListError, SplitError, FileExistsError) as e:
+    except (ConfigError, ListError, SettingsError, SplitError, FileExistsError) as e:
         log.error("%s", e)
         return 2
     counts = split.train.counts(len(classes))
@@ -121,10 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         int((counts == 0).sum()),
         len(split.val),
     )
-    if split.pseudo_unseen:
-        log.info(
-            "pseudo-unseen classes: %s", ", ".join(classes.names[c] for c in split.pseudo_unseen)
-        )
     for name, path in written.items():
         log.info("wrote %s: %s", name, path)
     return 0

@@ -65,10 +65,14 @@ def _import_jittor(cpu_only: bool):
     # clash); train/test never need torch, and importing it costs seconds and memory.
     # Code that needs both imports torch first, which avoids the clash anyway.
     os.environ.setdefault("FIX_TORCH_ERROR", "0")
-    if "log_silent" not in os.environ and "log_v" not in os.environ:
+    # A user's own log_silent or log_v is left alone; ours (marked, as child processes inherit
+    # it) is set again, so that every process replaces Jittor's Python-side logger.
+    ours = os.environ.get("FEWSHOT_QUIET_JITTOR") == "1"
+    if ("log_silent" not in os.environ or ours) and "log_v" not in os.environ:
         # log_silent=1 keeps the C++ side's info and warnings quiet (its errors still show) and
         # the compile progress bars off; the Python side's logger is replaced (see above).
         os.environ["log_silent"] = "1"
+        os.environ["FEWSHOT_QUIET_JITTOR"] = "1"
         import jittor_utils
 
         jittor_utils.LOG._log = _jittor_log

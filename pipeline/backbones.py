@@ -31,10 +31,10 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def combine_views(fs: FeatureSet, flip_tta: bool) -> np.ndarray:
-    """L2-normalised features [n, d]; with flip_tta the mean of the normalised original and
-    mirrored views, normalised again."""
-    x = l2_normalize(fs["orig"])
+def combine_views(fs: FeatureSet, flip_tta: bool, view: str = "orig") -> np.ndarray:
+    """L2-normalised features [n, d] of ``view``; with flip_tta the mean of the normalised
+    original and mirrored views, normalised again."""
+    x = l2_normalize(fs[view])
     if flip_tta:
         x = l2_normalize(x + l2_normalize(fs["flip"]))
     return x
@@ -127,18 +127,19 @@ class ClipBackbone(_LazyEncoder):
         class_names: Sequence[str],
         templates: str,
         descriptions: str | None,
+        name_edits: dict[str, str] | None,
         out_dir: str | os.PathLike,
     ) -> np.ndarray:
-        """T [d, C] for ``class_names``, cached in ``out_dir/text_<name>.safetensors`` and reused
-        while the weights, the class names and the prompts are the same."""
+        """T [d, C] for ``class_names``, cached in ``out_dir/text_<name>_<templates>.safetensors``
+        and reused while the weights, the class names and the prompts are the same."""
         from fewshot.templates import class_prompts
 
-        prompts = class_prompts(class_names, templates, descriptions)
+        prompts = class_prompts(class_names, templates, descriptions, name_edits)
         key = {
             "weights": self.fingerprint(),
             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
         }
-        path = Path(out_dir) / f"text_{self.name}.safetensors"
+        path = Path(out_dir) / f"text_{self.name}_{templates}.safetensors"
         if path.is_file():
             try:
                 tensors, info = weights.load(path, expect_family=TEXT_FAMILY)

@@ -50,9 +50,50 @@ def load_head(path: Path, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray]
     return arrays, info
 
 
-def _j(x):
+def _j(x):  # JSON for numpy scalars and arrays
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _model_class(method: str):
+    from fewshot.amu import AMUTuning
+    from fewshot.lpp import LPPlusPlus
+    from fewshot.tip_adapter import TipAdapterF
+
+    return {"lpp": LPPlusPlus, "tip": TipAdapterF, "amu": AMUTuning}[method]
+
+
+def save_models(
+    heads_dir: Path, models: dict[str, dict[str, Any]], info: dict[str, dict[str, Any]]
+) -> None:
+    """Save a fitted seen-class head (method -> backbone -> model, pipeline.scores.fit_head);
+    ``info[backbone]`` is recorded with each model (what it was trained with)."""
+    for method, by_backbone in models.items():
+        for b, model in by_backbone.items():
+            save_head(
+                head_path(heads_dir, method, b), model.state_dict(), {**model.info(), **info[b]}
+            )
+
+
+def load_models(
+    heads_dir: Path, methods: tuple[str, ...], expect: dict[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The saved models of ``methods`` for every backbone of ``expect`` (backbone -> what its
+    models must have been trained with); returns (method -> backbone -> model, their infos)."""
+    from dataclasses import fields
+
+    models: dict[str, dict[str, Any]] = {}
+    infos = []
+    for method in methods:
+        cls = _model_class(method)
+        for b, wanted in expect.items():
+            arrays, info = load_head(head_path(heads_dir, method, b), wanted)
+            config_type = type(cls().config)
+            names = {f.name for f in fields(config_type)}
+            config = config_type(**{k: v for k, v in info.get("config", {}).items() if k in names})
+            models.setdefault(method, {})[b] = cls.from_state_dict(arrays, config)
+            infos.append(info)
+    return models, infos

@@ -46,13 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(STEPS),
         help=f"comma-separated subset of {','.join(STEPS)} (default: all)",
     )
-    ap.add_argument(
-        "--pseudo-unseen",
-        type=int,
-        default=1,
-        metavar="K",
-        help="seen classes per domain held out for the routing evaluation (default 1)",
-    )
     args = ap.parse_args(argv)
     setup_logging()
     steps = [s for s in args.steps.split(",") if s]
@@ -63,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if not env.get("DATA_DIR"):
         prepare_demo(env, int(env.get("SEED", "0")))
-    env.setdefault("PROCESS_ARGS", f"--pseudo-unseen {args.pseudo_unseen}")
     commands = {
-        "process": [sys.executable, "process.py", *env["PROCESS_ARGS"].split()],
+        "process": [sys.executable, "process.py"],
         "train": ["bash", "train.sh"],
         "test": ["bash", "test.sh"],
         "eval": ["bash", "test.sh", "--eval"],

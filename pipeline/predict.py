@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
 
 from models.fileio import write_text_atomic
+from pipeline.backbones import combine_views
 from pipeline.cascade import STAGE_NAMES, CascadeResult
 from pipeline.env import Env
 from pipeline.lists import list_test_images
+from pipeline.scores import head_scores, run_stages, stage1_scores
 from pipeline.settings import Settings
 from pipeline.submission import validate_result, write_result, write_warnings
 from pipeline.workspace import Workspace
@@ -22,18 +27,58 @@ def stage_counts(result: CascadeResult) -> dict[str, int]:
     return {name: int((result.stage == i).sum()) for i, name in enumerate(STAGE_NAMES)}
 
 
+def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult, tuple, Any]:
+    """The trained cascade on ``paths``: (result, undecodable images, the choice)."""
+    choice, models, seen, _ = ws.load_cascade()
+    s = ws.settings
+    views = ("orig", "flip") if choice.flip_tta else ("orig",)
+    sets, failed = ws.clip_views(paths, label, views)
+    X = {b: combine_views(fs, choice.flip_tta) for b, fs in sets.items()}
+    aux: Optional[np.ndarray] = None
+    if choice.seen_head == "amu":
+        from models.convnext import preprocess
+
+        pre = preprocess(s.expert_eval_size, s.expert_resample)
+        aux, _ = ws.convnext_features(paths, label, pre, normalize=True)
+    with ws.timed("stage 2 (seen-class head)"):
+        seen_scores = head_scores(models, X, s.lpp_fusion, aux)
+    stage1 = None
+    C = ws.classes.num_classes
+    if s.unseen_stage and np.setdiff1d(np.arange(C), seen).size:
+        T = ws.text_classifiers("bare" if choice.inmap_prompts == "bare" else "templates")
+        log.info("stage 1: InMaP %s on %d images", choice.stage1, len(paths))
+        with ws.timed("stage 1 (InMaP)"):
+            stage1 = stage1_scores(X, T, choice.stage1, s.inmap_fusion)
+    with ws.timed("load expert"):
+        expert = ws.load_expert()
+    if expert is None:
+        return (
+            run_stages(choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen),
+            failed,
+            choice,
+        )
+
+    def expert_logits(rows: np.ndarray) -> np.ndarray:
+        with ws.timed("stage 3 (expert)"):
+            feats, _ = ws.convnext_features(
+                [paths[i] for i in rows], f"{label}-expert", expert.preprocess
+            )
+            return expert.logits(feats)
+
+    result = run_stages(
+        choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen, expert.class_ids,
+        expert_logits,
+    )  # fmt: skip
+    return result, failed, choice
+
+
 def predict(env: Env, settings: Settings) -> Path:
     """Run the cascade on every image of TEST_DIR and write result.txt (validated)."""
     ws = Workspace.open(env, settings)
     names = list_test_images(env.test_dir)
     paths = [str(Path(env.test_dir) / n) for n in names]
     log.info("%d test images in %s", len(names), env.test_dir)
-    T = ws.text_classifiers()
-    X, failed = ws.clip_features(paths, "test")
-    probes, seen = ws.load_probes()
-    with ws.timed("load expert"):
-        expert = ws.load_expert()
-    result = ws.run_stages(paths, X, T, probes, seen, expert, "test")
+    result, failed, choice = cascade(ws, paths, "test")
     write_result(env.result_path, names, result.top5)
     problems = validate_result(env.result_path, names, ws.classes.num_classes)
     if problems:
@@ -56,6 +101,7 @@ def predict(env: Env, settings: Settings) -> Path:
         "images": len(names),
         "undecodable": len(failed),
         "stages": stage_counts(result),
+        "choice": choice.as_dict(),
         "clip_loaded": {name: bb.loaded for name, bb in ws.backbones.items()},
         **ws.record(),
     }

@@ -72,34 +72,82 @@ def _timing_plot(path: Path, timings: dict[str, float]) -> None:
     plt.close(fig)
 
 
+def _board_section(board: dict) -> list[str]:
+    p = board["predicted_top1"]
+    md = ["## Predicted board score", ""]
+    md += [
+        f"Board-shaped validation ({len(board['folds'])} folds; unseen share "
+        f"{board['unseen_share']:.2f}; {board['n_test'] or 'unknown number of'} test images): "
+        f"predicted top-1 **{_fmt(p['value'])}**, 95% interval {_fmt(p['low'])} - "
+        f"{_fmt(p['high'])}.",
+        "",
+        "Chosen: " + ", ".join(f"{k} = {v}" for k, v in board["choice"].items()) + ".",
+        "",
+    ]
+    b = board["breakdown"]
+    md.append(_table(["domain", "predicted top-1"], [[k, v] for k, v in b["per_domain"].items()]))
+    md += [""]
+    md.append(
+        _table(
+            ["stage", "share of images", "predicted top-1"],
+            [
+                [k, v["share"], v["top1"] if v["top1"] is not None else float("nan")]
+                for k, v in b["per_stage"].items()
+            ],
+        )  # fmt: skip
+    )
+    if board["candidates"]:
+        md += ["", "## Candidates", ""]
+        md += [
+            "Each open choice in turn, from the challenge solution's: an option replaces the",
+            "current one only when its gain exceeds the gain's standard error.",
+            "",
+        ]
+        rows = [
+            [
+                c["choice"],
+                str(c["option"]) + (" (chosen)" if c.get("chosen") else ""),
+                c["estimate"]["value"],
+                f"{_fmt(c['estimate']['low'])} - {_fmt(c['estimate']['high'])}",
+                f"{c['gain']:+.4f} +- {c['se']:.4f}",
+            ]
+            for c in board["candidates"]
+        ]
+        md.append(_table(["choice", "option", "predicted top-1", "95% interval", "gain"], rows))
+    return md
+
+
 def write_report(
     out_dir: str | os.PathLike,
     metrics: dict,
     timings: dict[str, float],
     params: dict[str, int],
-    variants: dict[str, dict] | None = None,
+    board: dict | None = None,
     notes: list[str] | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and PNG plots into ``out_dir``; returns report.md.
 
-    metrics: the dict of pipeline.metrics.evaluate (optionally with a "pseudo_unseen" entry of
-    the same shape); timings: stage -> seconds; params: model -> parameter count;
-    variants: name -> {"top1": .., "top5": ..} for alternative stage-1 methods.
+    metrics: the dict of pipeline.metrics.cascade_metrics on the validation images (optionally
+    with "seen_heads": head -> accuracy); timings: stage -> seconds; params: model -> parameter
+    count; board: train.py's heads/cascade.json (predicted board score, candidates).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     o = metrics["overall"]
     md = ["# Evaluation report", ""]
+    if board:
+        md += _board_section(board) + [""]
+    md += ["## Validation images", ""]
     md += [f"Validation images: {o['n']}. Top-1 **{_fmt(o['top1'])}**, top-5 {_fmt(o['top5'])}."]
     md += [""]
-    md += ["## Per domain", ""]
+    md += ["### Per domain", ""]
     md.append(
         _table(
             ["domain", "images", "top-1", "top-5"],
             [[d, v["n"], v["top1"], v["top5"]] for d, v in metrics["per_domain"].items()],
         )
     )
-    md += ["", "![per domain](per_domain.png)", "", "## Per stage", ""]
+    md += ["", "![per domain](per_domain.png)", "", "### Per stage", ""]
     md.append(
         _table(
             ["stage", "images answered", "top-1", "top-5"],
@@ -110,19 +158,8 @@ def write_report(
     md += ["of owned classes that were routed there):", ""]
     md.append(_routing_table(metrics["routing"]))
     _bar_plot(out / "per_domain.png", metrics["per_domain"], "accuracy per domain")
-    if "pseudo_unseen" in metrics:
-        p = metrics["pseudo_unseen"]
-        md += ["", "## Pseudo-unseen protocol", ""]
-        md += [
-            "Some seen classes were held out of training and treated as unseen; routing to stage 1",
-            "is measured on them.",
-            "",
-        ]
-        md.append(_routing_table(p["routing"]))
-        po = p["overall"]
-        md += ["", f"Overall top-1 {_fmt(po['top1'])}, top-5 {_fmt(po['top5'])}."]
     if metrics.get("seen_heads"):
-        md += ["", "## Seen-class heads", ""]
+        md += ["", "### Seen-class heads", ""]
         md += ["Each head alone on the validation images of the seen classes (no routing):", ""]
         md.append(
             _table(
@@ -130,25 +167,6 @@ def write_report(
                 [[k, v["n"], v["top1"], v["top5"]] for k, v in metrics["seen_heads"].items()],
             )
         )
-    if variants:
-        md += ["", "## Stage-1 variants", ""]
-        md.append(
-            _table(
-                ["variant", "top-1", "top-5", "unseen recall", "unseen precision"],
-                [
-                    [
-                        k,
-                        v.get("top1", float("nan")),
-                        v.get("top5", float("nan")),
-                        v.get("unseen_recall", float("nan")),
-                        v.get("unseen_precision", float("nan")),
-                    ]
-                    for k, v in variants.items()
-                ],
-            )
-        )
-        _bar_plot(out / "variants.png", variants, "stage-1 variants")
-        md += ["", "![variants](variants.png)"]
     md += ["", "## Timings", ""]
     md.append(_table(["stage", "seconds"], [[k, round(v, 3)] for k, v in timings.items()]))
     _timing_plot(out / "timings.png", timings)
@@ -160,7 +178,7 @@ def write_report(
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     (out / "metrics.json").write_text(
         json.dumps(
-            {"metrics": metrics, "timings": timings, "params": params, "variants": variants},
+            {"metrics": metrics, "timings": timings, "params": params, "board": board},
             indent=2,
             default=float,
         )

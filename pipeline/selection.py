@@ -1,59 +1,222 @@
-"""Choices of the cascade made on labelled validation features: the stage-1 variant, compared on
-the validation split with pseudo-unseen classes (held out of training to play the unseen ones).
+"""Every choice of the cascade made on the board-shaped validation (pipeline.validation).
+
+The search starts from the challenge solution's choices (``Choice.challenge``, with what the
+settings pin) and visits the open choices one after the other (pipeline.settings.CHOICE_OPTIONS
+order): every option of the choice is run on the same validation batches, and an option
+replaces the current one only when its paired gain in predicted top-1 exceeds the gain's
+standard error, so noise does not pick. Each fold trains its own seen-class heads without its
+held-out block; heads, stage-1 scores and whole runs are computed once and reused.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.cascade import UNSEEN, run_cascade
-from pipeline.metrics import accuracy, routing
-from pipeline.scores import DEFAULT_STAGE1, STAGE1_CANDIDATES, stage1_scores, stage2_scores
-from pipeline.settings import Settings
+from pipeline import validation
+from pipeline.scores import Choice, fit_head, head_scores, run_stages, stage1_scores
+from pipeline.settings import CHOICE_OPTIONS, Settings
 
 log = logging.getLogger(__name__)
 
 
-def compare_stage1(
-    settings: Settings,
-    num_classes: int,
-    T: dict[str, np.ndarray],
-    X: dict[str, np.ndarray],
-    y: np.ndarray,
-    probes: dict[str, Any],
-    seen: np.ndarray,
-) -> dict[str, dict[str, float]]:
-    """Cascade accuracy (stages 1-2) and unseen routing of every stage-1 candidate on labelled
-    features X, with the probes trained on ``seen`` (some classes held out as pseudo-unseen)."""
-    unseen = np.setdiff1d(np.arange(num_classes), seen)
-    seen_scores = stage2_scores(X, probes, settings.lpp_fusion)
-    results = {}
-    for name, (variant, params) in STAGE1_CANDIDATES.items():
-        all_scores = stage1_scores(X, T, variant, params, settings.inmap_fusion)
-        r = run_cascade(all_scores, unseen, seen_scores, seen)
-        acc, rt = accuracy(r.top5, y), routing(r.stage, y, UNSEEN, unseen)
-        results[name] = {
-            "top1": acc.top1,
-            "top5": acc.top5,
-            "unseen_precision": rt.precision,
-            "unseen_recall": rt.recall,
-            "stage1_top1": float((all_scores.argmax(1) == y).mean()),
-        }
-        log.info(
-            "stage-1 candidate %-18s cascade top-1 %.4f, unseen recall %.3f precision %.3f",
-            name,
-            acc.top1,
-            rt.recall,
-            rt.precision,
+@dataclass
+class ValidationData:
+    """Everything the search needs, in memory. Feature dicts are by backbone; ``train`` and
+    ``val`` by flip averaging (False/True); ``train_aug`` the shots' augmented view."""
+
+    domains: np.ndarray  # [C] domain of every class id
+    seen: np.ndarray
+    unseen: np.ndarray  # real unseen class ids (no shot, no validation image)
+    train: dict[bool, dict[str, np.ndarray]]
+    train_aug: Optional[dict[str, np.ndarray]]
+    train_y: np.ndarray
+    val: dict[bool, dict[str, np.ndarray]]
+    val_y: np.ndarray
+    text: dict[str, dict[str, np.ndarray]]  # prompt set ("bare", "templates") -> T [d, C]
+    expert_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # [n_val, K] expert logits where known (rows of expert classes), else zeros: a non-expert
+    # image routed to the expert is wrong whatever the expert says
+    expert_logits: Optional[np.ndarray] = None
+    aux: Optional[tuple[np.ndarray, np.ndarray]] = None  # ConvNeXt features (shots, val)
+
+
+@dataclass
+class Run:
+    """One cascade configuration on every fold: per-image correctness and answering stage."""
+
+    top1: list[np.ndarray]
+    top5: list[np.ndarray]
+    stage: list[np.ndarray]
+
+
+class Search:
+    def __init__(
+        self,
+        data: ValidationData,
+        settings: Settings,
+        share: float,
+        n_test: Optional[int],
+        seed: int,
+    ):
+        self.d, self.s, self.share, self.n_test, self.seed = data, settings, share, n_test, seed
+        self.fit_rows, score_rows = validation.split_fit_score(data.val_y)
+        self.folds = validation.make_folds(
+            data.val_y[score_rows],
+            data.domains,
+            data.seen,
+            len(data.unseen),
+            data.expert_ids,
+            folds=settings.val_folds,
+            share=share,
+            batch=n_test or len(score_rows),
+            seed=seed,
         )
-    return results
+        # Fold rows index the score rows; from here on they index the validation list.
+        self.folds = [replace(f, rows=score_rows[f.rows]) for f in self.folds]
+        self.cols = data.seen  # real unseen classes have no validation image: left out
+        self._memo: dict[tuple, Any] = {}
 
+    def _once(self, key: tuple, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
-def select_stage1(results: dict[str, dict[str, float]]) -> str:
-    """The candidate with the best cascade top-1 (ties: the default, then the first)."""
-    chosen = max(results, key=lambda k: (results[k]["top1"], k == DEFAULT_STAGE1))
-    log.info("stage 1: chose %s", chosen)
-    return chosen
+    def heads(self, f: int, choice: Choice):
+        """Seen-class head of fold f, trained without its held-out block."""
+        d, fold = self.d, self.folds[f]
+        seen_f = np.setdiff1d(d.seen, fold.held_out)
+        index = np.full(len(d.domains), -1, np.int64)
+        index[seen_f] = np.arange(seen_f.size)
+
+        def fit():
+            shots = d.train_aug if choice.lpp_views == "aug" else d.train[choice.flip_tta]
+            m = index[d.train_y] >= 0
+            fit_rows = self.fit_rows[index[d.val_y[self.fit_rows]] >= 0]
+            X = {b: v[m] for b, v in shots.items()}
+            T = {b: t[:, seen_f] for b, t in d.text["templates"].items()}
+            Xv = {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()}
+            aux = None if d.aux is None else (d.aux[0][m], d.aux[1][fit_rows])
+            return fit_head(
+                choice.seen_head, self.s, X, index[d.train_y[m]], T,
+                (Xv, index[d.val_y[fit_rows]]), aux, self.seed,
+            )  # fmt: skip
+
+        key = ("heads", f, choice.seen_head, choice.flip_tta, choice.lpp_views)
+        return self._once(key, fit), seen_f
+
+    def stage1(self, f: int, choice: Choice) -> Optional[np.ndarray]:
+        if not self.s.unseen_stage or not self.folds[f].held_out.size:
+            return None
+        rows = self.folds[f].rows
+        prompts = "bare" if choice.inmap_prompts == "bare" else "templates"
+
+        def compute():
+            X = {b: v[rows] for b, v in self.d.val[choice.flip_tta].items()}
+            T = {b: t[:, self.cols] for b, t in self.d.text[prompts].items()}
+            return stage1_scores(X, T, choice.stage1, self.s.inmap_fusion)
+
+        return self._once(("stage1", f, choice.flip_tta, prompts, choice.stage1), compute)
+
+    def run(self, choice: Choice) -> Run:
+        """The cascade ``choice`` on every fold."""
+
+        def compute():
+            d, out = self.d, Run([], [], [])
+            for f, fold in enumerate(self.folds):
+                models, seen_f = self.heads(f, choice)
+                Xs = {b: v[fold.rows] for b, v in d.val[choice.flip_tta].items()}
+                aux = None if d.aux is None else d.aux[1][fold.rows]
+                s2 = head_scores(models, Xs, self.s.lpp_fusion, aux)
+                expert = None
+                if d.expert_logits is not None:
+                    expert = lambda r, rows=fold.rows: d.expert_logits[rows[r]]  # noqa: E731
+                r = run_stages(
+                    choice, self.s.lpp_fusion, self.stage1(f, choice), self.cols, s2, seen_f,
+                    d.expert_ids if expert else None, expert,
+                )  # fmt: skip
+                y = d.val_y[fold.rows]
+                out.top1.append(r.top1 == y)
+                out.top5.append((r.top5 == y[:, None]).any(1))
+                out.stage.append(r.stage)
+            return out
+
+        return self._once(("run", *choice.as_dict().values()), compute)
+
+    def estimate(self, choice: Choice) -> dict[str, float]:
+        run = self.run(choice)
+        return validation.predict(
+            run.top1, [f.unseen for f in self.folds], self.share, self.n_test, self.seed
+        )
+
+    def search(self) -> dict[str, Any]:
+        """The chosen configuration, every candidate's estimate and the chosen one's
+        prediction with its breakdown (JSON-ready)."""
+        current = Choice.challenge().pinned(self.s)
+        unseen = [f.unseen for f in self.folds]
+        candidates = []
+        for name, options in CHOICE_OPTIONS.items():
+            if getattr(self.s, name) is not None:
+                continue  # pinned by the settings
+            options = [o for o in options if o != "amu" or self.s.amu]
+            base = self.run(current)
+            best, best_gain = getattr(current, name), 0.0
+            for option in options:
+                cand = replace(current, **{name: option})
+                gain, se = validation.paired_gain(
+                    self.run(cand).top1, base.top1, unseen, self.share, self.seed
+                )
+                row = {"choice": name, "option": option, "estimate": self.estimate(cand)}
+                row.update(gain=gain, se=se, baseline=option == getattr(current, name))
+                candidates.append(row)
+                log.info(
+                    "%s=%s: predicted top-1 %.4f, gain %+.4f (se %.4f)",
+                    name, option, row["estimate"]["value"], gain, se,
+                )  # fmt: skip
+                if gain > se and gain > best_gain:
+                    best, best_gain = option, gain
+            for row in candidates:
+                if row["choice"] == name:
+                    row["chosen"] = row["option"] == best
+            current = replace(current, **{name: best})
+        return {
+            "choice": current.as_dict(),
+            "predicted_top1": self.estimate(current),
+            "breakdown": self.breakdown(current),
+            "candidates": candidates,
+            "folds": [
+                {
+                    "held_out": f.held_out.tolist(),
+                    "images": int(f.rows.size),
+                    "held_out_images": int(f.unseen.sum()),
+                }
+                for f in self.folds
+            ],  # fmt: skip
+            "unseen_share": self.share,
+            "n_test": self.n_test,
+        }
+
+    def breakdown(self, choice: Choice) -> dict[str, Any]:
+        """Predicted top-1 per domain of the true class (held-out images count as the unseen
+        domain) and per answering stage, with the share of images each stage answers."""
+        from pipeline.cascade import STAGE_NAMES
+
+        run = self.run(choice)
+        per_domain: dict[str, list[np.ndarray]] = {}
+        for f, fold in enumerate(self.folds):
+            domains = self.d.domains[self.d.val_y[fold.rows]].astype(object)
+            domains[fold.unseen] = "unseen (held out)"
+            for dom in np.unique(domains):
+                per_domain.setdefault(str(dom), []).append(run.top1[f][domains == dom])
+        out = {"per_domain": {k: float(np.concatenate(v).mean()) for k, v in per_domain.items()}}
+        stage = np.concatenate(run.stage)
+        top1 = np.concatenate(run.top1)
+        out["per_stage"] = {
+            name: {"share": float((stage == i).mean()),
+                   "top1": float(top1[stage == i].mean()) if (stage == i).any() else None}
+            for i, name in enumerate(STAGE_NAMES)
+        }  # fmt: skip
+        return out

@@ -175,6 +175,8 @@ class Settings:
                 raise error(name, f"expected one of {options_text} or null (validation chooses)")
         if self.seen_head == "amu" and not self.amu:
             raise error("seen_head", "amu needs amu: true")
+        if self.val_unseen_share is not None and self.val_unseen_share >= 1:
+            raise error("val_unseen_share", "expected a share below 1")
         if set(self.lpp_t_max) - set(self.backbones):
             raise error("lpp_t_max", f"expected backbones of {list(self.backbones)}")
         for name, low in MINIMUM.items():

@@ -6,9 +6,7 @@ train.txt does not matter) and shuffled with ``numpy.random.default_rng([seed, c
 class independent of the others). The first ``shots`` usable images are the training shots;
 the next ``val_per_class`` are the validation images. Validation images are never shots.
 
-Optionally ``pseudo_unseen`` seen classes per domain are held out (chosen with the generator
-``[seed, 1_000_003]``): ``train_4shot_pseudo.txt`` is the shot list without them, to evaluate
-how the pipeline handles classes without training images on labelled data.
+(train.py's board-shaped validation holds classes out itself, per fold: pipeline.validation.)
 """
 
 from __future__ import annotations
@@ -34,8 +32,6 @@ from pipeline.lists import (
 
 log = logging.getLogger(__name__)
 
-# Stream id of the pseudo-unseen draw, distinct from every class id.
-_PSEUDO_STREAM = 1_000_003
 
 # Check a batch of paths; True where the image is usable (exists and decodes).
 Checker = Callable[[Sequence[str]], Sequence[bool]]
@@ -47,16 +43,10 @@ class SplitError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    """The chosen lists. ``pseudo_unseen``: held-out class ids (empty unless requested)."""
+    """The chosen lists."""
 
     train: LabeledList
     val: LabeledList
-    pseudo_unseen: tuple[int, ...] = ()
-
-    @property
-    def train_without_pseudo(self) -> LabeledList:
-        keep = ~np.isin(self.train.labels, list(self.pseudo_unseen))
-        return self.train.subset(np.flatnonzero(keep))
 
 
 def _class_order(pool: LabeledList, seed: int, num_classes: int) -> dict[int, list[int]]:
@@ -79,7 +69,6 @@ def select_shots(
     seed: int = 0,
     *,
     val_per_class: int = 20,
-    pseudo_unseen: int = 0,
     allow_fewer: bool = False,
     check: Optional[Checker] = None,
 ) -> Split:
@@ -148,26 +137,7 @@ def select_shots(
         rest = [i for i in order[c][cursor[c] :] if pool.paths[i] not in rejected_set]
         val_idx.extend(sorted(rest[:val_per_class], key=lambda i: pool.paths[i]))
 
-    held: tuple[int, ...] = ()
-    if pseudo_unseen > 0:
-        held = choose_pseudo_unseen(classes, sorted(order), pseudo_unseen, seed)
-    return Split(pool.subset(train_idx, "train_4shot"), pool.subset(val_idx, "val"), held)
-
-
-def choose_pseudo_unseen(
-    classes: ClassList, seen_ids: Sequence[int], per_domain: int, seed: int
-) -> tuple[int, ...]:
-    """``per_domain`` seen class ids of every domain (all of a domain's seen classes but one if
-    it has fewer), drawn reproducibly from ``seed``."""
-    rng = np.random.default_rng([seed, _PSEUDO_STREAM])
-    seen = np.asarray(sorted(seen_ids), np.int64)
-    held: list[int] = []
-    for d in classes.domain_names:
-        ids = seen[np.isin(seen, classes.ids_in_domain(d))]
-        k = min(per_domain, len(ids) - 1)  # keep one seen class so the domain stays trained
-        if k > 0:
-            held.extend(int(x) for x in rng.choice(ids, size=k, replace=False))
-    return tuple(sorted(held))
+    return Split(pool.subset(train_idx, "train_4shot"), pool.subset(val_idx, "val"))
 
 
 def validate_shot_list(
@@ -207,7 +177,6 @@ def split_from_shot_list(
     seed: int = 0,
     *,
     val_per_class: int = 20,
-    pseudo_unseen: int = 0,
 ) -> Split:
     """Use a given shot list; validation images are drawn (seeded, as in ``select_shots``) from
     the pool images that are not shots."""
@@ -219,19 +188,14 @@ def split_from_shot_list(
         rest = [i for i in order[c] if pool.paths[i] not in taken]
         val_idx.extend(sorted(rest[:val_per_class], key=lambda i: pool.paths[i]))
     train = LabeledList(shot_list.paths, shot_list.labels, "train_4shot")
-    held: tuple[int, ...] = ()
-    if pseudo_unseen > 0:
-        seen = np.flatnonzero(train.counts(len(classes)) > 0)
-        held = choose_pseudo_unseen(classes, seen.tolist(), pseudo_unseen, seed)
-    return Split(train, pool.subset(val_idx, "val"), held)
+    return Split(train, pool.subset(val_idx, "val"))
 
 
 def write_split(
     split: Split, lists_dir: PathLike, classes: ClassList, info: dict
 ) -> dict[str, Path]:
-    """Write the lists atomically into ``lists_dir``: train_4shot.txt, val.txt, split.json and,
-    with pseudo-unseen classes, train_4shot_pseudo.txt and pseudo_unseen.json. Returns the paths
-    by name."""
+    """Write the lists atomically into ``lists_dir``: train_4shot.txt, val.txt and split.json.
+    Returns the paths by name."""
     d = Path(lists_dir)
     d.mkdir(parents=True, exist_ok=True)
     out = {"train": d / "train_4shot.txt", "val": d / "val.txt", "info": d / "split.json"}
@@ -241,26 +205,6 @@ def write_split(
         raise SplitError(f"{len(overlap)} image(s) in both training and validation lists")
     write_labeled_list(out["train"], split.train)
     write_labeled_list(out["val"], split.val)
-    if split.pseudo_unseen:
-        out["train_pseudo"] = d / "train_4shot_pseudo.txt"
-        out["pseudo_unseen"] = d / "pseudo_unseen.json"
-        write_labeled_list(out["train_pseudo"], split.train_without_pseudo)
-        write_text_atomic(
-            out["pseudo_unseen"],
-            json.dumps(
-                {
-                    "class_ids": list(split.pseudo_unseen),
-                    "names": [classes.names[c] for c in split.pseudo_unseen],
-                    "note": "seen classes held out of train_4shot_pseudo.txt for evaluation; "
-                    "their validation images stay in val.txt",
-                },
-                indent=1,
-            )
-            + "\n",
-        )
-    else:  # lists of an earlier split with pseudo-unseen classes would be read as current
-        for name in ("train_4shot_pseudo.txt", "pseudo_unseen.json"):
-            (d / name).unlink(missing_ok=True)
     counts = split.train.counts(len(classes))
     summary = dict(info)
     summary.update(
@@ -269,20 +213,10 @@ def write_split(
             "val_images": len(split.val),
             "seen_classes": int((counts > 0).sum()),
             "unseen_classes": int((counts == 0).sum()),
-            "pseudo_unseen": list(split.pseudo_unseen),
         }
     )
     write_text_atomic(out["info"], json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return out
-
-
-def read_pseudo_unseen(lists_dir: PathLike) -> Optional[np.ndarray]:
-    """The pseudo-unseen class ids of the split in ``lists_dir``, or None when it has none."""
-    path = Path(lists_dir) / "pseudo_unseen.json"
-    if not path.is_file():
-        return None
-    ids = json.loads(path.read_text()).get("class_ids") or []
-    return np.asarray(ids, np.int64) if ids else None
 
 
 def make_checker(root: PathLike, workers: int = 4) -> Checker:

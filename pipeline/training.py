@@ -1,53 +1,64 @@
-"""train.py's work: text classifiers, LP++ probes, the domain expert, the stage-1 choice.
+"""train.py's work: the text classifiers, the domain expert, the board-shaped validation that
+makes every choice of the cascade (pipeline.selection), and the seen-class heads of the chosen
+configuration.
 
-Everything lands in ``$OUT_DIR/heads`` (safetensors + JSON) and ``$OUT_DIR/expert``; a summary in
-``$OUT_DIR/train.json``. Image features come from the feature cache, so re-running train.sh after
-an interruption recomputes nothing that was finished.
+Everything lands in ``$OUT_DIR/heads`` (safetensors + JSON, and ``cascade.json``: the choices
+and the predicted board score) and ``$OUT_DIR/expert``; a summary in ``$OUT_DIR/train.json``.
+Image features come from the feature cache, so re-running train.sh after an interruption
+recomputes nothing that was finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from models.fileio import write_text_atomic
-from pipeline import selection
+from pipeline import validation
+from pipeline.backbones import combine_views
 from pipeline.env import Env
-from pipeline.heads import head_path, save_head
-from pipeline.lists import LabeledList, ListError, seen_class_ids
-from pipeline.scores import STAGE1_FILE
+from pipeline.heads import save_models
+from pipeline.lists import LabeledList, ListError, list_test_images, seen_class_ids
+from pipeline.scores import CHOICE_FILE, Choice, fit_head, stage1_scores
+from pipeline.selection import Search, ValidationData
 from pipeline.settings import Settings
-from pipeline.split import read_pseudo_unseen
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
 def train(env: Env, settings: Settings) -> dict[str, Any]:
-    """Fit every head; returns (and writes to train.json) a summary."""
+    """Fit everything; returns (and writes to train.json) a summary."""
     ws = Workspace.open(env, settings)
     train_list = ws.read_list(env.train_shots_list, "4-shot training")
     val_list = ws.read_list(env.val_list, "validation") if env.val_list.is_file() else None
+    C = ws.classes.num_classes
     seen = seen_class_ids(train_list, ws.classes)
+    unseen = np.setdiff1d(np.arange(C), seen)
+    log.info(
+        "%d classes: %d seen, %d unseen; %d training images, %d validation images",
+        C, seen.size, unseen.size, len(train_list), len(val_list) if val_list else 0,
+    )  # fmt: skip
     summary: dict[str, Any] = {
         "classes": str(env.classes),
         "seen_classes": int(seen.size),
-        "unseen_classes": int(ws.classes.num_classes - seen.size),
+        "unseen_classes": int(unseen.size),
         "settings": settings.as_dict(),
     }
-    log.info(
-        "%d classes: %d seen, %d unseen; %d training images, %d validation images",
-        ws.classes.num_classes,
-        seen.size,
-        ws.classes.num_classes - seen.size,
-        len(train_list),
-        len(val_list) if val_list else 0,
-    )
-    T = ws.text_classifiers()
-    Xtr, keep_tr = ws.list_features(train_list, "train")
+    if val_list is None or not len(val_list):
+        raise ListError(f"{env.val_list}: no validation images (run process.py)")
+
+    # Which views the open choices need; each is encoded once and cached.
+    flips = (True, False) if settings.flip_tta is None else (settings.flip_tta,)
+    views = ("orig", "flip") if True in flips else ("orig",)
+    aug = settings.lpp_views in (None, "aug")
+    text = {"templates": ws.text_classifiers("templates")}
+    if settings.inmap_prompts in (None, "bare"):
+        text["bare"] = ws.text_classifiers("bare")
+    train_sets, keep_tr = ws.list_views(train_list, "train", views + (("aug",) if aug else ()))
     ytr = train_list.labels[keep_tr]
     lost = np.setdiff1d(seen, ytr)
     if lost.size:
@@ -56,40 +67,64 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
             f"{env.train_shots_list}: every training image of {lost.size} class(es) failed to "
             f"decode ({names}); replace them or re-run process.py, which skips undecodable shots"
         )
-    Xval = yval = None
-    val_paths: list[str] = []
-    if val_list is not None and len(val_list):
-        Xval, keep_val = ws.list_features(val_list, "val")
-        yval = val_list.labels[keep_val]
-        val_paths = [val_list.resolve(env.data_dir)[i] for i in keep_val]
-
-    summary["lpp"], _ = fit_probes(ws, Xtr, ytr, T, Xval, yval, seen)
-    if settings.amu:
-        train_paths = [train_list.resolve(env.data_dir)[i] for i in keep_tr]
-        summary["amu"] = fit_amu(ws, train_paths, Xtr, ytr, T, val_paths, Xval, yval, seen)
-
-    pseudo = read_pseudo_unseen(env.lists_dir)
-    if pseudo is not None and Xval is not None:
-        train_pseudo = ws.read_list(env.lists_dir / "train_4shot_pseudo.txt", "pseudo-unseen")
-        Xp, keep_p = ws.list_features(train_pseudo, "train")
-        seen_p = np.setdiff1d(seen, pseudo)
-        yp = train_pseudo.labels[keep_p]
-        summary["lpp_pseudo"], probes_p = fit_probes(ws, Xp, yp, T, Xval, yval, seen_p, "pseudo")
-        with ws.timed("stage-1 selection"):
-            results = selection.compare_stage1(
-                settings, ws.classes.num_classes, T, Xval, yval, probes_p, seen_p
-            )
-        choice = {"chosen": selection.select_stage1(results), "candidates": results}
-        summary["stage1"] = choice
-        write_text_atomic(ws.heads_dir / STAGE1_FILE, json.dumps(choice, indent=1) + "\n")
-    else:
-        log.info("no pseudo-unseen classes in the split: stage 1 uses the 'challenge' variant")
-        (ws.heads_dir / STAGE1_FILE).unlink(missing_ok=True)
+    val_sets, keep_val = ws.list_views(val_list, "val", views)
+    yval = val_list.labels[keep_val]
+    val_paths = [val_list.resolve(env.data_dir)[i] for i in keep_val]
 
     expert_ids = _domain_class_ids(ws, settings.expert_domain, seen)
+    expert_logits = None
     if expert_ids.size:
-        summary["expert"] = train_expert_stage(ws, train_list, val_list, expert_ids)
+        summary["expert"], expert_logits = train_expert_stage(
+            ws, train_list, val_paths, yval, expert_ids
+        )
+    aux = None
+    if settings.amu:
+        aux = _aux_features(ws, [train_list.resolve(env.data_dir)[i] for i in keep_tr], val_paths)
 
+    n_test, share = _test_set_facts(ws, text, settings, seen)
+    data = ValidationData(
+        domains=ws.classes.domain_array,
+        seen=seen,
+        unseen=unseen,
+        train={f: {b: combine_views(s, f) for b, s in train_sets.items()} for f in flips},
+        train_aug={b: combine_views(s, False, "aug") for b, s in train_sets.items()}
+        if aug
+        else None,
+        train_y=ytr,
+        val={f: {b: combine_views(s, f) for b, s in val_sets.items()} for f in flips},
+        val_y=yval,
+        text=text,
+        expert_ids=expert_ids,
+        expert_logits=expert_logits,
+        aux=aux,
+    )
+    with ws.timed("validation and choices"):
+        result = Search(data, settings, share, n_test, env.seed).search()
+    choice = Choice(**result["choice"])
+    p = result["predicted_top1"]
+    log.info("chosen: %s", result["choice"])
+    log.info(
+        "predicted board top-1 %.4f (95%% interval %.4f-%.4f)", p["value"], p["low"], p["high"]
+    )
+
+    with ws.timed("seen-class head"):
+        shots = data.train_aug if choice.lpp_views == "aug" else data.train[choice.flip_tta]
+        index = np.full(C, -1, np.int64)
+        index[seen] = np.arange(seen.size)
+        T = {b: t[:, seen] for b, t in text["templates"].items()}
+        val = ({b: v for b, v in data.val[choice.flip_tta].items()}, index[yval])
+        models = fit_head(choice.seen_head, settings, shots, index[ytr], T, val, aux, env.seed)
+    trained_with = {k: result["choice"][k] for k in ("flip_tta", "lpp_views", "seen_head")}
+    info = {
+        b: {**ws.head_expect(b), "seen_ids": seen.tolist(), "trained_with": trained_with}
+        for b in ws.backbones
+    }
+    save_models(ws.heads_dir, models, info)
+    result["trained_with"] = trained_with
+    write_text_atomic(ws.heads_dir / CHOICE_FILE, json.dumps(result, indent=1) + "\n")
+    summary.update(
+        {k: result[k] for k in ("choice", "predicted_top1", "breakdown", "unseen_share", "n_test")}
+    )
     summary.update(ws.record())
     write_text_atomic(env.out_dir / "train.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
@@ -104,133 +139,85 @@ def _domain_class_ids(ws: Workspace, domain: str | None, seen: np.ndarray) -> np
     return np.intersect1d(ws.classes.ids_in_domain(domain), seen)
 
 
-def _seen_index(num_classes: int, seen: np.ndarray) -> np.ndarray:
-    """Class id -> column among the seen classes (-1 for the others)."""
-    index = np.full(num_classes, -1, np.int64)
-    index[seen] = np.arange(seen.size)
-    return index
+def _test_set_facts(
+    ws: Workspace, text: dict, settings: Settings, seen: np.ndarray
+) -> tuple[Optional[int], float]:
+    """(test images, expected unseen share). The share is the settings' or the share of test
+    images that stage 1 (the challenge solution's, or as pinned) routes to unseen classes;
+    without a test folder: None, and validation.DEFAULT_UNSEEN_SHARE."""
+    C = ws.classes.num_classes
+    unseen = np.setdiff1d(np.arange(C), seen)
+    try:
+        names = list_test_images(ws.env.test_dir)
+    except ListError:
+        names = []
+    if not unseen.size:
+        return len(names) or None, 0.0
+    if settings.val_unseen_share is not None or not names or not settings.unseen_stage:
+        share = settings.val_unseen_share
+        return len(names) or None, validation.DEFAULT_UNSEEN_SHARE if share is None else share
+    choice = Choice.challenge().pinned(settings)
+    views = ("orig", "flip") if choice.flip_tta else ("orig",)
+    paths = [str(ws.env.test_dir / n) for n in names]
+    sets, _ = ws.clip_views(paths, "test", views)
+    X = {b: combine_views(s, choice.flip_tta) for b, s in sets.items()}
+    prompts = "bare" if choice.inmap_prompts == "bare" and "bare" in text else "templates"
+    with ws.timed("stage 1 on the test set"):
+        s1 = stage1_scores(X, text[prompts], choice.stage1, settings.inmap_fusion)
+    share = float(np.isin(s1.argmax(1), unseen).mean())
+    log.info(
+        "stage 1 routes %.1f%% of the %d test images to unseen classes", 100 * share, len(names)
+    )
+    if share <= 0:
+        log.warning("stage 1 routes no test image: validating with the default unseen share")
+        share = validation.DEFAULT_UNSEEN_SHARE
+    return len(names), share
 
 
-def fit_probes(
-    ws: Workspace,
-    Xtr: dict[str, np.ndarray],
-    ytr: np.ndarray,
-    T: dict[str, np.ndarray],
-    Xval: dict[str, np.ndarray] | None,
-    yval: np.ndarray | None,
-    seen: np.ndarray,
-    tag: str = "",
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One LP++ probe per backbone over the ``seen`` classes; validation (restricted to seen
-    classes) selects the epoch. Saved to heads/lpp_<backbone>[_tag].safetensors; returns
-    (summary, the probes by backbone)."""
-    from fewshot.lpp import LPPlusPlus
-
-    s = ws.settings
-    index = _seen_index(ws.classes.num_classes, seen)
-    mask_tr = index[ytr] >= 0
-    out, probes = {}, {}
-    for name in ws.backbones:
-        val = None
-        if Xval is not None:
-            mv = index[yval] >= 0
-            if mv.any():
-                val = (Xval[name][mv], index[yval[mv]])
-        with ws.timed(f"lpp {name}{' ' + tag if tag else ''}"):
-            probe = LPPlusPlus(epochs=s.lpp_epochs, learn_alpha=s.lpp_learn_alpha).fit(
-                Xtr[name][mask_tr], index[ytr[mask_tr]], T[name][:, seen], val=val
-            )
-        info = probe.info()
-        info.update(ws.head_expect(name))
-        info.update({"backbone": name, "seen_ids": seen.tolist(), "tag": tag})
-        if probe.val_history is not None:
-            info["val_accuracy"] = float(probe.val_history[probe.best_epoch])
-        save_head(head_path(ws.heads_dir, "lpp", name, tag), probe.state_dict(), info)
-        log.info(
-            "LP++ %s%s: best epoch %s, validation accuracy %s",
-            name,
-            f" ({tag})" if tag else "",
-            probe.best_epoch,
-            f"{info['val_accuracy']:.4f}" if "val_accuracy" in info else "n/a",
-        )
-        out[name] = {k: info[k] for k in ("best_epoch", "alpha0") if k in info}
-        out[name]["val_accuracy"] = info.get("val_accuracy")
-        probes[name] = probe
-    return out, probes
-
-
-def fit_amu(
-    ws: Workspace,
-    train_paths: list[str],
-    Xtr: dict[str, np.ndarray],
-    ytr: np.ndarray,
-    T: dict[str, np.ndarray],
-    val_paths: list[str],
-    Xval: dict[str, np.ndarray] | None,
-    yval: np.ndarray | None,
-    seen: np.ndarray,
-) -> dict[str, Any]:
-    """AMU-Tuning on the first CLIP backbone with ConvNeXt-V2 auxiliary features (the expert's
-    evaluation view), over the seen classes; validation selects the epoch. Saved to
-    heads/amu_<backbone>.safetensors."""
-    from fewshot.amu import AMUTuning
+def _aux_features(ws: Workspace, train_paths: list[str], val_paths: list[str]):
+    """ConvNeXt-V2 features (the expert's evaluation view), for AMU-Tuning."""
     from models.convnext import preprocess
 
-    name = ws.settings.backbones[0]
-    pre = preprocess(ws.settings.expert_eval_size)
-    index = _seen_index(ws.classes.num_classes, seen)
-    Atr, _ = ws.convnext_features(train_paths, "train", pre, normalize=True)
-    m = index[ytr] >= 0
-    val = None
-    if val_paths:
-        Aval, _ = ws.convnext_features(val_paths, "val", pre, normalize=True)
-        mv = index[yval] >= 0
-        val = (Xval[name][mv], Aval[mv], index[yval[mv]])
-    with ws.timed(f"amu {name}"):
-        amu = AMUTuning(seed=ws.env.seed).fit(
-            Xtr[name][m], Atr[m], index[ytr[m]], T[name][:, seen], val=val
-        )
-    info = amu.info()
-    info.update(ws.head_expect(name))
-    info.update(
-        {"backbone": name, "aux_weights": ws.convnext.fingerprint(), "seen_ids": seen.tolist()}
-    )
-    save_head(head_path(ws.heads_dir, "amu", name), amu.state_dict(), info)
-    log.info("AMU-Tuning %s + ConvNeXt-V2 auxiliary: best epoch %s", name, info["best_epoch"])
-    return {"backbone": name, "best_epoch": info["best_epoch"]}
+    pre = preprocess(ws.settings.expert_eval_size, ws.settings.expert_resample)
+    tr, _ = ws.convnext_features(train_paths, "train", pre, normalize=True)
+    va, _ = ws.convnext_features(val_paths, "val", pre, normalize=True)
+    return tr, va
 
 
 def train_expert_stage(
-    ws: Workspace, train_list: LabeledList, val_list: LabeledList | None, expert_ids: np.ndarray
-) -> dict[str, Any]:
-    """Fine-tune the ConvNeXt-V2 expert on the training images of its classes."""
+    ws: Workspace,
+    train_list: LabeledList,
+    val_paths: list[str],
+    yval: np.ndarray,
+    expert_ids: np.ndarray,
+) -> tuple[dict[str, Any], Optional[np.ndarray]]:
+    """Train the ConvNeXt-V2 expert on the training images of its classes, selecting on the
+    ``fit`` half of their validation images; returns its summary and its logits [n_val, K] on
+    the validation images of its classes (zeros elsewhere), for the validation."""
     from models.convnext import preprocess
     from pipeline.expert import train_expert
 
     s, env = ws.settings, ws.env
     mine = set(expert_ids.tolist())
-
-    def items(lst: LabeledList | None) -> list[tuple[str, int]]:
-        if lst is None:
-            return []
-        return [(p, int(y)) for p, y in zip(lst.resolve(env.data_dir), lst.labels) if y in mine]
-
-    val_items = items(val_list)
-    if not val_items:
-        log.warning("no validation images of the expert's classes: the last epoch is kept")
+    items = [
+        (p, int(y))
+        for p, y in zip(train_list.resolve(env.data_dir), train_list.labels)
+        if y in mine
+    ]
+    rows = np.flatnonzero(np.isin(yval, expert_ids))
+    logits = np.zeros((len(yval), expert_ids.size), np.float32)
     with ws.timed("expert"):
-        val_feats = np.zeros((0, ws.convnext.num_features), np.float32)
-        val_ids = np.zeros(0, np.int64)
-        if val_items:
-            pre = preprocess(s.expert_eval_size)
-            feats, failed = ws.convnext_features([p for p, _ in val_items], "val-expert", pre)
-            ok = np.setdiff1d(np.arange(len(val_items)), failed)
-            val_feats, val_ids = feats[ok], np.array([val_items[i][1] for i in ok], np.int64)
+        pre = preprocess(s.expert_eval_size, s.expert_resample)
+        feats, failed = ws.convnext_features([val_paths[i] for i in rows], "val-expert", pre)
+        fit, _ = validation.split_fit_score(yval)
+        sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
+        if not sel.any():
+            log.warning("no validation images of the expert's classes: the last epoch is kept")
         expert = train_expert(
             ws.convnext,
-            items(train_list),
-            val_feats,
-            val_ids,
+            items,
+            feats[sel],
+            yval[rows][sel],
             expert_ids.tolist(),
             epochs=s.expert_epochs,
             views=s.expert_views,
@@ -238,9 +225,16 @@ def train_expert_stage(
             train_resize=s.expert_train_resize,
             train_crop=s.expert_train_crop,
             eval_size=s.expert_eval_size,
+            resample=s.expert_resample,
+            weight_decay=s.expert_weight_decay,
+            schedule=s.expert_schedule,
+            t_max=s.expert_t_max,
+            eta_min=s.expert_eta_min,
+            select=s.expert_select,
         )
         expert.save(ws.expert_dir)
+        logits[rows] = expert.logits(feats)
     info = expert.info
     best = info["best_epoch"]
     val_acc = next((h.get("val_acc") for h in info["history"] if h.get("epoch") == best), None)
-    return {"best_epoch": best, "val_accuracy": val_acc}
+    return {"best_epoch": best, "val_accuracy": val_acc}, logits

@@ -146,10 +146,14 @@ def bootstrap(
 
 
 def predict(
-    correct: list[np.ndarray], unseen: list[np.ndarray], share: float, n_test: int, seed: int
+    correct: list[np.ndarray],
+    unseen: list[np.ndarray],
+    share: float,
+    n_test: int | None,
+    seed: int,
 ) -> dict[str, float]:
     """The predicted board top-1 {"value", "low", "high"} (95% interval) of per-fold
-    correctness arrays."""
+    correctness arrays, for a board of ``n_test`` images (None: the score itself)."""
     value = float(np.mean([fold_score(c, u, share) for c, u in zip(correct, unseen)]))
     reps = bootstrap(correct, unseen, share, seed=seed, n_test=n_test)
     low, high = np.percentile(reps, [2.5, 97.5])

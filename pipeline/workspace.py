@@ -1,5 +1,5 @@
 """What train.py, test.py and the evaluation share: the configuration, the class list, the
-feature cache and the encoders, the trained heads on disk, and the cascade on features.
+feature cache and the encoders, and the trained artefacts on disk.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.backbones import ClipBackbone, ConvNeXtBackbone, combine_views, l2_normalize
-from pipeline.cascade import CascadeResult, run_cascade
+from pipeline.backbones import ClipBackbone, ConvNeXtBackbone, l2_normalize
 from pipeline.env import Env
-from pipeline.features import FeatureCache
-from pipeline.heads import classes_fingerprint, head_path, load_head
+from pipeline.features import FeatureCache, FeatureSet
+from pipeline.heads import classes_fingerprint
 from pipeline.lists import ClassList, LabeledList, read_class_list, read_labeled_list
-from pipeline.scores import stage1_choice, stage1_scores, stage2_scores
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,31 +91,32 @@ class Workspace:
         return read_labeled_list(path, self.classes)
 
     # ------------------------------------------------------------------ features
-    def text_classifiers(self) -> dict[str, np.ndarray]:
+    def text_classifiers(self, prompts: str) -> dict[str, np.ndarray]:
+        """T [d, C] per backbone for the prompt set ``prompts`` ("bare", or "templates": the
+        settings' template set)."""
         s = self.settings
+        templates = s.templates if prompts == "templates" else prompts
         with self.timed("text classifiers"):
             return {
                 name: bb.text_classifier(
-                    self.classes.names, s.templates, s.descriptions, self.heads_dir
+                    self.classes.names, templates, s.descriptions, s.name_edits, self.heads_dir
                 )
                 for name, bb in self.backbones.items()
             }
 
-    def clip_features(
-        self, paths: Sequence[str], label: str
-    ) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
-        """L2-normalised features of ``paths`` from every backbone (flip-averaged with
-        ``flip_tta``), and the undecodable images (placeholder rows).
+    def clip_views(
+        self, paths: Sequence[str], label: str, views: Sequence[str]
+    ) -> tuple[dict[str, FeatureSet], tuple[int, ...]]:
+        """Raw features of ``paths`` in ``views`` ("orig", "flip", "aug") from every backbone,
+        and the undecodable images (placeholder rows).
 
         Backbones with the same preprocessing (ViT-B/32 and RN101 both take 224 px) share one
         decoding pass; each keeps its own cache entries.
         """
-        views = ("orig", "flip") if self.settings.flip_tta else ("orig",)
         groups: dict[str, list[ClipBackbone]] = {}
         for bb in self.backbones.values():
             groups.setdefault(bb.preprocess.describe(), []).append(bb)
-        X: dict[str, np.ndarray] = {}
-        failed: set[int] = set()
+        out: dict[str, FeatureSet] = {}
         with self.timed(f"features {label}"):
             for group in groups.values():
                 sets = self.cache.get(
@@ -127,22 +126,26 @@ class Workspace:
                     views,
                     batch_size=self.env.batch_size,
                     workers=self.env.workers,
+                    seed=self.env.seed,
                 )
-                for bb, fs in zip(group, sets):
-                    X[bb.name] = combine_views(fs, self.settings.flip_tta)
-                    failed.update(fs.failed)
-        return {name: X[name] for name in self.backbones}, tuple(sorted(failed))
+                out.update({bb.name: fs for bb, fs in zip(group, sets)})
+        failed = sorted(set().union(*(fs.failed for fs in out.values())))
+        return {name: out[name] for name in self.backbones}, tuple(failed)
 
-    def list_features(
-        self, items: LabeledList, label: str
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """CLIP features of a labelled list with the undecodable images dropped (with a
-        warning); returns (features by backbone, kept row indices)."""
-        X, failed = self.clip_features(items.resolve(self.env.data_dir), label)
+    def list_views(
+        self, items: LabeledList, label: str, views: Sequence[str]
+    ) -> tuple[dict[str, FeatureSet], np.ndarray]:
+        """``clip_views`` of a labelled list with the undecodable images dropped (with a
+        warning); returns (feature sets by backbone, kept row indices)."""
+        sets, failed = self.clip_views(items.resolve(self.env.data_dir), label, views)
         keep = np.setdiff1d(np.arange(len(items)), failed)
         if failed:
             log.warning("%s: %d undecodable image(s) skipped", label, len(failed))
-        return {k: v[keep] for k, v in X.items()}, keep
+        kept = {
+            b: FeatureSet({v: x[keep] for v, x in fs.features.items()}, ())
+            for b, fs in sets.items()
+        }
+        return kept, keep
 
     def convnext_features(
         self, paths: Sequence[str], label: str, preprocess: Any, normalize: bool = False
@@ -168,22 +171,35 @@ class Workspace:
             "weights": self.backbones[name].fingerprint(),
         }
 
-    def load_probes(self, tag: str = "") -> tuple[dict[str, Any], np.ndarray]:
-        """The saved LP++ probes of every backbone and the seen class ids they cover."""
-        from fewshot.lpp import LPPlusPlus
+    def load_cascade(self) -> tuple[Any, dict[str, dict[str, Any]], np.ndarray, dict[str, Any]]:
+        """train.py's choices (with what the settings pin now), the seen-class head and its
+        seen class ids, and the record of heads/cascade.json."""
+        import json
 
-        probes, seen = {}, None
-        for name in self.backbones:
-            path = head_path(self.heads_dir, "lpp", name, tag)
-            arrays, info = load_head(path, self.head_expect(name))
-            probes[name] = LPPlusPlus.from_state_dict(arrays)
-            ids = np.asarray(info["seen_ids"], np.int64)
-            if seen is not None and not np.array_equal(seen, ids):
-                raise ValueError(
-                    "LP++ probes of the backbones cover different classes; re-run train"
+        from pipeline.heads import HeadError, load_models
+        from pipeline.scores import CHOICE_FILE, HEAD_METHODS, Choice
+
+        path = self.heads_dir / CHOICE_FILE
+        try:
+            record = json.loads(path.read_text())
+            choice = Choice(**record["choice"]).pinned(self.settings)
+            trained_with = record["trained_with"]
+        except FileNotFoundError:
+            raise HeadError(f"{path}: not found (run train.sh first)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise HeadError(f"{path}: unreadable ({e}); run train.sh again") from None
+        for key, value in trained_with.items():
+            if getattr(choice, key) != value:
+                raise HeadError(
+                    f"settings pin {key}={getattr(choice, key)!r}, but the heads were trained "
+                    f"with {value!r}: run train.sh again with these settings"
                 )
-            seen = ids
-        return probes, seen
+        expect = {b: self.head_expect(b) for b in self.backbones}
+        models, infos = load_models(self.heads_dir, HEAD_METHODS[choice.seen_head], expect)
+        seen = np.asarray(infos[0]["seen_ids"], np.int64)
+        if any(info["seen_ids"] != infos[0]["seen_ids"] for info in infos):
+            raise HeadError(f"{self.heads_dir}: heads of different classes; run train.sh again")
+        return choice, models, seen, record
 
     def load_expert(self):
         """The trained domain expert, or None (no expert domain, or none trained)."""
@@ -195,44 +211,3 @@ class Workspace:
             log.warning("no trained expert in %s: stage 3 is skipped", self.expert_dir)
             return None
         return DomainExpert.load(self.expert_dir, self.env.weights["convnext"])
-
-    # ------------------------------------------------------------------ the cascade
-    def run_stages(
-        self,
-        paths: list[str],
-        X: dict[str, np.ndarray],
-        T: dict[str, np.ndarray],
-        probes: dict[str, Any],
-        seen: np.ndarray,
-        expert,
-        label: str,
-    ) -> CascadeResult:
-        """All stages on the images ``paths`` with CLIP features X; the expert encodes only the
-        images routed to it (through the feature cache)."""
-        s = self.settings
-        n, C = len(paths), self.classes.num_classes
-        unseen = np.setdiff1d(np.arange(C), seen)
-        if s.unseen_stage and unseen.size:
-            name, variant, params = stage1_choice(s, self.heads_dir)
-            log.info("stage 1: InMaP %s %s on %d images", variant, params or "", n)
-            with self.timed("stage 1 (InMaP)"):
-                all_scores = stage1_scores(X, T, variant, params, s.inmap_fusion)
-        else:
-            all_scores, unseen = np.zeros((n, C), np.float32), np.zeros(0, np.int64)
-        with self.timed("stage 2 (LP++)"):
-            seen_scores = stage2_scores(X, probes, s.lpp_fusion)
-        if expert is None:
-            return run_cascade(all_scores, unseen, seen_scores, seen)
-        # Under the pseudo-unseen protocol some expert classes may be held out: it ranks the rest.
-        keep = np.isin(expert.class_ids, seen)
-
-        def expert_scores(rows: np.ndarray) -> np.ndarray:
-            with self.timed("stage 3 (expert)"):
-                feats, _ = self.convnext_features(
-                    [paths[i] for i in rows], f"{label}-expert", expert.preprocess
-                )
-                return expert.logits(feats)[:, keep]
-
-        return run_cascade(
-            all_scores, unseen, seen_scores, seen, expert.class_ids[keep], expert_scores
-        )

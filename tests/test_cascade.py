@@ -139,18 +139,42 @@ def test_report_writes_markdown_and_plots(tmp_path):
     labels = np.array([7, 2, 5, 1])
     top5 = np.array([[7, 0, 1, 2, 3], [1, 2, 0, 3, 4], [5, 4, 3, 0, 1], [0, 2, 3, 4, 5]])
     stage = np.array([UNSEEN, SEEN, EXPERT, UNSEEN])
-    metrics = cascade_metrics(
-        top5, stage, labels, np.array(["car", "a", "dog", "a"]), UNSEEN_IDS, DOG_IDS
-    )
+    domains = np.array(["car", "a", "dog", "a"])
+    metrics = cascade_metrics(top5, stage, labels, domains, UNSEEN_IDS, DOG_IDS)
+    estimate = {"value": 0.61, "low": 0.5, "high": 0.7}
+    board = {
+        "predicted_top1": estimate,
+        "choice": {"stage1": "challenge", "flip_tta": True},
+        "folds": [{}, {}],
+        "unseen_share": 0.28,
+        "n_test": 4305,
+        "breakdown": {
+            "per_domain": {"a": 0.7, "unseen (held out)": 0.3},
+            "per_stage": {
+                "unseen": {"share": 0.3, "top1": 0.4},
+                "expert": {"share": 0.0, "top1": None},
+            },
+        },
+        "candidates": [
+            {"choice": "stage1", "option": "challenge", "estimate": estimate, "gain": 0.0,
+             "se": 0.0, "chosen": True},
+            {"choice": "stage1", "option": "official-gamma0", "estimate": estimate,
+             "gain": -0.012, "se": 0.004, "chosen": False},
+        ],
+    }  # fmt: skip
     path = write_report(
         tmp_path,
         metrics,
         timings={"encode": 1.5, "inmap": 0.2},
         params={"clip": 1000, "expert": 234},
-        variants={"official": {"top1": 0.4, "top5": 0.6}},
+        board=board,
     )
     text = path.read_text()
     assert "Total parameters loaded: **1,234**" in text
     assert "| dog | 1 | 1.0000 | 1.0000 |" in text
-    for png in ("per_domain.png", "timings.png", "variants.png"):
+    assert "predicted top-1 **0.6100**, 95% interval 0.5000 - 0.7000" in text
+    assert "| stage1 | challenge (chosen) | 0.6100 | 0.5000 - 0.7000 | +0.0000 +- 0.0000 |" in text
+    assert "| stage1 | official-gamma0 | 0.6100 |" in text and "-0.0120 +- 0.0040" in text
+    assert "| unseen (held out) | 0.3000 |" in text
+    for png in ("per_domain.png", "timings.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

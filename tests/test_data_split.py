@@ -13,7 +13,6 @@ import process
 from pipeline.lists import LabeledList, ListError, parse_class_list, read_labeled_list
 from pipeline.split import (
     SplitError,
-    choose_pseudo_unseen,
     make_checker,
     select_shots,
     split_from_shot_list,
@@ -48,7 +47,6 @@ def test_shots_and_validation():
     label = dict(zip(pool.paths, pool.labels.tolist()))
     for lst in (split.train, split.val):
         assert all(label[p] == y for p, y in zip(lst.paths, lst.labels.tolist()))
-    assert split.pseudo_unseen == ()
 
 
 def test_documented_procedure():
@@ -127,20 +125,6 @@ def test_make_checker(tmp_path):
     assert check(["ok.jpg", "bad.jpg", "missing.jpg"]) == [True, False, False]
 
 
-def test_pseudo_unseen():
-    pool = make_pool()
-    split = select_shots(pool, CLASSES, 4, seed=0, pseudo_unseen=1)
-    held = split.pseudo_unseen
-    assert len(held) == 2  # one per domain with seen classes (C has none)
-    assert sum(h < 4 for h in held) == 1 and sum(4 <= h < 7 for h in held) == 1
-    reduced = split.train_without_pseudo
-    assert not set(reduced.labels.tolist()) & set(held)
-    assert len(reduced) == len(split.train) - 8
-    assert held == select_shots(pool, CLASSES, 4, seed=0, pseudo_unseen=1).pseudo_unseen
-    # a domain always keeps at least one seen class
-    assert len(choose_pseudo_unseen(CLASSES, [4, 5, 6], 5, seed=0)) == 2
-
-
 def test_user_shot_list():
     pool = make_pool()
     shots = LabeledList(
@@ -159,17 +143,13 @@ def test_user_shot_list():
 
 
 def test_write_split(tmp_path):
-    split = select_shots(make_pool(), CLASSES, 4, seed=0, val_per_class=2, pseudo_unseen=1)
+    split = select_shots(make_pool(), CLASSES, 4, seed=0, val_per_class=2)
     out = write_split(split, tmp_path / "lists", CLASSES, {"seed": 0})
     assert read_labeled_list(out["train"], CLASSES).paths == split.train.paths
     assert read_labeled_list(out["val"], CLASSES).paths == split.val.paths
-    assert len(read_labeled_list(out["train_pseudo"], CLASSES)) == len(split.train) - 8
     info = json.loads(out["info"].read_text())
     assert info["train_images"] == 28 and info["seen_classes"] == 7 and info["seed"] == 0
-    pu = json.loads(out["pseudo_unseen"].read_text())
-    assert pu["class_ids"] == list(split.pseudo_unseen)
-    assert pu["names"] == [CLASSES.names[c] for c in split.pseudo_unseen]
-    bad = split.__class__(split.train, split.train, ())
+    bad = split.__class__(split.train, split.train)
     with pytest.raises(SplitError, match="both training and validation"):
         write_split(bad, tmp_path / "x", CLASSES, {})
 
@@ -180,12 +160,11 @@ def test_write_split(tmp_path):
 def test_process_on_demo_data(tmp_path, monkeypatch):
     monkeypatch.delenv("DATA_DIR", raising=False)
     out = tmp_path / "out"
-    assert process.main(["--out-dir", str(out), "--seed", "3", "--pseudo-unseen", "1"]) == 0
+    assert process.main(["--out-dir", str(out), "--seed", "3"]) == 0
     lists = out / "lists"
     train = (lists / "train_4shot.txt").read_text()
     val = (lists / "val.txt").read_text()
     assert len(train.splitlines()) == 22 * 4 and len(val.splitlines()) == 22 * 8
-    assert (lists / "pseudo_unseen.json").exists()
     assert (out / "demo" / "TrainSet").is_dir()
     # same seed: byte-identical lists; another seed: different shots
     assert process.main(["--out-dir", str(out), "--seed", "3"]) == 0
@@ -206,3 +185,20 @@ def test_process_refuses_bad_lists(tmp_path, monkeypatch, caplog):
     assert rc == 2
     assert "train.txt:2: label 2 is not a class id" in caplog.text
     assert not (tmp_path / "o" / "lists" / "train_4shot.txt").exists()
+
+
+def test_process_takes_the_settings_shot_list_in_the_comma_form(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "TrainSet").mkdir(parents=True)
+    (data / "classes_b.txt").write_text("A_a 0\nA_b 1\nB_c 2")
+    pool = [f"TrainSet/{c}_{k}.jpg {c}" for c in (0, 1) for k in range(6)]
+    (data / "train.txt").write_text("\n".join(pool) + "\n")
+    (tmp_path / "seed.txt").write_text("TrainSet/0_5.jpg,0\nTrainSet/1_2.jpg,1\n")
+    (tmp_path / "s.yaml").write_text(f"shot_list: {tmp_path / 'seed.txt'}\n")
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("SETTINGS", str(tmp_path / "s.yaml"))
+    assert process.main(["--out-dir", str(tmp_path / "o"), "--shots", "1"]) == 0
+    lists = tmp_path / "o" / "lists"
+    assert (lists / "train_4shot.txt").read_text() == "TrainSet/0_5.jpg 0\nTrainSet/1_2.jpg 1\n"
+    assert "TrainSet/0_5.jpg" not in (lists / "val.txt").read_text()
+    assert json.loads((lists / "split.json").read_text())["source"] == str(tmp_path / "seed.txt")

@@ -465,8 +465,10 @@ jittor_utils.LOG.i("Compiling jittor_core(1/151)")
 jittor_utils.LOG.f("file libcudnn.so not found in ['/usr/local/cuda/lib64']\nsecond line")
 print("REQUESTED", device_record()["requested"], device_record()["problems"])
 """
+    # As a child of a process that set up Jittor already (log_silent inherited, and marked ours).
+    env = {**os.environ, "log_silent": "1", "FEWSHOT_QUIET_JITTOR": "1"}
     r = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "INFO models.runtime: Jittor 1.3.11.0 on the CPU (asked for cpu)" in r.stderr

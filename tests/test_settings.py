@@ -40,9 +40,12 @@ def refused(tmp_path, text: str, setting: str) -> str:
         ("descriptions: {Animal_Bee: a bee.}", "descriptions", "JSON file"),
         ("descriptions: 3", "descriptions", "JSON file"),
         ("templates: ['a photo of a {}.']", "templates", "one of"),
-        ("inmap_gamma: x", "inmap_gamma", "number"),
-        ("inmap_gamma: .nan", "inmap_gamma", "number"),
-        ("inmap_gamma: true", "inmap_gamma", "number"),
+        ("val_unseen_share: x", "val_unseen_share", "number"),
+        ("val_unseen_share: .nan", "val_unseen_share", "number"),
+        ("expert_weight_decay: true", "expert_weight_decay", "number"),
+        ("lpp_t_max: {vit: 2.5}", "lpp_t_max", "mapping"),
+        ("name_edits: {Animal_Bee: 3}", "name_edits", "mapping"),
+        ("flip_tta: auto", "flip_tta", "true or false or null"),
         ("lpp_epochs: 2.5", "lpp_epochs", "whole number"),
         ("lpp_epochs: '300'", "lpp_epochs", "whole number"),
         ("lpp_epochs: true", "lpp_epochs", "whole number"),
@@ -52,7 +55,7 @@ def refused(tmp_path, text: str, setting: str) -> str:
         ("lpp_fusion: {vit: a, rn: 1}", "lpp_fusion", "mapping"),
         ("inmap_fusion: {vit: true, rn: 1}", "inmap_fusion", "mapping"),
         ("expert_domain: 3", "expert_domain", "string"),
-        ("inmap_variant: 1", "inmap_variant", "one of"),
+        ("stage1: 1", "stage1", "string"),
     ],
 )
 def test_values_of_the_wrong_type_are_refused(tmp_path, text, setting, expected):
@@ -72,7 +75,10 @@ def test_every_field_is_type_checked(tmp_path):
         ("lpp_epochs: 0", "lpp_epochs", ">= 1"),
         ("expert_epochs: -3", "expert_epochs", ">= 1"),
         ("expert_views: 0", "expert_views", ">= 1"),
-        ("inmap_gamma: -0.5", "inmap_gamma", ">= 0"),
+        ("val_unseen_share: -0.5", "val_unseen_share", ">= 0"),
+        ("val_unseen_share: 1", "val_unseen_share", "below 1"),
+        ("expert_t_max: 0", "expert_t_max", ">= 1"),
+        ("lpp_t_max: {resnet: 5}", "lpp_t_max", "backbones"),
         ("expert_eval_size: 16", "expert_eval_size", ">= 32"),
         ("expert_train_resize: 0", "expert_train_resize", ">= 32"),
         ("expert_train_crop: 400", "expert_train_crop", "expert_train_resize (320)"),
@@ -84,7 +90,11 @@ def test_every_field_is_type_checked(tmp_path):
         ("backbones: [vit, vit]", "backbones", "twice"),
         ("backbones: [vit, resnet]", "backbones", "'resnet'"),
         ("templates: nine", "templates", "one of"),
-        ("inmap_variant: best", "inmap_variant", "one of"),
+        ("stage1: best", "stage1", "one of challenge, official-gamma0"),
+        ("seen_head: amu", "seen_head", "amu: true"),
+        ("expert_integration: mix", "expert_integration", "or null"),
+        ("lpp_schedule: step", "lpp_schedule", "one of"),
+        ("expert_select: worst", "expert_select", "one of"),
     ],
 )
 def test_values_out_of_range_are_refused(tmp_path, text, setting, expected):
@@ -95,12 +105,14 @@ def test_values_out_of_range_are_refused(tmp_path, text, setting, expected):
 def test_good_values_are_accepted_and_normalised(tmp_path):
     s = load(
         tmp_path,
-        "backbones: [vit]\nlpp_fusion: {vit: 1}\ninmap_fusion: {vit: 2}\ninmap_gamma: 1\n"
-        "flip_tta: true\nexpert_domain: null\nlpp_epochs: 2\nexpert_train_crop: 320\n",
+        "backbones: [vit]\nlpp_fusion: {vit: 1}\ninmap_fusion: {vit: 2}\nval_unseen_share: 0\n"
+        "flip_tta: true\nexpert_domain: null\nlpp_epochs: 2\nexpert_train_crop: 320\n"
+        "lpp_t_max: {vit: 7}\nstage1: official-gamma0.5\n",
     )
     assert s.backbones == ("vit",) and s.flip_tta is True and s.expert_domain is None
     assert s.lpp_fusion == {"vit": 1.0} and isinstance(s.lpp_fusion["vit"], float)
-    assert s.inmap_gamma == 1.0 and isinstance(s.inmap_gamma, float)
+    assert s.val_unseen_share == 0.0 and isinstance(s.val_unseen_share, float)
+    assert s.lpp_t_max == {"vit": 7} and s.stage1 == "official-gamma0.5"
     assert s.lpp_epochs == 2 and s.expert_train_crop == 320
     assert load(tmp_path, "") == Settings()
     assert Settings.load(None, lpp_epochs=5).lpp_epochs == 5

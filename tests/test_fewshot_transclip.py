@@ -242,6 +242,13 @@ def test_chunked_equals_unchunked():
         )
 
 
+def test_cpu_graph_kernel_equals_the_generic_ops(monkeypatch):
+    shots = shots_without(SHOTLESS)
+    fast = TC.transclip(P.X_test, P.T, shots, gamma=0.02)
+    monkeypatch.setattr(TC, "_CPU_GRAPH_KERNEL", False)  # the gather + scatter-add used on CUDA
+    np.testing.assert_allclose(TC.transclip(P.X_test, P.T, shots, gamma=0.02), fast, atol=1e-5)
+
+
 def test_choose_gamma_scores_validation_images_as_graph_nodes():
     shots = (P.X_train, P.y_train)
     gammas = (0.002, 0.02, 0.2)

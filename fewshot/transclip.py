@@ -410,7 +410,6 @@ def transclip(
     iters: int = OFFICIAL.iters,
     neighbors: int = OFFICIAL.neighbors,
     chunk: Optional[int] = None,
-    config: TransCLIPConfig = OFFICIAL,
 ) -> np.ndarray:
     """TransCLIP assignments z [n, C] (float32, rows sum to 1) for the query images.
 
@@ -421,6 +420,7 @@ def transclip(
     0 / None without). lambda_: exponent of init (None: 1 without shots, 0.5 with).
     chunk: rows per kNN block (None: automatic, bounded memory). Predict with ``z.argmax(1)``.
     """
+    config = OFFICIAL
     Xn, Tv = _check_common(query, text, iters)
     shots = _as_support(support, Xn.shape[1], Tv.shape[1])
     if shots is None and gamma not in (None, 0):
@@ -453,7 +453,6 @@ def choose_gamma(
     iters: int = OFFICIAL.iters,
     neighbors: int = OFFICIAL.neighbors,
     chunk: Optional[int] = None,
-    config: TransCLIPConfig = OFFICIAL,
 ) -> tuple[float, dict[float, float]]:
     """The shot weight gamma with the best validation top-1, and the accuracy of every gamma.
 
@@ -464,6 +463,7 @@ def choose_gamma(
     scored by top-1 of the validation rows against their labels. Ties keep the earlier gamma.
     Then run :func:`transclip` on the query images with the chosen gamma.
     """
+    config = OFFICIAL
     Xn, Tv = _check_common(query, text, iters)
     d, C = Xn.shape[1], Tv.shape[1]
     shots = _as_support(support, d, C)

@@ -72,7 +72,10 @@ from fewshot._tensor import as_labels, as_numpy, as_var, forward_only, jt, one_h
 class TransCLIPConfig:
     """TransCLIP hyperparameters. Official values: TransCLIP_solver/TransCLIP.py (``max_iter``,
     ``n_neighbors``, ``std_init = 1 / d``) and TransCLIP_utils.py (``get_parameters``,
-    ``update_z``, ``init_mu``, ``update_mu``; ``prepare_objects`` for the logit scale)."""
+    ``update_z``, ``init_mu``, ``update_mu``; ``prepare_objects`` for the logit scale).
+
+    ``transclip`` / ``choose_gamma`` take iters, neighbors, lambda_ and gammas per call (defaults
+    from ``OFFICIAL``); the other fields are constants of the method, used as they are here."""
 
     iters: int = 10  # max_iter: mu/Sigma updates; z is updated iters + 1 times
     inner_iters: int = 5  # update_z max_iter

@@ -135,8 +135,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs of each; the best is reported")
     ap.add_argument("--skip-torch", action="store_true", help="time Jittor only")
     ap.add_argument("--seed", type=int, default=0)
+    add_transclip_args(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.transclip:
+        return run_transclip_cli(args)
 
     from models.runtime import jittor
 
@@ -213,6 +216,143 @@ def main() -> None:
     if not args.skip_torch:
         acc["InMaP torch"] = np.mean((X @ res["InMaP", "torch"].numpy()).argmax(1) == y_in)
     print("InMaP top-1 on the planted labels: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))
+
+
+# ---- TransCLIP: one self-contained block (bench_transclip and its CLI hooks), movable as is; ----
+# ---- it needs planted_features above and bench/_common.py.                                   ----
+
+
+def _transclip_case(name, X, T, y, run, repeats, jt):
+    """Best-of-repeats seconds of run() after one compile pass, peak RSS, top-1 before/after."""
+    import _common as BC
+
+    run(warmup=True)  # compiles every kernel at these shapes (iters=0)
+    best, z, peak, others = np.inf, None, 0.0, 0.0
+    for _ in range(repeats):
+        BC.wait_for_quiet(timeout_s=120)
+        jt.gc()
+        BC.reset_peak_rss()
+        base = BC.rss_mb()
+        with BC.Contention() as cont:
+            t0 = time.perf_counter()
+            z = run(warmup=False)
+            dt = time.perf_counter() - t0
+        if dt < best:
+            best, peak, others = dt, BC.peak_rss_mb(), cont.others_cores
+            grow = peak - base
+    return {
+        "case": name,
+        "n": X.shape[0],
+        "C": T.shape[1],
+        "s": best,
+        "peak RSS MiB": peak,
+        "+MiB": grow,
+        "other cores": others,
+        "top-1 init": float(((X @ T).argmax(1) == y).mean()),
+        "top-1 TransCLIP": float((z.argmax(1) == y).mean()),
+    }
+
+
+def bench_transclip(
+    n: int = 4305,
+    classes: int = 403,
+    d: int = 512,
+    shot_classes: int = 374,
+    shots: int = 4,
+    grow_n: tuple[int, ...] = (1000, 2000, 4000, 8000, 16000, 32000),
+    grow_classes: tuple[int, ...] = (403, 1000),
+    repeats: int = 2,
+    seed: int = 0,
+) -> list[dict]:
+    """Time fewshot.transclip on planted CLIP-like features (Jittor, CPU unless CUDA).
+
+    Board size (n images, `classes` classes of which the first `shot_classes` have `shots` shots;
+    the rest, like board B's cars, none): zero-shot; with shots at gamma 0.02; choose_gamma over
+    the 4 official gammas with one validation image set of the shots' size. Then zero-shot growth
+    with n (grow_n) for each class count (grow_classes). Each case: one compile pass (iters=0),
+    then the best of `repeats` runs, each after jt.gc() and a wait for a quiet machine; peak RSS
+    of the process during that run and its growth over the pre-run resident set. Prints a table
+    and the fitted exponents of time ~ n^b; returns the rows.
+    """
+    import _common as BC
+
+    from fewshot.transclip import choose_gamma, transclip
+    from models.runtime import jittor
+
+    jt = jittor()
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    m = shot_classes * shots
+    y = np.concatenate([rng.integers(0, classes, n), np.tile(np.arange(shot_classes), 2 * shots)])
+    X_all, T = planted_features(y, d, classes, seed)
+    X, yq = X_all[:n], y[:n]
+    S, ys, V, yv = X_all[n : n + m], y[n : n + m], X_all[n + m :], y[n + m :]
+
+    def zero(warmup):
+        return transclip(X, T, iters=0 if warmup else 10)
+
+    def few(warmup):
+        return transclip(X, T, (S, ys), gamma=0.02, iters=0 if warmup else 10)
+
+    def pick(warmup):
+        g, _ = choose_gamma(X, T, (S, ys), (V, yv), iters=0 if warmup else 10)
+        return transclip(X, T, (S, ys), gamma=g, iters=0 if warmup else 10)
+
+    rows.append(_transclip_case("zero-shot", X, T, yq, zero, repeats, jt))
+    rows.append(_transclip_case(f"{m} shots, gamma 0.02", X, T, yq, few, repeats, jt))
+    rows.append(_transclip_case(f"choose_gamma (val {len(V)}) + run", X, T, yq, pick, repeats, jt))
+    for c in grow_classes:
+        for k in grow_n:
+            yk = rng.integers(0, c, k)
+            Xk, Tk = planted_features(yk, d, c, seed + 1)
+
+            def run(warmup, Xk=Xk, Tk=Tk):
+                return transclip(Xk, Tk, iters=0 if warmup else 10)
+
+            rows.append(_transclip_case("zero-shot", Xk, Tk, yk, run, repeats, jt))
+            log.info("TransCLIP n=%d C=%d: %.2f s", k, c, rows[-1]["s"])
+
+    cols = ["case", "n", "C", "s", "peak RSS MiB", "+MiB", "other cores"]
+    cols += ["top-1 init", "top-1 TransCLIP"]
+    print(f"TransCLIP, Jittor ({BC.device_description(jt)}), d={d}")
+    print(BC.format_table(rows, cols))
+    for c in grow_classes:
+        pts = [r for r in rows[3:] if r["C"] == c]
+        if len(pts) > 1:
+            _, b = BC.fit_power_law([r["n"] for r in pts], [r["s"] for r in pts])
+            print(f"C={c}: time ~ n^{b:.2f} over n = {pts[0]['n']}..{pts[-1]['n']}")
+    return rows
+
+
+def add_transclip_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--transclip", action="store_true", help="benchmark TransCLIP only")
+    ap.add_argument(
+        "--transclip-grow",
+        default="1000,2000,4000,8000,16000,32000",
+        help="TransCLIP growth: comma-separated n (default 1k..32k)",
+    )
+    ap.add_argument(
+        "--transclip-classes", default="403,1000", help="TransCLIP growth: class counts"
+    )
+
+
+def run_transclip_cli(args: argparse.Namespace) -> None:
+    """--transclip: board size from --n, --classes, --d, --lpp-classes (shot classes), --shots."""
+    bench_transclip(
+        n=args.n,
+        classes=args.classes,
+        d=args.d,
+        shot_classes=args.lpp_classes,
+        shots=args.shots,
+        grow_n=tuple(int(v) for v in args.transclip_grow.split(",") if v),
+        grow_classes=tuple(int(v) for v in args.transclip_classes.split(",") if v),
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+
+
+# ---- end of the TransCLIP block ----
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
         log.info("stage 1: InMaP %s on %d images", choice.stage1, len(paths))
         with ws.timed("stage 1 (InMaP)"):
             stage1 = stage1_scores(X, T, choice.stage1, s.inmap_fusion)
+    if choice.transclip != "off":
+        with ws.timed("TransCLIP"):
+            stage1, seen_scores = _transclip(ws, choice, X, stage1, seen_scores, seen)
     with ws.timed("load expert"):
         expert = ws.load_expert()
     if expert is None:
@@ -70,6 +73,32 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
         expert_logits,
     )  # fmt: skip
     return result, failed, choice
+
+
+def _transclip(ws: Workspace, choice, X, stage1, seen_scores, seen):
+    """Stage scores with TransCLIP over all classes: the shots (the head's training view) as
+    support, the validation images choosing gamma; their features come from train.py's cache."""
+    from pipeline.scores import apply_transclip
+
+    env, C = ws.env, ws.classes.num_classes
+    shots = ws.read_list(env.train_shots_list, "4-shot training")
+    val = ws.read_list(env.val_list, "validation")
+    aug = choice.lpp_views == "aug"
+    flip = ("orig", "flip") if choice.flip_tta else ("orig",)
+    tr, keep_tr = ws.list_views(shots, "train", ("aug",) if aug else flip)
+    va, keep_va = ws.list_views(val, "val", flip)
+    Xs = {
+        b: combine_views(fs, not aug and choice.flip_tta, "aug" if aug else "orig")
+        for b, fs in tr.items()
+    }
+    Xv = {b: combine_views(fs, choice.flip_tta) for b, fs in va.items()}
+    ys, yv = shots.labels[keep_tr], val.labels[keep_va]
+    ms, mv = np.isin(ys, seen), np.isin(yv, seen)
+    return apply_transclip(
+        choice.transclip, X, ws.text_classifiers("templates"),
+        ({b: v[ms] for b, v in Xs.items()}, ys[ms]), ({b: v[mv] for b, v in Xv.items()}, yv[mv]),
+        stage1, seen_scores, np.arange(C), seen, ws.settings.inmap_fusion,
+    )  # fmt: skip
 
 
 def predict(env: Env, settings: Settings) -> Path:

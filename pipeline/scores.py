@@ -141,6 +141,68 @@ def head_scores(
     return fuse(per_backbone, [fusion[b] for b in fusion])
 
 
+# ------------------------------------------------------------------------------ TransCLIP
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax_np(x))
+
+
+def cascade_distribution(
+    stage1: Optional[np.ndarray], seen_scores: np.ndarray, cols: np.ndarray, seen: np.ndarray
+) -> np.ndarray:
+    """The soft version of the cascade's routing, [n, len(cols)]: stage 1's probability that an
+    image is unseen splits the mass; the unseen classes share it as stage 1 ranks them, the seen
+    classes the rest as stage 2 ranks them (stage-1 scores as CLIP logits, x100)."""
+    n = len(seen_scores)
+    out = np.zeros((n, len(cols)), np.float64)
+    at = np.searchsorted(cols, seen)
+    p2 = _softmax(seen_scores.astype(np.float64))
+    if stage1 is None:
+        out[:, at] = p2
+        return out
+    p1 = _softmax(100.0 * stage1.astype(np.float64))
+    is_unseen = ~np.isin(cols, seen)
+    p_unseen = p1[:, is_unseen].sum(1, keepdims=True)
+    out[:, is_unseen] = p1[:, is_unseen]
+    out[:, at] = (1.0 - p_unseen) * p2
+    return out
+
+
+def apply_transclip(
+    mode: str,
+    X: dict[str, np.ndarray],
+    T: dict[str, np.ndarray],
+    support: tuple[dict[str, np.ndarray], np.ndarray],
+    val: tuple[dict[str, np.ndarray], np.ndarray],
+    stage1: Optional[np.ndarray],
+    seen_scores: np.ndarray,
+    cols: np.ndarray,
+    seen: np.ndarray,
+    fusion: dict[str, float],
+) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """(stage-1 scores, stage-2 scores) with TransCLIP over the class columns ``cols``
+    (fewshot.transclip): "after" refines the cascade's soft routing (cascade_distribution) and
+    answers both stages; "stage2" only the seen classes (stage 1 routes as before); "alone" starts
+    from zero-shot CLIP instead. T: text classifiers [d, len(cols)]; support: the shots
+    (features, column indices); val: labelled images choosing gamma (with the zero-shot start,
+    as the released solver does). Per backbone, log-assignments fused with ``fusion``."""
+    from fewshot.transclip import choose_gamma, transclip
+
+    init = None if mode == "alone" else cascade_distribution(stage1, seen_scores, cols, seen)
+    logs = []
+    for b in fusion:
+        shots = (support[0][b], support[1])
+        gamma, _ = choose_gamma(X[b], T[b], shots, (val[0][b], val[1]))
+        z = transclip(X[b], T[b], shots, init=init, gamma=gamma)
+        logs.append(np.log(np.maximum(z, 1e-30)))
+    z_log = fuse(logs, [fusion[b] for b in fusion])
+    seen_log = z_log[:, np.searchsorted(cols, seen)]
+    if mode == "stage2":
+        return stage1, seen_log
+    return (z_log if stage1 is not None else None), seen_log
+
+
 # ------------------------------------------------------------------------------ the cascade
 
 

@@ -17,7 +17,14 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline import validation
-from pipeline.scores import Choice, fit_head, head_scores, run_stages, stage1_scores
+from pipeline.scores import (
+    Choice,
+    apply_transclip,
+    fit_head,
+    head_scores,
+    run_stages,
+    stage1_scores,
+)
 from pipeline.settings import CHOICE_OPTIONS, Settings
 
 log = logging.getLogger(__name__)
@@ -85,18 +92,24 @@ class Search:
             self._memo[key] = compute()
         return self._memo[key]
 
+    def shots(self, f: int, choice: Choice):
+        """(training features of fold f's seen classes in the choice's view, their mask,
+        validation fit rows of those classes, the fold's seen class ids)."""
+        d = self.d
+        seen_f = np.setdiff1d(d.seen, self.folds[f].held_out)
+        shots = d.train_aug if choice.lpp_views == "aug" else d.train[choice.flip_tta]
+        m = np.isin(d.train_y, seen_f)
+        fit_rows = self.fit_rows[np.isin(d.val_y[self.fit_rows], seen_f)]
+        return {b: v[m] for b, v in shots.items()}, m, fit_rows, seen_f
+
     def heads(self, f: int, choice: Choice):
         """Seen-class head of fold f, trained without its held-out block."""
-        d, fold = self.d, self.folds[f]
-        seen_f = np.setdiff1d(d.seen, fold.held_out)
+        d = self.d
+        X, m, fit_rows, seen_f = self.shots(f, choice)
         index = np.full(len(d.domains), -1, np.int64)
         index[seen_f] = np.arange(seen_f.size)
 
         def fit():
-            shots = d.train_aug if choice.lpp_views == "aug" else d.train[choice.flip_tta]
-            m = index[d.train_y] >= 0
-            fit_rows = self.fit_rows[index[d.val_y[self.fit_rows]] >= 0]
-            X = {b: v[m] for b, v in shots.items()}
             T = {b: t[:, seen_f] for b, t in d.text["templates"].items()}
             Xv = {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()}
             aux = None if d.aux is None else (d.aux[0][m], d.aux[1][fit_rows])
@@ -131,11 +144,14 @@ class Search:
                 Xs = {b: v[fold.rows] for b, v in d.val[choice.flip_tta].items()}
                 aux = None if d.aux is None else d.aux[1][fold.rows]
                 s2 = head_scores(models, Xs, self.s.lpp_fusion, aux)
+                s1 = self.stage1(f, choice)
+                if choice.transclip != "off":
+                    s1, s2 = self.transclip(f, choice, fold.rows, s1, s2, seen_f)
                 expert = None
                 if d.expert_logits is not None:
                     expert = lambda r, rows=fold.rows: d.expert_logits[rows[r]]  # noqa: E731
                 r = run_stages(
-                    choice, self.s.lpp_fusion, self.stage1(f, choice), self.cols, s2, seen_f,
+                    choice, self.s.lpp_fusion, s1, self.cols, s2, seen_f,
                     d.expert_ids if expert else None, expert,
                 )  # fmt: skip
                 y = d.val_y[fold.rows]
@@ -145,6 +161,24 @@ class Search:
             return out
 
         return self._once(("run", *choice.as_dict().values()), compute)
+
+    def transclip(self, f: int, choice: Choice, rows, s1, s2, seen_f):
+        """Stage scores of fold f with TransCLIP (the fold's shots as support, its fit rows
+        choosing gamma)."""
+        d = self.d
+        X, m, fit_rows, _ = self.shots(f, choice)
+        cols = self.cols
+        val = (
+            {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()},
+            np.searchsorted(cols, d.val_y[fit_rows]),
+        )
+        return apply_transclip(
+            choice.transclip,
+            {b: v[rows] for b, v in d.val[choice.flip_tta].items()},
+            {b: t[:, cols] for b, t in d.text["templates"].items()},
+            (X, np.searchsorted(cols, d.train_y[m])),
+            val, s1, s2, cols, seen_f, self.s.inmap_fusion,
+        )  # fmt: skip
 
     def estimate(self, choice: Choice) -> dict[str, float]:
         run = self.run(choice)

@@ -37,7 +37,7 @@ CHOICE_OPTIONS: dict[str, tuple] = {
     "lpp_views": ("orig", "aug"),
     "seen_head": ("lpp", "tip", "lpp+tip", "amu"),
     "expert_integration": ("switch", "fusion"),
-    "transclip": ("off",),
+    "transclip": ("off", "after", "stage2", "alone"),
 }
 
 
@@ -64,7 +64,7 @@ class Settings:
     lpp_views: Optional[str] = None  # seen head trained on "orig" or "aug"mented shot views
     seen_head: Optional[str] = None  # "lpp", "tip" (Tip-Adapter-F), "lpp+tip", "amu"
     expert_integration: Optional[str] = None  # "switch" (the expert's ranking) or "fusion"
-    transclip: Optional[str] = None  # "off"
+    transclip: Optional[str] = None  # "off", "after" the cascade, "stage2" or "alone"
 
     # Stage 1: InMaP over all classes; answers images whose top-1 class has no training image.
     unseen_stage: bool = True

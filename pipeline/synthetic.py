@@ -75,6 +75,7 @@ class DemoParams:
     seed: int = 0
     train_per_class: int = 12
     test_per_class: int = 5
+    unseen_per_class: Optional[int] = None  # test images per unseen class (None: test_per_class)
     min_size: int = 64
     max_size: int = 96
     nasty: bool = False
@@ -259,7 +260,9 @@ def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> d
             train_lines.append(f"{folder.relative_to(out).as_posix()}/{k}.jpg {c}")
     (out / "train.txt").write_text("".join(x + "\n" for x in train_lines), encoding="utf-8")
 
-    labels = np.repeat(np.arange(len(names)), params.test_per_class)
+    unseen_n = params.test_per_class if params.unseen_per_class is None else params.unseen_per_class
+    per_class = [unseen_n if d in UNSEEN_DOMAINS else params.test_per_class for d in domains]
+    labels = np.repeat(np.arange(len(names)), per_class)
     labels = labels[rng.permutation(len(labels))]
     nasty_at = {}
     if params.nasty:
@@ -270,10 +273,7 @@ def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> d
     test_lines = []
     for i, c in enumerate(labels.tolist()):
         arr = _render(styles[c], rng, *size())
-        if i in nasty_at:
-            ext, data = _nasty(nasty_at[i], arr)
-        else:
-            ext, data = ".jpg", _jpeg(arr)
+        ext, data = _nasty(nasty_at[i], arr) if i in nasty_at else (".jpg", _jpeg(arr))
         fname = f"image_{i + 1}{ext}"
         (test_dir / fname).write_bytes(data)
         test_lines.append(f"{fname} {c}")

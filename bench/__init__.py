@@ -188,7 +188,7 @@ def run_child(args: Sequence[str]) -> dict:
     dict of its RESULT line, with the load average before and after and its peak GPU memory."""
     before = load_average()
     with GpuMemory() as gpu:
-        r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
@@ -211,10 +211,12 @@ def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
-        line(row) for row in cells
-    ])  # fmt: skip
+
+    def line(vals: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), rule] + [line(row) for row in cells])
 
 
 def json_arg(ap: argparse.ArgumentParser) -> None:

@@ -215,24 +215,21 @@ def cmd_speed(args) -> list[dict]:
                     continue
                 if lib == "jittor":
                     jittor(dev)
-                t = time.perf_counter()
-                out[name, f"{lib}-{dev}"] = fn()
-                seconds = time.perf_counter() - t
                 key = (name, f"{lib}-{dev}")
-                best[key] = min(seconds, best.get(key, np.inf))
-    rows = []
+                t = time.perf_counter()
+                out[key] = fn()
+                best[key] = min(time.perf_counter() - t, best.get(key, np.inf))
+    rows, ref = [], f"jittor-{devices[0]}"
     print(f"torch {torch.get_num_threads()} threads; Jittor {jt.__version__}")
     for name, case in cases.items():
         row: dict[str, Any] = {"method": name, "size": case.size}
         row.update({f"{run} s": s for (m, run), s in best.items() if m == name})
         if (name, "torch-cpu") in out:
-            row["jittor-cpu / torch"] = best[name, "jittor-cpu"] / best[name, "torch-cpu"]
-            a, b = (case.predict(out[name, k]) for k in ("jittor-cpu", "torch-cpu"))
+            row[f"{ref} / torch"] = best[name, ref] / best[name, "torch-cpu"]
+            a, b = (case.predict(out[name, k]) for k in (ref, "torch-cpu"))
             row["same top-1 %"] = 100 * float(np.mean(a == b))
         if name.startswith("InMaP"):  # on the planted labels: is it doing its job?
-            acc = [
-                np.mean(case.predict(W) == d["y_test"]) for W in (d["T"], out[name, "jittor-cpu"])
-            ]
+            acc = [np.mean(case.predict(W) == d["y_test"]) for W in (d["T"], out[name, ref])]
             row["top-1 % zero-shot -> InMaP"] = f"{100 * acc[0]:.1f} -> {100 * acc[1]:.1f}"
         rows.append(row)
     return rows, {}

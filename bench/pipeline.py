@@ -192,7 +192,9 @@ def main() -> None:
     rows = [r for name, rec in records.items() for r in summarise(name, rec, sizes, not args.full)]
     if not args.full:
         print("'extrapolated s': the rate here times the challenge's count (an extrapolation)")
-    B.finish(args, rows, sizes=sizes, records=records)
+    from models.runtime import jittor  # the device the scripts chose (the same environment)
+
+    B.finish(args, rows, jittor(), sizes=sizes, records=records)
 
 
 if __name__ == "__main__":

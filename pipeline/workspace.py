@@ -34,6 +34,7 @@ class Workspace:
     cache: FeatureCache
     backbones: dict[str, ClipBackbone]
     timings: dict[str, float] = field(default_factory=dict)
+    loads_in: dict[str, float] = field(default_factory=dict)  # model loading inside each step
     _convnext: Optional[ConvNeXtBackbone] = None
 
     @classmethod
@@ -57,31 +58,40 @@ class Workspace:
             self._convnext = ConvNeXtBackbone(self.env.weights["convnext"])
         return self._convnext
 
+    def _load_seconds(self) -> dict[str, float]:
+        loads = {name: bb.load_seconds for name, bb in self.backbones.items()}
+        if self._convnext is not None:
+            loads["convnext"] = self._convnext.load_seconds
+        return loads
+
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
-        """Add the wall time of the block to ``timings[name]``."""
-        t = time.time()
+        """Add the wall time of the block to ``timings[name]``, and the time it spent loading
+        models to ``loads_in[name]``."""
+        t, loaded = time.time(), sum(self._load_seconds().values())
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
+            inside = sum(self._load_seconds().values()) - loaded
+            if inside:
+                self.loads_in[name] = self.loads_in.get(name, 0.0) + inside
 
     def record(self) -> dict[str, Any]:
         """What a run reports in train.json / test.json: the device and CUDA libraries, wall
-        time per step (model loads included in the step that needed them, and listed apart)
-        and the peak memory."""
+        time per step (model loads included in the step that needed them, and listed apart: per
+        model, and per step for the steps that loaded one), and the peak memory. Steps may nest
+        ("features val-expert convnext" runs inside "expert")."""
         import resource
 
         from models.runtime import device_record
 
-        loads = {name: bb.load_seconds for name, bb in self.backbones.items()}
-        if self._convnext is not None:
-            loads["convnext"] = self._convnext.load_seconds
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         return {
             "device": device_record(),
             "timings": dict(self.timings),
-            "model_load_seconds": loads,
+            "model_load_seconds": self._load_seconds(),
+            "model_load_seconds_in_steps": dict(self.loads_in),
             "peak_rss_mb": round(peak_kb / 1024, 1),
         }
 

@@ -15,8 +15,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch  # before Jittor (see docs/CONTRIBUTING.md)
+from _reference import hf_convnextv2, official_to_hf
 from PIL import Image
-from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
 
 import convert as convert_cli
 from models import convnext as cx
@@ -51,42 +51,6 @@ def strong_state_dict(config, seed: int) -> dict[str, np.ndarray]:
     return sd
 
 
-def official_to_hf(sd: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Official key names -> transformers' ConvNextV2ForImageClassification names."""
-    out = {}
-    for key, value in sd.items():
-        p = key.split(".")
-        if key.startswith("downsample_layers.0."):  # stem: conv then channels-first LN
-            name = "convnextv2.embeddings." + ("patch_embeddings", "layernorm")[int(p[2])]
-            name += "." + p[3]
-        elif key.startswith("downsample_layers."):
-            name = f"convnextv2.encoder.stages.{p[1]}.downsampling_layer.{p[2]}.{p[3]}"
-        elif key.startswith("stages."):
-            module = {"norm": "layernorm"}.get(p[3], p[3])
-            leaf = {"gamma": "weight", "beta": "bias"}.get(p[4], p[4])  # GRN, both [1,1,1,C]
-            name = f"convnextv2.encoder.stages.{p[1]}.layers.{p[2]}.{module}.{leaf}"
-        elif key.startswith("norm."):
-            name = "convnextv2.layernorm." + p[1]
-        else:
-            name = "classifier." + p[1]
-        out[name] = torch.from_numpy(value.copy())
-    return out
-
-
-def hf_model(config, sd) -> ConvNextV2ForImageClassification:
-    hc = ConvNextV2Config(
-        depths=list(config["depths"]),
-        hidden_sizes=list(config["dims"]),
-        num_stages=len(config["dims"]),
-        num_labels=config["num_classes"],
-        layer_norm_eps=1e-6,  # the official final norm; transformers defaults to 1e-12
-        hidden_act="gelu",
-    )
-    model = ConvNextV2ForImageClassification(hc).eval()
-    model.load_state_dict(official_to_hf(sd), strict=True)
-    return model
-
-
 def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 
@@ -113,7 +77,7 @@ def _pair(name: str, tmp_path_factory) -> tuple:
             config,
             sd,
             cx.load(root / f"{name}.safetensors"),
-            hf_model(config, sd),
+            hf_convnextv2(config, sd),
         )
     return _PAIRS[name]
 
@@ -166,7 +130,7 @@ def test_weights_are_strong_enough_to_catch_errors(atto):
         base = ref(x).logits.numpy()
         for key in ("stages.3.1.grn.gamma", "stages.0.0.norm.bias", "downsample_layers.2.0.bias"):
             changed = dict(sd, **{key: np.zeros_like(sd[key])})
-            other = hf_model(config, changed)(x).logits.numpy()
+            other = hf_convnextv2(config, changed)(x).logits.numpy()
             assert rel_err(other, base) > 100 * REL_TOL, key
 
 

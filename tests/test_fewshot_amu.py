@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")  # before Jittor, as the project asks
 
 import numpy as np  # noqa: E402
+from _reference import torch_amu  # noqa: E402
 from test_fewshot_planted import accuracy, planted  # noqa: E402
 
 from fewshot import amu as A  # noqa: E402
-from fewshot._batches import epoch_batches  # noqa: E402
 
 Q = planted(paired=True)
 C = Q.T.shape[1]
@@ -50,43 +50,6 @@ def test_feature_init_is_class_sum_over_n_per_class_of_view_averaged_unit_featur
     f = unit(views.mean(0))
     ref = np.stack([f[Q.y_train == c].sum(0) for c in range(C)]) / (len(Q.y_train) / C)
     np.testing.assert_allclose(A.init_aux_weight(views, Q.y_train, C), ref, rtol=1e-5, atol=1e-6)
-
-
-def torch_amu(xc, xa, y, T, epochs, batch, alpha, lam, kind, seed):
-    """Official AMU_Model forward + loss, AdamW(wd 0.01, eps 1e-4), cosine per step."""
-    xc, xa, T, y = torch.tensor(xc), torch.tensor(xa), torch.tensor(T), torch.tensor(y)
-    fa = xa / xa.norm(dim=-1, keepdim=True)
-    W0 = torch.zeros(xa.shape[1], C)
-    for i in range(len(y)):
-        W0[:, y[i]] += fa[i]
-    fc = torch.nn.Linear(xa.shape[1], C, bias=False)
-    fc.weight = torch.nn.Parameter((W0 / (len(y) / C)).t())
-    opt = torch.optim.AdamW(fc.parameters(), weight_decay=0.01, lr=1e-3, eps=1e-4)
-    steps = -(-len(y) // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        for idx, w in epoch_batches(len(y), batch, rng):
-            real = torch.tensor(idx[w > 0].astype(np.int64))
-            c, a = xc[real], xa[real]
-            c, a = c / c.norm(dim=-1, keepdim=True), a / a.norm(dim=-1, keepdim=True)
-            clip_logits = 100.0 * c @ T
-            aux = fc(a)
-            aux = (aux - aux.mean(1, keepdim=True)) / aux.std(1, keepdim=True)
-            if kind == "moment":
-                p = clip_logits.softmax(-1)
-                z = (p - p.mean(-1, keepdim=True)) / p.std(-1, keepdim=True)
-                factor = 1 / (((z**4).mean(-1, keepdim=True) / 250) ** 0.4)
-            else:
-                factor = torch.tensor(1.0)
-            logits = clip_logits + factor * aux * alpha
-            ce = torch.nn.functional.cross_entropy
-            loss = lam * ce(logits, y[real]) + (1 - lam) * ce(aux, y[real])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return fc.weight.detach().numpy()
 
 
 @pytest.mark.parametrize("kind", ["none", "moment"])

@@ -11,63 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")  # before Jittor, as the project asks
 
 import numpy as np  # noqa: E402
-from _reference import jittor_scheduler_rates  # noqa: E402
+from _reference import jittor_scheduler_rates, torch_lpp  # noqa: E402
 from test_fewshot_planted import accuracy, planted  # noqa: E402
 
 from fewshot.lpp import CHALLENGE, LPPlusPlus, lpp_init  # noqa: E402
 
 P = planted()
-
-
-def torch_lpp(
-    F, y, T, epochs, val=None, learn_alpha=True, accumulate=True, cosine=False, lrs=None,
-    b0=None, strict=False,
-):  # fmt: skip
-    """The official loop (float32, zero bias); returns (W, b, alpha, best_epoch). ``lrs``: the
-    rate of every epoch as a fraction of lr_W (another scheduler); ``b0``: the initial bias;
-    ``strict``: the earlier of equally good epochs is kept (the challenge solution's ``>``)."""
-    F, T = torch.tensor(F), torch.tensor(T)
-    y = torch.tensor(y)
-    N, C = F.shape[0], T.shape[1]
-    oh = torch.nn.functional.one_hot(y, C).float()
-    FT = F @ T
-    W = (oh.T @ F).clone().requires_grad_(True)
-    b = (torch.zeros(C) if b0 is None else torch.tensor(b0)).requires_grad_(True)
-    alpha0 = 250 * ((oh * FT).sum(0) / oh.sum(0)).mean()
-    alpha = (alpha0 * torch.ones(1, C)).requires_grad_(True)
-    lr_alpha = N / (4 * (FT**2).sum(0).max())
-    lr_w = 4 * N / np.linalg.eigvalsh((F.T @ F).double().numpy())[-1]
-    opt = torch.optim.SGD([W, b], lr_w, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if cosine else None
-    best, snap = -1.0, None
-    for epoch in range(epochs):
-        if lrs is not None:
-            opt.param_groups[0]["lr"] = lr_w * lrs[epoch]
-        logits = F @ W.T + b + torch.ones(N, 1) @ alpha * FT
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        opt.zero_grad()
-        if not accumulate and alpha.grad is not None:
-            alpha.grad = None
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if learn_alpha and (epoch + 1) % 10 == 0:
-            alpha.data -= lr_alpha * alpha.grad.data
-        if val is not None:
-            with torch.no_grad():
-                Fv = torch.tensor(val[0])
-                lv = Fv @ W.T + b + alpha * (Fv @ T)
-                acc = (lv.argmax(1).numpy() == val[1]).mean()
-            if acc > best or (acc == best and not strict):
-                best, snap = (
-                    acc,
-                    (W.detach().clone(), b.detach().clone(), alpha.detach().clone(), epoch),
-                )
-    if snap is None:
-        snap = (W.detach(), b.detach(), alpha.detach(), epochs - 1)
-    W, b, alpha, e = snap
-    return W.numpy(), b.numpy(), alpha.numpy()[0], e
 
 
 def test_init_matches_the_spec():

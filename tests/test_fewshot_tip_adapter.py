@@ -8,10 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")  # before Jittor, as the project asks
 
 import numpy as np  # noqa: E402
+from _reference import torch_tip_f  # noqa: E402
 from test_fewshot_planted import accuracy, planted  # noqa: E402
 
 from fewshot import tip_adapter as TA  # noqa: E402
-from fewshot._batches import epoch_batches  # noqa: E402
 
 P = planted()
 C = P.T.shape[1]
@@ -63,29 +63,6 @@ def test_search_matches_a_plain_loop_with_first_strict_maximum():
     # A small element budget forces several beta chunks and a padded last one.
     got = TA.search_hp(P.X_val, P.y_val, P.T, K, L, scale, step, max_elems=5 * 6 * 64 * 32)
     assert got == pytest.approx(best)
-
-
-def torch_tip_f(F, y, T, K0, L, epochs, batch, beta, alpha, seed):
-    """Official Tip-Adapter-F training (no selection), fed our seeded batch order."""
-    F, T, L = torch.tensor(F), torch.tensor(T), torch.tensor(L)
-    y = torch.tensor(y)
-    adapter = torch.nn.Linear(K0.shape[1], K0.shape[0], bias=False)
-    adapter.weight = torch.nn.Parameter(torch.tensor(K0))
-    opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3, eps=1e-4)
-    steps = -(-F.shape[0] // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        for idx, w in epoch_batches(F.shape[0], batch, rng):
-            real = torch.tensor(idx[w > 0].astype(np.int64))
-            f = F[real]
-            cache = (-(beta - beta * adapter(f))).exp() @ L
-            loss = torch.nn.functional.cross_entropy(100 * f @ T + alpha * cache, y[real])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return adapter.weight.detach().numpy()
 
 
 def test_tip_adapter_f_training_matches_torch_adamw_and_cosine():

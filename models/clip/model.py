@@ -16,7 +16,7 @@ change the result (all are exact up to float rounding):
 
 Everything runs in float32 (converted files are float32; OpenAI's fp16 only matters on GPU).
 ``model.float16()`` gives a half-precision image tower (LayerNorm and the BatchNorm statistics
-still in float32, as OpenAI's fp16 models): for GPUs, checked by bench/bench_fp16.py.
+still in float32, as OpenAI's fp16 models): for GPUs, checked by ``python -m bench.fp16``.
 """
 
 from __future__ import annotations

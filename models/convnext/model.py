@@ -9,7 +9,7 @@ is fast only in that layout (the grouped-conv pattern is handed to oneDNN; an NH
 with ``reindex`` measured 15-20x slower). Inside a block the activations are permuted once to
 channels-last rows ``[N*H*W, C]`` so that LayerNorm, the two pointwise Linear layers and GRN run
 as plain 2-D matmuls and row reductions, then permuted back before the residual add. The two
-matmuls take most of a block's time (60-80% measured, see ``python -m bench.encoders``);
+matmuls take most of a block's time (60-80% measured, ``python -m bench.encoders --layouts``);
 the permutes cost under 10%.
 
 The architecture and the official initialisation come from ``models.convnext.config``.

@@ -1,0 +1,258 @@
+"""Benchmarks (not tests): run from the repository root as ``python -m bench.NAME --help``.
+
+    encoders      CLIP ViT-B/32, RN101 and ConvNeXt-V2-base: Jittor against PyTorch
+    feature_path  decoding throughput, the GIL, time the encoders wait on decoding
+    fewshot       the few-shot methods: Jittor against PyTorch, growth with n and C
+    fp16          float16 against float32: top-1 agreement, speed, memory
+    pipeline      train.py and test.py end to end, stage by stage, from train.json / test.json
+
+Every script takes ``--json PATH`` and writes ``{"info": machine and device, "args": ...,
+"results": [rows]}`` there, for scripts that call them (bench/gpu_check.sh). This module holds
+what they share: memory (Linux ``/proc``), the machine and device, GPU memory sampled with
+nvidia-smi, the load average, tables, JSON, child processes that report one RESULT line.
+Weights are random, full size or demo size (``pipeline.synthetic.write_weights``): speed and
+memory do not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = "out/bench/weights"
+
+
+# ----------------------------------------------------------------------------- memory, machine
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb() -> float:
+    """Resident set of this process, MiB."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of the resident set since start or :func:`reset_peak_rss`, MiB."""
+    return _status_mb("VmHWM")
+
+
+def reset_peak_rss() -> None:
+    """Reset the high-water mark to the current RSS (Linux >= 4.0; ignored elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def load_average() -> float:
+    """One-minute load average: on a shared machine, whether others were busy too."""
+    return round(os.getloadavg()[0], 2)
+
+
+def gpu_names() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    cmd = ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores"
+
+
+def device(jt=None) -> str:
+    """Where Jittor computes: "cuda: <GPU>" or "cpu: <model>, N cores"."""
+    if jt is not None and bool(jt.flags.use_cuda):
+        return "cuda: " + (gpu_names() or ["unknown GPU"])[0]
+    return "cpu: " + cpu_name()
+
+
+def machine(jt=None) -> dict[str, Any]:
+    """Versions, machine and device, for the JSON records."""
+    info = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpu": cpu_name(),
+        "gpus": gpu_names(),
+        "load_average": load_average(),
+    }
+    if jt is not None:
+        info.update(jittor=jt.__version__, device=device(jt))
+    return info
+
+
+class GpuMemory:
+    """Peak GPU memory in use on GPU 0 (MiB, every process: what decides whether a job fits the
+    card) while the context is open, sampled by ``nvidia-smi -lms``; ``peak_mb`` and
+    ``baseline_mb`` stay NaN without nvidia-smi."""
+
+    def __init__(self, interval_ms: int = 100) -> None:
+        self.interval_ms = interval_ms
+        self.peak_mb = self.baseline_mb = float("nan")
+        self._proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> GpuMemory:
+        if not shutil.which("nvidia-smi"):
+            return self
+        query = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used"]
+        query += ["--format=csv,noheader,nounits"]
+        try:
+            self.baseline_mb = float(subprocess.run(query, capture_output=True, text=True).stdout)
+        except (ValueError, OSError):
+            pass
+        self._proc = subprocess.Popen(
+            [*query, f"-lms={self.interval_ms}"], stdout=subprocess.PIPE, text=True
+        )
+
+        def read() -> None:
+            for line in self._proc.stdout:
+                try:
+                    self.peak_mb = np.nanmax([self.peak_mb, float(line)])
+                except ValueError:
+                    pass
+
+        self._thread = threading.Thread(target=read, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            time.sleep(2 * self.interval_ms / 1000)
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._thread.join(timeout=5)
+
+    @property
+    def used_mb(self) -> float:
+        """Peak above what was in use when the context opened."""
+        return self.peak_mb - self.baseline_mb
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def timed_calls(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None):
+    """One untimed call (Jittor compiles its kernels), then ``repeats`` timed calls with the
+    peak RSS reset in between. Returns (first call s, [timed s], peak RSS MiB, last output)."""
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    first = time.perf_counter() - t
+    reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return first, times, peak_rss_mb(), out
+
+
+def report(result: dict) -> None:
+    """A child process's answer to :func:`run_child`."""
+    print("RESULT " + json.dumps(result, default=float), flush=True)
+
+
+def run_child(args: Sequence[str]) -> dict:
+    """``python -m <args>`` in a fresh process (its own memory, the whole machine); returns the
+    dict of its RESULT line, with the load average before and after and its peak GPU memory."""
+    before = load_average()
+    with GpuMemory() as gpu:
+        r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    res = json.loads(lines[-1][len("RESULT ") :])
+    res.update(load=f"{before:.1f}-{load_average():.1f}", gpu_peak_mb=gpu.used_mb)
+    return res
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
+    """A Markdown table; floats with 3 significant digits (integers from 100 on)."""
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "-" if v != v else f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+
+    def line(vals: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), rule] + [line(row) for row in cells])
+
+
+def json_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--json", metavar="PATH", help="also write the results here (JSON)")
+
+
+def finish(args: argparse.Namespace, rows: list[dict], jt=None, **extra: Any) -> None:
+    """Print the table and the device; write ``--json`` when given."""
+    where = device(jt) if jt is not None else f"{cpu_name()}; GPUs: {gpu_names() or 'none'}"
+    print(f"\n{where}; load average now {load_average()}")
+    print(table(rows))
+    if getattr(args, "json", None):
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"info": machine(jt), "args": vars(args), "results": rows, **extra}
+        path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+
+
+def weights(folder: str = WEIGHTS_DIR, size: str = "full") -> dict[str, Path]:
+    """Random ViT-B/32, RN101, ConvNeXt-V2-base ("full") or the demo's small members ("demo"),
+    written in the upstream formats and converted as downloads are; kept for later runs.
+    Call before importing Jittor (it imports torch, which must come first)."""
+    from pipeline.env import WEIGHT_FILES
+
+    files = {k: Path(folder) / size / w.default for k, w in WEIGHT_FILES.items()}
+    if all(p.is_file() for p in files.values()):
+        return files  # without importing torch: Jittor may be loaded already
+    from pipeline.synthetic import write_weights
+
+    return write_weights(Path(folder) / size, size)
+
+
+def photos(n: int, folder: str = "out/bench/photos") -> list[str]:
+    """``n`` photo-like JPEGs (long side 300-640 px, like the challenge's), kept for later runs."""
+    from pipeline.synthetic import photo_dataset
+
+    root = Path(folder) / f"n{n}"
+    photo_dataset(root, train_per_class=0, test_images=n)
+    return [str(root / "TestSet" / f"image_{i + 1}.jpg") for i in range(n)]

@@ -1,0 +1,247 @@
+"""The cascade's encoders, Jittor against the PyTorch reference implementations on the same
+random full-size weights: items/s, resident memory, peak GPU memory, and whether the outputs agree.
+
+    python -m bench.encoders                                      # all: 15 min on 2 cores
+    python -m bench.encoders --models vit --repeats 1 --batch 2   # a quick look
+    python -m bench.encoders --batch 64 --convnext-batch 32 --torch-device cuda \\
+        --json out/bench/encoders_gpu.json
+    python -m bench.encoders --layouts     # ConvNeXt-V2 block: layout micro-benchmark (Jittor)
+
+Encoders: CLIP ViT-B/32 and RN101, image and text towers (``models.clip`` against OpenAI's
+``clip/model.py`` from the clip-anytorch wheel, loaded by path in tests/_reference.py), and
+ConvNeXt-V2-base pooled features at 384 px (``models.convnext`` against transformers'
+``ConvNextV2``, keys mapped by tests/_reference.py). The weights are written in the upstream
+formats and converted as downloads are (``pipeline.synthetic.write_weights``); Jittor loads the
+converted file, PyTorch the same tensors. Text: board B's class prompts ("a photo of a {name}.");
+Jittor's text is timed on the full 77-token context like OpenAI and with its default trimming
+after the batch's last end-of-text token.
+
+Each (encoder, library) runs in its own process, so each has the whole machine and its own
+memory: one warm-up call (Jittor compiles), then ``--repeats`` timed calls; reported are the
+resident set after loading, its peak during the timed calls, and the GPU memory peak
+(nvidia-smi). Over ``--rounds`` the order alternates (Jittor, PyTorch, PyTorch, Jittor, ...);
+items/s come from the best round's median call (other work only ever slows a run down), and the
+load average before and after is recorded. ``ratio`` = Jittor items/s / PyTorch items/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import bench as B
+
+MODELS = {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"}
+
+
+# ----------------------------------------------------------------------------- one process
+
+
+def _jittor(args):
+    """(call, sync, version, device) of the Jittor encoder."""
+    from models.runtime import jittor
+
+    jt = jittor()
+    x = np.load(args.input)
+    if args.model == "convnext":
+        from models import convnext
+
+        model = convnext.load(args.weights)
+        call = lambda: model.forward_features(jt.array(x)).numpy().copy()  # noqa: E731
+    else:
+        from models import clip
+
+        model, _ = clip.load(args.weights)
+        model.trim_context = args.task != "text-full"
+        enc = model.encode_image if args.task == "image" else model.encode_text
+        call = lambda: enc(x).numpy().copy()  # noqa: E731
+
+    def no_grad_call():
+        with jt.no_grad():
+            return call()
+
+    return no_grad_call, lambda: jt.sync_all(True), jt.__version__, B.device(jt)
+
+
+def _torch(args):
+    """(call, sync, version, device) of the PyTorch reference."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from models.clip.config import FULL_SIZE_CLIP
+    from models.weights import read_info
+    from tests import _reference as R
+
+    dev = torch.device(args.torch_device)
+    tensors, cfg = load_file(args.weights), read_info(args.weights)["config"]
+    x = torch.from_numpy(np.load(args.input)).to(dev)
+    if args.model == "convnext":
+        model = R.hf_convnextv2(cfg, tensors).to(dev)
+        fn = lambda: model.convnextv2(x).pooler_output  # noqa: E731
+    else:
+        model = R.openai_model().CLIP(**{k: cfg[k] for k in FULL_SIZE_CLIP["RN101"]}).float()
+        state = {k: torch.from_numpy(v) for k, v in tensors.items()}
+        state["logit_scale"] = state["logit_scale"].reshape(())
+        model.load_state_dict(state, strict=True)
+        model = model.eval().to(dev)
+        fn = model.encode_image if args.task == "image" else model.encode_text
+        fn = (lambda f: lambda: f(x))(fn)
+    del tensors
+
+    def call():
+        with torch.no_grad():
+            return fn().float().cpu().numpy()
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    threads = f"{torch.get_num_threads()} threads"
+    return call, sync, torch.__version__, f"{dev.type} ({threads})"
+
+
+def child(args) -> None:
+    rss0 = B.rss_mb()
+    call, sync, version, dev = (_jittor if args.child == "jittor" else _torch)(args)
+    rss_model = B.rss_mb()
+    first, times, peak, out = B.timed_calls(call, args.repeats, sync)
+    np.save(args.output, out)
+    B.report(
+        dict(first_s=first, times_s=times, median_s=float(np.median(times)), rss_start_mb=rss0,
+             rss_model_mb=rss_model, peak_rss_mb=peak, version=version, device=dev)
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _input(tmp: Path, task: str, batch: int, size: int) -> Path:
+    path = tmp / f"{task}-{batch}-{size}.npy"
+    if task == "image":
+        x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    else:
+        from models.clip.tokenizer import tokenize
+        from pipeline.lists import read_class_list
+
+        names = read_class_list(B.ROOT / "data" / "classes_b.txt").clean_names
+        x = tokenize([f"a photo of a {names[i % len(names)]}." for i in range(batch)])
+    np.save(path, x)
+    return path
+
+
+def compare(model: str, weights: Path, args, tmp: Path) -> list[dict]:
+    """Rows for one encoder: per task, Jittor and PyTorch side by side."""
+    if model == "convnext":
+        jobs = [("image", args.convnext_batch, args.convnext_size)]
+    else:
+        tasks = args.tasks.split(",")
+        jobs = [("image", args.batch, 224)] * ("image" in tasks)
+        jobs += [("text", args.batch, 0), ("text-full", args.batch, 0)] * ("text" in tasks)
+    rows, torch_text = [], None
+    for task, batch, size in jobs:
+        inp = _input(tmp, task.split("-")[0], batch, size)
+        # OpenAI's text tower always runs the full context: one PyTorch run serves both.
+        libs = ["jittor"] if task == "text-full" else ["jittor", "torch"]
+        runs: dict[str, list[dict]] = {lib: [] for lib in libs}
+        for r in range(args.rounds):
+            for lib in libs if r % 2 == 0 else libs[::-1]:
+                out = tmp / f"{model}-{task}-{lib}.npy"
+                cmd = ["bench.encoders", "--child", lib, "--model", model, "--task", task]
+                cmd += ["--weights", str(weights), "--input", str(inp), "--output", str(out)]
+                cmd += ["--repeats", str(args.repeats), "--torch-device", args.torch_device]
+                res = B.run_child(cmd)
+                res["out"] = str(out)
+                runs[lib].append(res)
+                print(f"  {MODELS[model]} {task} {lib}: median {res['median_s']:.3f} s/call, "
+                      f"load {res['load']}", flush=True)  # fmt: skip
+        if task == "text":
+            torch_text = runs["torch"]
+        elif task == "text-full":
+            runs["torch"] = torch_text
+        best = {lib: min(x["median_s"] for x in v) for lib, v in runs.items() if v}
+        a, b = np.load(runs["jittor"][-1]["out"]), np.load(runs["torch"][-1]["out"])
+        what = {"text": "text (Jittor trims)", "text-full": "text, full 77"}.get(task, task)
+        what += f" x{batch}" + (f" @{size}" if size else "")
+        for lib in libs:
+            v = runs[lib]
+            rows.append({
+                "encoder": MODELS[model], "input": what,
+                "library": lib, "device": v[0]["device"], "items/s": batch / best[lib],
+                "ratio": best["torch"] / best[lib] if lib == "jittor" else float("nan"),
+                "RSS model MiB": float(np.median([x["rss_model_mb"] for x in v])),
+                "peak RSS MiB": max(x["peak_rss_mb"] for x in v),
+                "GPU peak MiB": max(x["gpu_peak_mb"] for x in v),
+                "max rel diff": float(np.abs(a - b).max() / np.abs(b).max()),
+                "load": ", ".join(x["load"] for x in v), "runs": v,
+            })  # fmt: skip
+    return rows
+
+
+def layouts(repeats: int) -> list[dict]:
+    """Depthwise 7x7 formulations and one block's share of matmul time, ConvNeXt-V2-base stage 3
+    at 384 px, batch 8 (the measurements behind the block layout of models/convnext/model.py)."""
+    from models.convnext.model import Block, jt, nn
+
+    n, c, h, w = 8, 512, 24, 24
+    rng = np.random.default_rng(0)
+    x = jt.array(rng.standard_normal((n, c, h, w)).astype(np.float32))
+    x_last = jt.array(rng.standard_normal((n, h, w, c)).astype(np.float32))
+    k = jt.array(rng.standard_normal((c, 1, 7, 7)).astype(np.float32))
+    k_last = jt.array(rng.standard_normal((7, 7, c)).astype(np.float32))
+    rows_in = jt.array(rng.standard_normal((n * h * w, c)).astype(np.float32))
+    block = Block(c)
+
+    def reindex_nhwc():
+        xx = x_last.reindex([n, h, w, 7, 7, c], ["i0", "i1+i3-3", "i2+i4-3", "i5"])
+        return (xx * k_last.broadcast([n, h, w, 7, 7, c], [0, 1, 2])).sum([3, 4])
+
+    cases = {
+        "depthwise 7x7, NCHW grouped conv (used)": lambda: nn.conv2d(x, k, None, 1, 3, 1, c),
+        "depthwise 7x7, NHWC reindex": reindex_nhwc,
+        "whole block": lambda: block(x),
+        "the block's two Linear layers alone": lambda: block.pwconv2(block.pwconv1(rows_in)),
+    }
+    rows = []
+    for name, fn in cases.items():
+        with jt.no_grad():
+            _, times, _, _ = B.timed_calls(lambda fn=fn: fn().sync(), repeats)
+        rows.append({"operation": name, "shape": f"[{n},{c},{h},{w}]",
+                     "ms": 1000 * float(np.median(times))})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default="vit,rn,convnext", help="comma list of vit, rn, convnext")
+    ap.add_argument("--tasks", default="image,text", help="CLIP: image and/or text")
+    ap.add_argument("--batch", type=int, default=32, help="CLIP images / texts per call")
+    ap.add_argument("--convnext-batch", type=int, default=8, help="ConvNeXt images per call")
+    ap.add_argument("--convnext-size", type=int, default=384)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per process")
+    ap.add_argument("--rounds", type=int, default=1, help="processes per (encoder, library)")
+    ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
+    ap.add_argument("--torch-device", default="cpu", help="cpu or cuda (if torch's build has it)")
+    ap.add_argument("--layouts", action="store_true", help="the ConvNeXt layout micro-benchmark")
+    B.json_arg(ap)
+    for name in ("child", "model", "task", "weights", "input", "output"):
+        ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    if args.layouts:
+        from models.runtime import jittor
+
+        return B.finish(args, layouts(args.repeats), jittor())
+    files = B.weights(args.weights_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            rows += compare(model, files[model], args, Path(tmp))
+    print("\nratio = Jittor items/s / PyTorch items/s (> 1: Jittor faster)")
+    B.finish(args, [{k: v for k, v in r.items() if k != "runs"} for r in rows], runs=rows)
+
+
+if __name__ == "__main__":
+    main()

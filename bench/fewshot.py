@@ -1,0 +1,426 @@
+"""The few-shot methods at the challenge's sizes, Jittor next to torch restatements of the official
+loops, and how the cascade's feature-level stages grow with test images n and classes C.
+
+    python -m bench.fewshot speed                     # challenge sizes, best of 2 alternating runs
+    python -m bench.fewshot speed --n 400 --classes 40 --lpp-classes 30 --iters 50 \\
+        --epochs 20 --tip-epochs 2 --amu-epochs 1 --repeats 1          # a quick look
+    python -m bench.fewshot growth                    # n 1k..64k, C 403 and 1000: 8 min
+    python -m bench.fewshot growth --n 1000,4305 --classes 403 --json out/bench/growth.json
+
+``speed``: planted CLIP-like features (d = 512: unit vectors clustered by class, text columns
+across a modality gap; zero-shot about 60% top-1). InMaP official (2000 proxy steps) and the
+challenge variant on ``--n`` x 512 test features and ``--classes`` classes (board B: 4305, 403);
+LP++ (300 epochs, validation every epoch), Tip-Adapter-F (20 epochs, batch 256, no search) and
+AMU-Tuning (50 epochs, batch 8, 1024-d auxiliary features) on ``--shots`` images of each of
+``--lpp-classes`` seen classes (374). The torch side is tests/_reference.py's restatements of the
+official code (the same the tests compare against), run in the same process on the same data;
+Jittor and torch alternate over ``--repeats`` and the best time of each is kept. Also reported:
+how often the two predict the same class. With a CUDA build of Jittor the Jittor runs repeat on
+the GPU (``--devices``).
+
+``growth``: for each (n, C), in its own process (so its peak memory is its own): InMaP official
+(Sinkhorn and the proxy loop each timed at ``--iters-lo`` and ``--iters-hi`` iterations, the
+full 20 + 2000 computed from the per-iteration cost; ``--full-official`` runs it instead), the
+challenge variant, LP++ logits over C - 29 seen classes, and the routing (two backbones' fused
+scores through ``run_cascade`` with a 130-class expert); then least-squares fits
+``a n^p C^q`` and ``fixed + k n C``. Memory: peak RSS over the timed call minus the RSS before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+
+import bench as B
+
+D = 512
+
+
+def planted(y: np.ndarray, c: int, seed: int, d: int = D, gap=3.0, spread=1.5, text_noise=2.0):
+    """Unit image features X [len(y), d] around class centres and text columns T [d, c] offset by
+    a modality gap (the generator of tests/test_fewshot_planted.py at 512-d)."""
+    rng = np.random.default_rng(seed)
+
+    def unit(x, axis=-1):
+        return (x / np.linalg.norm(x, axis=axis, keepdims=True)).astype(np.float32)
+
+    centres = unit(rng.normal(size=(c, d)))
+    u, v = unit(rng.normal(size=d)), unit(rng.normal(size=d))
+    X = unit(centres[y] + spread * rng.normal(size=(len(y), d)) / np.sqrt(d) + gap * u)
+    T = unit(unit(centres + text_noise * unit(rng.normal(size=(c, d)))) + gap * unit(0.35 * u + v))
+    return X, np.ascontiguousarray(T.T)
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+class Case(NamedTuple):
+    """One method's benchmark: a size description, the Jittor run, the torch run (None: Jittor
+    only), a short Jittor run that compiles the same kernels, and ``predict(output of either
+    run) -> class ids`` on the case's evaluation rows (for the agreement)."""
+
+    size: str
+    jittor: Callable[[], Any]
+    torch: Optional[Callable[[], Any]]
+    warmup: Callable[[], Any]
+    predict: Callable[[Any], np.ndarray]
+
+
+def _inmap(variant: str):
+    def case(args, d) -> Case:
+        from fewshot.inmap import inmap, inmap_challenge
+
+        X, T, (Xt, Tt) = d["X"], d["T"], d["torch"](d["X"], d["T"])
+        size = f"{len(X)} x {D}, C = {T.shape[1]}"
+        if variant == "official":
+            return Case(
+                f"{size}, {args.iters} steps",
+                lambda: inmap(X, T, iters_proxy=args.iters),
+                lambda: d["R"].torch_inmap(Xt, Tt, args.iters).numpy(),
+                lambda: inmap(X, T, iters_proxy=2),
+                lambda W: (X @ W).argmax(1),
+            )
+        return Case(
+            f"{size}, 2 x 20 steps, 100 Sinkhorn iterations",
+            lambda: inmap_challenge(X, T),
+            lambda: d["R"].torch_inmap_challenge(Xt, Tt).numpy(),
+            lambda: inmap_challenge(X, T, iters_proxy=2, iters_sinkhorn=2),
+            lambda W: (X @ W).argmax(1),
+        )
+
+    return case
+
+
+def _lpp(args, d) -> Case:
+    from fewshot.lpp import LPPlusPlus
+
+    F, y, T, Fv, yv = d["F"], d["y"], d["T2"], d["Fv"], d["yv"]
+
+    def predict(out) -> np.ndarray:
+        if isinstance(out, tuple):  # torch: (W, b, alpha, best epoch)
+            return (Fv @ out[0].T + out[1] + out[2] * (Fv @ T)).argmax(1)
+        return out.logits(Fv).argmax(1)
+
+    return Case(
+        f"{len(F)} x {D}, C = {T.shape[1]}, {args.epochs} epochs, val {len(Fv)}",
+        lambda: LPPlusPlus(epochs=args.epochs).fit(F, y, T, val=(Fv, yv)),
+        lambda: d["R"].torch_lpp(F, y, T, args.epochs, val=(Fv, yv)),
+        lambda: LPPlusPlus(epochs=2).fit(F, y, T, val=(Fv, yv)),
+        predict,
+    )
+
+
+def _tip_f(args, d) -> Case:
+    from fewshot import tip_adapter as TA
+
+    F, y, T, Fv = d["F"], d["y"], d["T2"], d["Fv"]
+    cfg = TA.OFFICIAL
+    K0, L = TA.build_cache_keys(F), TA.build_cache_values(y, T.shape[1])
+
+    def predict(out) -> np.ndarray:
+        keys = getattr(out, "keys", out)
+        return TA.tip_logits(Fv, T, keys, L, cfg.init_alpha, cfg.init_beta).argmax(1)
+
+    return Case(
+        f"{len(F)} x {D}, C = {T.shape[1]}, {args.tip_epochs} epochs, batch {cfg.batch_size}",
+        lambda: TA.TipAdapterF(epochs=args.tip_epochs).fit(F, y, T),
+        lambda: d["R"].torch_tip_f(
+            F, y, T, K0, L, args.tip_epochs, cfg.batch_size, cfg.init_beta, cfg.init_alpha, cfg.seed
+        ),  # fmt: skip
+        lambda: TA.TipAdapterF(epochs=1).fit(F, y, T),
+        predict,
+    )
+
+
+def _amu(args, d) -> Case:
+    from fewshot import amu as A
+
+    F, y, T, Aux, Aux_v = d["F"], d["y"], d["T2"], d["A"], d["Av"]
+    cfg = A.OFFICIAL
+    return Case(
+        f"{len(F)} x {D} + {Aux.shape[1]}, C = {T.shape[1]}, {args.amu_epochs} epochs, "
+        f"batch {cfg.batch_size}",
+        lambda: A.AMUTuning(epochs=args.amu_epochs).fit(F, Aux, y, T),
+        lambda: d["R"].torch_amu(
+            F,
+            Aux,
+            y,
+            T,
+            args.amu_epochs,
+            cfg.batch_size,
+            cfg.alpha,
+            cfg.lambda_merge,
+            cfg.uncertainty,
+            cfg.seed,
+        ),  # fmt: skip
+        lambda: A.AMUTuning(epochs=1).fit(F, Aux, y, T),
+        lambda out: (Aux_v @ getattr(out, "W", out).T).argmax(1),
+    )
+
+
+def _transclip(few: bool):
+    def case(args, d) -> Case:
+        from fewshot.transclip import transclip
+
+        X, T = d["X"], d["T"]
+        c = T.shape[1]
+        # shots: `--shots` per class of the first `--lpp-classes` classes, drawn from the test
+        # problem's generator (support and queries share the class means)
+        ys = np.tile(np.arange(min(args.lpp_classes, c)), args.shots)
+        S, _ = planted(ys, c, args.seed)
+        support = (S, ys) if few else None
+        gamma = 0.02 if few else None
+        return Case(
+            f"{len(X)} x {D}, C = {c}" + (f", {len(ys)} shots, gamma 0.02" if few else ""),
+            lambda: transclip(X, T, support, gamma=gamma),
+            None,  # the released solver is restated in tests (_transclip_reference), not timed
+            lambda: transclip(X, T, support, gamma=gamma, iters=0),
+            lambda z: z.argmax(1),
+        )
+
+    return case
+
+
+# Method -> (args, data) -> Case. One more method's timing plugs in here.
+METHODS: dict[str, Callable[[argparse.Namespace, dict], Case]] = {
+    "InMaP official": _inmap("official"),
+    "InMaP challenge": _inmap("challenge"),
+    "LP++": _lpp,
+    "Tip-Adapter-F": _tip_f,
+    "AMU": _amu,
+    "TransCLIP zero-shot": _transclip(False),
+    "TransCLIP few-shot": _transclip(True),
+}
+
+
+def data(args) -> dict:
+    """The planted problems: a test set for InMaP, a few-shot set (train and val) for the rest."""
+    import torch  # before Jittor
+
+    from tests import _reference as R
+
+    rng = np.random.default_rng(args.seed)
+    y_test = rng.integers(0, args.classes, args.n)
+    X, T = planted(y_test, args.classes, args.seed)
+    c, k = args.lpp_classes, args.shots
+    y2 = np.tile(np.arange(c), 2 * k)
+    F2, T2 = planted(y2, c, args.seed + 1)
+    aux_centres = rng.standard_normal((c, 1024)).astype(np.float32)
+    A2 = aux_centres[y2] + rng.standard_normal((len(y2), 1024)).astype(np.float32)
+    n = c * k
+    return dict(X=X, T=T, y_test=y_test, T2=T2, F=F2[:n], y=y2[:n], Fv=F2[n:], yv=y2[n:],
+                A=A2[:n], Av=A2[n:], R=R,
+                torch=lambda *a: [torch.tensor(x) for x in a])  # fmt: skip
+
+
+def cmd_speed(args) -> list[dict]:
+    import torch
+
+    d = data(args)
+    from models.runtime import jittor
+
+    jt = jittor()
+    devices = [x for x in args.devices.split(",") if x == "cpu" or jt.has_cuda]
+    cases = {name: METHODS[name](args, d) for name in args.methods.split(",")}
+    for dev in devices:  # compile every kernel outside the timings
+        jittor(dev)
+        for case in cases.values():
+            case.warmup()
+    best: dict[tuple[str, str], float] = {}
+    out: dict[tuple[str, str], Any] = {}
+    runs = [(dev, "jittor") for dev in devices] + [("cpu", "torch")] * (not args.skip_torch)
+    for _ in range(args.repeats):
+        for name, case in cases.items():
+            for dev, lib in runs:
+                fn = case.jittor if lib == "jittor" else case.torch
+                if fn is None:
+                    continue
+                if lib == "jittor":
+                    jittor(dev)
+                key = (name, f"{lib}-{dev}")
+                t = time.perf_counter()
+                out[key] = fn()
+                best[key] = min(time.perf_counter() - t, best.get(key, np.inf))
+    rows, ref = [], f"jittor-{devices[0]}"
+    print(f"torch {torch.get_num_threads()} threads; Jittor {jt.__version__}")
+    for name, case in cases.items():
+        row: dict[str, Any] = {"method": name, "size": case.size}
+        row.update({f"{run} s": s for (m, run), s in best.items() if m == name})
+        if (name, "torch-cpu") in out:
+            row[f"{ref} / torch"] = best[name, ref] / best[name, "torch-cpu"]
+            a, b = (case.predict(out[name, k]) for k in (ref, "torch-cpu"))
+            row["same top-1 %"] = 100 * float(np.mean(a == b))
+        if name.startswith("InMaP"):  # on the planted labels: is it doing its job?
+            acc = [np.mean(case.predict(W) == d["y_test"]) for W in (d["T"], out[name, ref])]
+            row["top-1 % zero-shot -> InMaP"] = f"{100 * acc[0]:.1f} -> {100 * acc[1]:.1f}"
+        rows.append(row)
+    return rows, {}
+
+
+# ----------------------------------------------------------------------------- growth
+
+
+def _measure(fn, jt, warm: bool = True) -> tuple[float, float]:
+    """(seconds, extra peak RSS MiB) of one call, after an untimed warm-up call. Jittor's cached
+    memory is released first, so the call is charged for what it allocates."""
+    if warm:
+        fn()
+        jt.sync_all(True)
+    jt.gc()
+    base = B.rss_mb()
+    B.reset_peak_rss()
+    t = time.perf_counter()
+    fn()
+    jt.sync_all(True)
+    return time.perf_counter() - t, max(0.0, B.peak_rss_mb() - base)
+
+
+def growth_child(args) -> None:
+    from models.runtime import jittor
+
+    jt = jittor()
+    from fewshot import inmap as im
+    from fewshot.lpp import LPPlusPlus
+    from pipeline.cascade import fuse, run_cascade
+
+    n, c, lo, hi = int(args.n), args.child_classes, args.iters_lo, args.iters_hi
+    rng = np.random.default_rng(0)
+    X, T = planted(rng.integers(0, c, n), c, 0)
+    X2, T2 = planted(rng.integers(0, c, n), c, 1)  # the second backbone
+    out: dict[str, Any] = {"n": n, "C": c, "device": B.device(jt)}
+    M = X @ T
+    Y = im.sinkhorn(M, iters=20)
+    s_lo, m1 = _measure(lambda: im.sinkhorn(M, iters=lo), jt)
+    s_hi, m2 = _measure(lambda: im.sinkhorn(M, iters=hi), jt, warm=False)
+    p_lo, m3 = _measure(lambda: im.vision_proxies(X, T, Y, iters=lo), jt)
+    p_hi, m4 = _measure(lambda: im.vision_proxies(X, T, Y, iters=hi), jt, warm=False)
+    out["sinkhorn_iter_s"], out["proxy_step_s"] = (
+        (s_hi - s_lo) / (hi - lo),
+        (p_hi - p_lo) / (hi - lo),
+    )
+    fixed = s_lo - lo * out["sinkhorn_iter_s"] + p_lo - lo * out["proxy_step_s"]
+    out["official_s"] = fixed + 20 * out["sinkhorn_iter_s"] + 2000 * out["proxy_step_s"]
+    out["official_mb"], out["official_computed"] = max(m1, m2, m3, m4), True
+    if args.full_official:
+        out["official_s"], out["official_mb"] = _measure(lambda: im.inmap(X, T), jt)
+        out["official_computed"] = False
+    out["challenge_s"], out["challenge_mb"] = _measure(lambda: im.inmap_challenge(X, T), jt)
+    seen = np.arange(c - 29)  # board B: 29 car classes without training images
+    probe = LPPlusPlus.from_state_dict({
+        "weight": rng.standard_normal((seen.size, D)).astype(np.float32),
+        "bias": np.zeros(seen.size, np.float32), "alpha": np.ones(seen.size, np.float32),
+        "text": np.ascontiguousarray(T[:, seen]),
+    })  # fmt: skip
+    out["lpp_logits_s"], out["lpp_logits_mb"] = _measure(lambda: probe.logits(X), jt)
+    s1, s2 = [X @ T, X2 @ T2], [probe.logits(X), probe.logits(X2)]
+    expert = seen[-130:]  # board B: 130 dog classes
+    expert_scores = rng.standard_normal((n, expert.size)).astype(np.float32)
+
+    def route():
+        return run_cascade(fuse(s1, [0.5, 0.5]), np.arange(seen.size, c), fuse(s2, [0.6, 0.4]),
+                           seen, expert, lambda rows: expert_scores[rows])  # fmt: skip
+
+    out["routing_s"], out["routing_mb"] = _measure(route, jt)
+    from fewshot.transclip import transclip
+
+    out["transclip_s"], out["transclip_mb"] = _measure(lambda: transclip(X, T), jt)
+    B.report(out)
+
+
+GROWTH = {
+    "proxy step": "proxy_step_s",
+    "Sinkhorn iteration": "sinkhorn_iter_s",
+    "InMaP official": "official_s",
+    "InMaP challenge": "challenge_s",
+    "LP++ logits": "lpp_logits_s",
+    "routing": "routing_s",
+    "TransCLIP zero-shot": "transclip_s",
+    "InMaP official MiB": "official_mb",
+    "InMaP challenge MiB": "challenge_mb",
+    "routing MiB": "routing_mb",
+    "TransCLIP zero-shot MiB": "transclip_mb",
+}
+
+
+def fits(results: list[dict]) -> list[dict]:
+    """Least squares on log-log, value = a n^p C^q, and on the values, fixed + k n C (relative
+    error). Points under 1 ms or 1 MiB are left out: the allocator serves them from memory the
+    process already holds, so they measure nothing."""
+    rows = []
+    for name, key in GROWTH.items():
+        pts = [r for r in results if r[key] >= (1.0 if key.endswith("_mb") else 1e-3)]
+        if len(pts) < 3:
+            continue
+        n, c, y = (np.array([r[k] for r in pts], float) for k in ("n", "C", key))
+        both = len(set(c)) > 1
+        A = np.column_stack([np.ones_like(n), np.log(n)] + [np.log(c)] * both)
+        coef, *_ = np.linalg.lstsq(A, np.log(y), rcond=None)
+        (t0, k), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(n), n * c]) / y[:, None],
+                                      np.ones_like(y), rcond=None)  # fmt: skip
+        rows.append({"quantity": name, "a": float(np.exp(coef[0])), "p (n)": float(coef[1]),
+                     "q (C)": float(coef[2]) if both else float("nan"), "fixed": float(t0),
+                     "k per n C": float(k), "points": len(pts)})  # fmt: skip
+    return rows
+
+
+def cmd_growth(args) -> list[dict]:
+    results = []
+    for c in [int(v) for v in args.classes.split(",")]:
+        for n in [int(v) for v in args.n.split(",")]:
+            cmd = ["bench.fewshot", "growth", "--child-classes", str(c), "--n", str(n)]
+            cmd += ["--iters-lo", str(args.iters_lo), "--iters-hi", str(args.iters_hi)]
+            res = B.run_child(cmd + ["--full-official"] * args.full_official)
+            results.append(res)
+            print(f"n={n} C={c}: official {res['official_s']:.2f} s"
+                  f"{' (computed)' if res['official_computed'] else ''}, challenge "
+                  f"{res['challenge_s']:.2f} s, load {res['load']}", flush=True)  # fmt: skip
+    growth = fits(results)
+    print("\nfitted growth: a n^p C^q, and fixed + k n C\n" + B.table(growth))
+    rows = [{"n": r["n"], "C": r["C"], **{k: r[v] for k, v in GROWTH.items()},
+             "official computed": r["official_computed"], "load": r["load"],
+             "GPU peak MiB": r["gpu_peak_mb"]} for r in results]  # fmt: skip
+    return rows, {"fits": growth}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("what", choices=["speed", "growth"])
+    ap.add_argument("--n", help="test images (speed: 4305; growth: comma list, 1000,...,64000)")
+    ap.add_argument("--classes", help="classes (speed: 403; growth: comma list, 403,1000)")
+    ap.add_argument("--iters", type=int, default=2000, help="speed: InMaP official proxy steps")
+    ap.add_argument("--lpp-classes", type=int, default=374, help="speed: seen classes")
+    ap.add_argument("--shots", type=int, default=4, help="speed: train (and val) images per class")
+    ap.add_argument("--epochs", type=int, default=300, help="speed: LP++ epochs")
+    ap.add_argument("--tip-epochs", type=int, default=20, help="speed: Tip-Adapter-F epochs")
+    ap.add_argument("--amu-epochs", type=int, default=50, help="speed: AMU epochs")
+    ap.add_argument("--methods", default=",".join(METHODS), help="speed: comma list")
+    ap.add_argument("--repeats", type=int, default=2, help="speed: the best is reported")
+    ap.add_argument("--devices", default="cpu,cuda", help="speed: Jittor devices (if present)")
+    ap.add_argument("--skip-torch", action="store_true", help="speed: Jittor only")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iters-lo", type=int, default=5, help="growth: short run per iteration")
+    ap.add_argument("--iters-hi", type=int, default=25, help="growth: long run per iteration")
+    ap.add_argument("--full-official", action="store_true", help="growth: 2000 steps for real")
+    ap.add_argument("--child-classes", type=int, help=argparse.SUPPRESS)
+    B.json_arg(ap)
+    args = ap.parse_args()
+    if args.child_classes:
+        return growth_child(args)
+    if args.what == "speed":
+        args.n, args.classes = int(args.n or 4305), int(args.classes or 403)
+        rows, extra = cmd_speed(args)
+    else:
+        args.n, args.classes = args.n or "1000,4000,16000,64000", args.classes or "403,1000"
+        rows, extra = cmd_growth(args)
+    from models.runtime import jittor
+
+    B.finish(args, rows, jittor(), **extra)
+
+
+if __name__ == "__main__":
+    main()

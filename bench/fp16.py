@@ -1,0 +1,148 @@
+"""Half precision: do the encoders give the same answers in float16? Top-1 agreement with
+float32, and the speed and memory of both.
+
+    python -m bench.fp16                                  # GPU: full-size models, 500 photos
+    python -m bench.fp16 --models vit,convnext --n 32 --batch 16 --convnext-size 64   # CPU
+    python -m bench.fp16 --images out/bench/pipeline/full/data/TestSet --n 4305 \\
+        --json out/bench/fp16_gpu.json
+
+Per encoder (CLIP ViT-B/32, RN101, ConvNeXt-V2-base at 384 px; random weights converted from
+upstream-format files; ``--size demo``: the demo's small members of the same families at 224 px)
+the images go through the pipeline's loader and preprocessing; the model encodes them in float32,
+then again after ``model.float16()`` (weights in float16; LayerNorm, GRN and the BatchNorm
+statistics in float32, as OpenAI's fp16 CLIP and torch autocast do). Compared: the cosine of the
+two feature sets, and the top-1 (and top-5 overlap) of the classifier the pipeline puts on top:
+for CLIP the zero-shot text classifier over board B's 403 classes (domain prompts, built in
+float32), for ConvNeXt its 1000-class head in float32. Target: top-1 agreement >= 99.5%. Random
+weights give flatter logits than trained ones (smaller margins): a harder case for agreement.
+
+Jittor runs float16 on the CPU with generic kernels, 100-1000x slower than float32 (the demo's
+ModifiedResNet at 224 px: 0.02 images/s), so the full-size check is for a GPU (``--size auto``:
+full where nvidia-smi lists a GPU, demo otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+import bench as B
+
+NAMES = {
+    "full": {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"},
+    "demo": {"vit": "small ViT", "rn": "small ModifiedResNet", "convnext": "ConvNeXt-V2-atto"},
+}
+
+
+def load(name: str, path: Path, convnext_size: int):
+    """(model, preprocess, encode(model, batch) -> Var, classify(float32 features) -> logits)."""
+    from models.runtime import jittor
+
+    jt = jittor()
+    if name == "convnext":
+        from models import convnext
+
+        model = convnext.load(path)
+        w, b = model.head.weight.numpy().copy(), model.head.bias.numpy().copy()
+        encode = lambda m, x: m.forward_features(jt.array(x))  # noqa: E731
+        return model, convnext.preprocess(convnext_size), encode, lambda f: f @ w.T + b
+    from fewshot.zeroshot import build_text_classifier
+    from models import clip
+    from pipeline.lists import read_class_list
+
+    model, pre = clip.load(path)
+    classes = read_class_list(B.ROOT / "data" / "classes_b.txt")
+    T = np.asarray(build_text_classifier(model, list(classes.names), templates="domain"))
+    classify = lambda f: (f / np.linalg.norm(f, axis=1, keepdims=True)) @ T  # noqa: E731
+    return model, pre, lambda m, x: m.encode_image(x), classify
+
+
+def encode_all(model, encode, paths, pre, batch: int) -> tuple[np.ndarray, float]:
+    """Features of every image (float32 numpy) and the seconds spent in the encoder."""
+    from models.runtime import jittor
+    from pipeline.images import iter_batches
+
+    jt = jittor()
+    out, seconds = [], 0.0
+    for b in iter_batches(paths, pre, batch):
+        t = time.perf_counter()
+        with jt.no_grad():
+            out.append(encode(model, b.images["orig"]).float32().numpy().copy())
+        seconds += time.perf_counter() - t
+    return np.concatenate(out), seconds
+
+
+def compare(name: str, path: Path, paths: list[str], args) -> dict:
+    from models.runtime import jittor
+
+    jt = jittor()
+    model, pre, encode, classify = load(name, path, args.convnext_size)
+    size = int(getattr(pre, "n_px", getattr(pre, "size", 224)))
+    res: dict = {"encoder": NAMES[args.size][name], "px": size, "images": len(paths)}
+    feats = {}
+    for dtype in ("float32", "float16"):
+        if dtype == "float16":
+            model.float16()
+        with jt.no_grad():  # compile outside the timings
+            encode(model, np.zeros((args.batch, 3, size, size), np.float32)).sync()
+        jt.sync_all(True)
+        jt.gc()
+        B.reset_peak_rss()
+        with B.GpuMemory() as gpu:
+            feats[dtype], seconds = encode_all(model, encode, paths, pre, args.batch)
+        res[f"{dtype} img/s"] = len(paths) / seconds
+        res[f"{dtype} peak RSS MiB"] = B.peak_rss_mb()
+        res[f"{dtype} GPU peak MiB"] = gpu.used_mb
+    a, b = feats["float32"], feats["float16"]
+    res["finite"] = bool(np.isfinite(b).all())
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    res["1 - cos, max"], res["1 - cos, mean"] = float(1 - cos.min()), float(1 - cos.mean())
+    la, lb = classify(a), classify(b)
+    res["top-1 agree %"] = 100 * float((la.argmax(1) == lb.argmax(1)).mean())
+    t5a, t5b = np.argsort(-la, 1)[:, :5], np.argsort(-lb, 1)[:, :5]
+    res["top-5 overlap %"] = 100 * float(
+        np.mean([len(set(x) & set(y)) / 5 for x, y in zip(t5a, t5b)])
+    )
+    top2 = np.sort(la, 1)[:, -2:]
+    res["median top-1 margin"] = float(np.median(top2[:, 1] - top2[:, 0]))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default="vit,rn,convnext")
+    ap.add_argument("--size", choices=["auto", "full", "demo"], default="auto",
+                    help="weights: auto = full on a GPU, demo on a CPU")  # fmt: skip
+    ap.add_argument("--n", type=int, default=500, help="images")
+    ap.add_argument("--images", help="folder of image_<n>.jpg (default: generated photos)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--convnext-size", type=int, default=384)
+    ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
+    B.json_arg(ap)
+    args = ap.parse_args()
+    if args.size == "auto":  # as scripts/env.sh decides whether Jittor may look for CUDA
+        args.size = "full" if B.gpu_names() else "demo"
+    files = B.weights(args.weights_dir, args.size)  # before Jittor: may need torch
+    from models.runtime import jittor
+
+    jt = jittor()
+    if args.images:
+        from pipeline.lists import list_test_images
+
+        paths = [str(Path(args.images) / n) for n in list_test_images(args.images)[: args.n]]
+    else:
+        paths = B.photos(args.n)
+    rows = []
+    for name in args.models.split(","):
+        rows.append(compare(name, files[name], paths, args))
+        print(B.table(rows[-1:]).splitlines()[-1], flush=True)
+    B.finish(args, rows, jt)
+
+
+if __name__ == "__main__":
+    main()

@@ -68,44 +68,69 @@ class Search:
         share: float,
         n_test: Optional[int],
         seed: int,
+        routed_share: bool = False,
     ):
-        self.d, self.s, self.share, self.n_test, self.seed = data, settings, share, n_test, seed
-        self.fit_rows, score_rows = validation.split_fit_score(data.val_y)
-        self.folds = validation.make_folds(
-            data.val_y[score_rows],
-            data.domains,
-            data.seen,
-            len(data.unseen),
-            data.expert_ids,
-            folds=settings.val_folds,
-            share=share,
-            batch=n_test or len(score_rows),
-            seed=seed,
-        )
-        # Fold rows index the score rows; from here on they index the validation list.
-        self.folds = [replace(f, rows=score_rows[f.rows]) for f in self.folds]
+        """``share``: the expected unseen share of the test set; ``routed_share``: it is the
+        share stage 1 routes there, to be corrected for routing errors (``_correct_share``)."""
+        self.d, self.s, self.n_test, self.seed = data, settings, n_test, seed
+        self.fit_rows, self.score_rows = validation.split_fit_score(data.val_y)
         self.cols = data.seen  # real unseen classes have no validation image: left out
         self._memo: dict[tuple, Any] = {}
+        self.folds = self._make_folds(share)
+        self.share_estimate: dict[str, float] = {}
+        if routed_share:
+            self._correct_share()
+
+    def _make_folds(self, share: float) -> list[validation.Fold]:
+        d, rows = self.d, self.score_rows
+        folds = validation.make_folds(
+            d.val_y[rows], d.domains, d.seen, len(d.unseen), d.expert_ids,
+            folds=self.s.val_folds, share=share, batch=self.n_test or len(rows), seed=self.seed,
+        )  # fmt: skip
+        self.share, self._memo = share, {}
+        # Fold rows index the score rows; from here on they index the validation list.
+        return [replace(f, rows=rows[f.rows]) for f in folds]
+
+    def _correct_share(self) -> None:
+        """Stage 1 routes a share q of the test images to unseen classes, but it misses unseen
+        images (recall r) and routes some seen ones (rate f): the unseen share is
+        (q - f) / (r - f), with r and f measured on the folds (the challenge solution's
+        choices, as the share itself was), when stage 1 separates them at all (r - f >= 0.1)."""
+        from pipeline.cascade import UNSEEN
+
+        q = self.share
+        run = self.run(Choice.challenge().pinned(self.s))
+        r = float(np.mean([(s[f.unseen] == UNSEEN).mean() for s, f in zip(run.stage, self.folds)]))
+        f = float(np.mean([(s[~f.unseen] == UNSEEN).mean() for s, f in zip(run.stage, self.folds)]))
+        share = q
+        if r - f >= 0.1:
+            share = float(np.clip((q - f) / (r - f), 0.02, 0.9))
+            self.folds = self._make_folds(share)
+        self.share_estimate = {"routed": q, "recall": r, "false_routing": f, "share": share}
+        log.info(
+            "unseen share: stage 1 routes %.3f, recall %.3f, false routing %.3f -> %.3f",
+            q, r, f, share,
+        )  # fmt: skip
 
     def _once(self, key: tuple, compute):
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def shots(self, f: int, choice: Choice):
-        """(training features of fold f's seen classes in the choice's view, their mask,
-        validation fit rows of those classes, the fold's seen class ids)."""
+    def shots(self, held: np.ndarray, choice: Choice):
+        """(training features of the seen classes but ``held`` in the choice's view, their
+        mask, validation fit rows of those classes, those class ids)."""
         d = self.d
-        seen_f = np.setdiff1d(d.seen, self.folds[f].held_out)
+        seen_f = np.setdiff1d(d.seen, held)
         shots = d.train_aug if choice.lpp_views == "aug" else d.train[choice.flip_tta]
         m = np.isin(d.train_y, seen_f)
         fit_rows = self.fit_rows[np.isin(d.val_y[self.fit_rows], seen_f)]
         return {b: v[m] for b, v in shots.items()}, m, fit_rows, seen_f
 
-    def heads(self, f: int, choice: Choice):
-        """Seen-class head of fold f, trained without its held-out block."""
+    def heads(self, held: np.ndarray, choice: Choice):
+        """Seen-class head trained without the classes ``held`` (a fold's block, or none)."""
         d = self.d
-        X, m, fit_rows, seen_f = self.shots(f, choice)
+        X, m, fit_rows, seen_f = self.shots(held, choice)
         index = np.full(len(d.domains), -1, np.int64)
         index[seen_f] = np.arange(seen_f.size)
 
@@ -118,7 +143,7 @@ class Search:
                 (Xv, index[d.val_y[fit_rows]]), aux, self.seed,
             )  # fmt: skip
 
-        key = ("heads", f, choice.seen_head, choice.flip_tta, choice.lpp_views)
+        key = ("heads", tuple(held), choice.seen_head, choice.flip_tta, choice.lpp_views)
         return self._once(key, fit), seen_f
 
     def stage1(self, f: int, choice: Choice) -> Optional[np.ndarray]:
@@ -135,38 +160,54 @@ class Search:
         return self._once(("stage1", f, choice.flip_tta, prompts, choice.stage1), compute)
 
     def run(self, choice: Choice) -> Run:
-        """The cascade ``choice`` on every fold."""
+        """The cascade ``choice`` on every fold.
+
+        Held-out images go through the fold's cascade (heads without the block). A seen image
+        is routed the same way, but if stage 1 keeps it, it is answered as on the test set:
+        by the head of ALL seen classes (the fold's head, with fewer classes to tell apart,
+        would flatter it), whose training never saw this validation image either."""
+        from pipeline.cascade import UNSEEN
 
         def compute():
             d, out = self.d, Run([], [], [])
             for f, fold in enumerate(self.folds):
-                models, seen_f = self.heads(f, choice)
-                Xs = {b: v[fold.rows] for b, v in d.val[choice.flip_tta].items()}
-                aux = None if d.aux is None else d.aux[1][fold.rows]
-                s2 = head_scores(models, Xs, self.s.lpp_fusion, aux)
-                s1 = self.stage1(f, choice)
-                if choice.transclip != "off":
-                    s1, s2 = self.transclip(f, choice, fold.rows, s1, s2, seen_f)
-                expert = None
-                if d.expert_logits is not None:
-                    expert = lambda r, rows=fold.rows: d.expert_logits[rows[r]]  # noqa: E731
-                r = run_stages(
-                    choice, self.s.lpp_fusion, s1, self.cols, s2, seen_f,
-                    d.expert_ids if expert else None, expert,
-                )  # fmt: skip
                 y = d.val_y[fold.rows]
-                out.top1.append(r.top1 == y)
-                out.top5.append((r.top5 == y[:, None]).any(1))
-                out.stage.append(r.stage)
+                r = self._answer(choice, fold, fold.held_out, self.stage1(f, choice))
+                top1, top5, stage = r.top1 == y, (r.top5 == y[:, None]).any(1), r.stage
+                if fold.held_out.size and choice.transclip == "off":
+                    full = self._answer(choice, fold, np.zeros(0, np.int64), None)
+                    kept = ~fold.unseen & (r.stage != UNSEEN)
+                    top1 = np.where(kept, full.top1 == y, top1)
+                    top5 = np.where(kept, (full.top5 == y[:, None]).any(1), top5)
+                    stage = np.where(kept, full.stage, stage)
+                out.top1.append(top1)
+                out.top5.append(top5)
+                out.stage.append(stage)
             return out
 
         return self._once(("run", *choice.as_dict().values()), compute)
 
-    def transclip(self, f: int, choice: Choice, rows, s1, s2, seen_f):
-        """Stage scores of fold f with TransCLIP (the fold's shots as support, its fit rows
-        choosing gamma)."""
+    def _answer(self, choice: Choice, fold: validation.Fold, held: np.ndarray, s1):
+        """The cascade on a fold's rows with the head trained without ``held``."""
         d = self.d
-        X, m, fit_rows, _ = self.shots(f, choice)
+        models, seen = self.heads(held, choice)
+        Xs = {b: v[fold.rows] for b, v in d.val[choice.flip_tta].items()}
+        aux = None if d.aux is None else d.aux[1][fold.rows]
+        s2 = head_scores(models, Xs, self.s.lpp_fusion, aux)
+        if choice.transclip != "off":
+            s1, s2 = self.transclip(held, choice, fold.rows, s1, s2, seen)
+        if d.expert_logits is None:
+            return run_stages(choice, self.s.lpp_fusion, s1, self.cols, s2, seen)
+        logits = d.expert_logits[fold.rows]
+        return run_stages(
+            choice, self.s.lpp_fusion, s1, self.cols, s2, seen, d.expert_ids, logits.__getitem__
+        )
+
+    def transclip(self, held: np.ndarray, choice: Choice, rows, s1, s2, seen_f):
+        """Stage scores of a fold's rows with TransCLIP (the shots of the classes but ``held`` as
+        support, their fit rows choosing gamma)."""
+        d = self.d
+        X, m, fit_rows, _ = self.shots(held, choice)
         cols = self.cols
         val = (
             {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()},
@@ -230,6 +271,7 @@ class Search:
                 for f in self.folds
             ],  # fmt: skip
             "unseen_share": self.share,
+            "unseen_share_estimate": self.share_estimate,
             "n_test": self.n_test,
         }
 

@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             env = Env.from_env(vars(args))  # class list / test folder defaults now exist
         log.info("%s", env.describe())
         classes = read_class_list(env.classes)
-        pool = read_labeled_list(env.train_list, classes)
+        pool = read_labeled_list(env.train_list, classes, env.data_dir)
         if len(pool) == 0:
             raise ListError(f"{env.train_list}: no images listed")
         common = dict(val_per_class=env.val_per_class, pseudo_unseen=args.pseudo_unseen)
         if args.shot_list:
-            shots = read_labeled_list(args.shot_list, classes)
+            shots = read_labeled_list(args.shot_list, classes, env.data_dir)
             split = split_from_shot_list(shots, pool, classes, env.shots, env.seed, **common)
             source = args.shot_list
         else:

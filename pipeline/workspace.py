@@ -90,7 +90,7 @@ class Workspace:
     def read_list(self, path: Path, what: str) -> LabeledList:
         if not path.is_file():
             raise FileNotFoundError(f"{what} list not found: {path} (run process.py first)")
-        return read_labeled_list(path, self.classes)
+        return read_labeled_list(path, self.classes, self.env.data_dir)
 
     # ------------------------------------------------------------------ features
     def text_classifiers(self) -> dict[str, np.ndarray]:

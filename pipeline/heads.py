@@ -50,6 +50,26 @@ def load_head(path: Path, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray]
     return arrays, info
 
 
+def read_json_artefact(path: str | os.PathLike, remedy: str = "re-run bash train.sh") -> dict:
+    """A JSON object that train.py (or process.py) wrote, e.g. heads/stage1.json; a missing,
+    unreadable or corrupted file (an interrupted copy, a full disk, an edit) is a one-line
+    HeadError naming it and ``remedy``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadError(f"{path}: not found; {remedy}") from None
+    except UnicodeDecodeError as e:
+        raise HeadError(f"{path}: corrupted (not UTF-8 text: {e.reason}); {remedy}") from None
+    except json.JSONDecodeError as e:
+        raise HeadError(f"{path}: corrupted (not valid JSON: {e}); {remedy}") from None
+    except OSError as e:
+        raise HeadError(f"{path}: unreadable ({e.strerror}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise HeadError(f"{path}: corrupted (not a JSON object); {remedy}")
+    return data
+
+
 def _j(x):
     if isinstance(x, np.generic):
         return x.item()

@@ -5,13 +5,13 @@ transductive: it sees every image being classified at once, fused across backbon
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.cascade import fuse
+from pipeline.heads import HeadError, read_json_artefact
 from pipeline.settings import Settings
 
 # Stage-1 candidates compared on the validation split with pseudo-unseen classes. The official
@@ -55,7 +55,11 @@ def stage1_choice(settings: Settings, heads_dir: Path) -> tuple[str, str, dict[s
     """(candidate name, variant, params) of stage 1 from the settings, or train.py's choice."""
     if settings.inmap_variant == "auto":
         path = Path(heads_dir) / STAGE1_FILE
-        name = json.loads(path.read_text())["chosen"] if path.is_file() else DEFAULT_STAGE1
+        name = read_json_artefact(path).get("chosen") if path.is_file() else DEFAULT_STAGE1
+        if name not in STAGE1_CANDIDATES:
+            raise HeadError(
+                f"{path}: corrupted ({name!r} is not a stage-1 candidate); re-run bash train.sh"
+            )
         variant, params = STAGE1_CANDIDATES[name]
     else:
         name, variant, params = settings.inmap_variant, settings.inmap_variant, {}

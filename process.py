@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 
+from pipeline import preflight
 from pipeline.env import ConfigError, Env, add_env_arguments
 from pipeline.lists import ListError, read_class_list, read_labeled_list
 from pipeline.split import (
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         env = Env.from_env(vars(args))
+        preflight.check_process(env)
         if env.is_demo:
             from pipeline.synthetic import ensure_demo
 

@@ -4,6 +4,11 @@ through one helper (pipeline.heads.read_json_artefact)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipeline.heads import HeadError
@@ -44,3 +49,113 @@ def test_json_artefact_helper(tmp_path):
     (tmp_path / "d.json").mkdir()
     with pytest.raises(HeadError, match="d.json: unreadable"):
         read_json_artefact(tmp_path / "d.json")
+
+
+# ------------------------------------------------------------------- the scripts on small inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_data(folder: Path, num_classes: int = 6, per_class: int = 6) -> Path:
+    """A data folder in the challenge layout; the images are tiny (nothing here decodes them
+    but process.py's --no-check run, which does not)."""
+    from PIL import Image
+
+    (folder / "TrainSet").mkdir(parents=True)
+    names = [f"Animal_c{i}" if i % 2 else f"Thu-dog_d{i}" for i in range(num_classes)]
+    (folder / "classes_b.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    lines = []
+    for c in range(num_classes):
+        for k in range(per_class):
+            rel = f"TrainSet/{c}_{k}.jpg"
+            Image.new("RGB", (8, 8), (c * 30, k * 30, 0)).save(folder / rel)
+            lines.append(f"{rel} {c}\n")
+    (folder / "train.txt").write_text("".join(lines))
+    (folder / "TestSet").mkdir()
+    for k in range(3):
+        Image.new("RGB", (8, 8), (k * 60, 0, 0)).save(folder / "TestSet" / f"image_{k + 1}.jpg")
+    return folder
+
+
+def fake_weights(folder: Path) -> dict[str, Path]:
+    """Files with the header of converted weights (family, config) and a token tensor: enough
+    for every check that reads headers, never loaded as a model here."""
+    import numpy as np
+
+    from models import weights
+    from pipeline.env import WEIGHT_FILES
+
+    out = {}
+    for name, w in WEIGHT_FILES.items():
+        config = {"image_resolution": 224} if w.family == "clip" else {"depths": [1]}
+        out[name] = weights.save(
+            folder / w.default, {"x": np.zeros(1, np.float32)}, family=w.family, config=config
+        )
+    return out
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = make_data(tmp_path / "data")
+    w = fake_weights(tmp_path / "weights")
+    env = dict(
+        os.environ,
+        DATA_DIR=str(data),
+        OUT_DIR=str(tmp_path / "out"),
+        CLIP_VIT=str(w["vit"]),
+        CLIP_RN=str(w["rn"]),
+        CONVNEXT=str(w["convnext"]),
+        WORKERS="1",
+    )
+    env.pop("SETTINGS", None)
+    return {"env": env, "data": data, "out": tmp_path / "out", "weights": w, "tmp": tmp_path}
+
+
+def run_script(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def refused(args: list[str], env: dict[str, str], *needles: str) -> str:
+    """Run a script; it must exit 2 with one ERROR line holding every needle, no traceback, and
+    nothing encoded. Returns that line."""
+    r = run_script(args, env)
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    assert r.returncode == 2, f"exit {r.returncode}:\n{r.stderr[-3000:]}"
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "encoding" not in r.stderr, r.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not (Path(env["OUT_DIR"]) / "cache").exists()
+    return errors[0]
+
+
+def process(setup, *args: str) -> None:
+    r = run_script(["process.py", "--no-check", *args], setup["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------ class lists
+
+
+@pytest.mark.parametrize("script", [["test.py"], ["train.py"], ["test.py", "--eval"]])
+def test_fewer_than_five_classes_refused_up_front(setup, script):
+    classes = setup["data"] / "classes_b.txt"
+    classes.write_text("".join(f"A_c{i} {i}\n" for i in range(4)))
+    refused(script, setup["env"], f"{classes}: 4 classes", "5 distinct class ids")
+
+
+def test_process_refuses_fewer_than_five_classes(setup):
+    classes = setup["data"] / "classes_b.txt"
+    classes.write_text("".join(f"A_c{i} {i}\n" for i in range(4)))
+    (setup["data"] / "train.txt").write_text("TrainSet/0_0.jpg 0\n")
+    refused(["process.py", "--no-check"], setup["env"], f"{classes}: 4 classes")
+    assert not (setup["out"] / "lists").exists()
+
+
+def test_training_refused_with_fewer_than_five_seen_classes(setup):
+    train = setup["data"] / "train.txt"
+    train.write_text("".join(ln for ln in train.read_text().splitlines(True) if ln[-2] in "0123"))
+    process(setup)
+    refused(["train.py"], setup["env"], "train_4shot.txt: only 4 classes have training images")

@@ -5,6 +5,8 @@
 lists. Each problem raises :class:`PreflightError` (a ConfigError: reported in one line, exit
 status 2) naming the file, setting or variable and what to do. What is checked, by script:
 
+- OUT_DIR: a folder (created if missing) that this run can write, as are the sub-folders the
+  script writes into; none of the files it writes is a folder;
 - the class list: at least 5 classes (a submission line holds 5 distinct class ids); for
   training, at least 5 classes with training images (stage 2 ranks the seen classes).
 """
@@ -13,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Optional
 
+from models.fileio import create_temp
 from pipeline.env import ConfigError, Env
 from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
 from pipeline.settings import Settings
@@ -35,6 +40,7 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     """Check everything ``script`` ("train", "test" or "eval") needs, then run the block."""
     if script not in SCRIPTS[1:]:
         raise ValueError(f"unknown script {script!r}")
+    _output_folder(env, script)
     classes = _class_list(env)
     if script == "train":
         _seen_classes(env, classes)
@@ -43,8 +49,59 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
 
 def check_process(env: Env) -> None:
     """What process.py needs before it writes the lists."""
+    _output_folder(env, "process")
     if not env.is_demo:  # the demo's class list is generated next (it has 26 classes)
         _class_list(env)
+
+
+# ---------------------------------------------------------------------------- the output folder
+
+# What each script writes under OUT_DIR: sub-folders, and files (a folder in their place would
+# fail only when the file is written, after all the work).
+WRITES = {
+    "process": (("lists",), ("lists/train_4shot.txt", "lists/val.txt", "lists/split.json")),
+    "train": (("heads", "expert", "cache"), ("train.json",)),
+    "test": (("cache",), ("result.txt", "warnings.txt", "predictions.tsv", "test.json")),
+    "eval": (("cache", "report"), ("report/report.md", "report/metrics.json")),
+}
+
+
+def _output_folder(env: Env, script: str) -> None:
+    folders, files = WRITES[script]
+    _writable_folder(env.out_dir, f"OUT_DIR={env.out_dir}")
+    for name in folders:
+        path = env.out_dir / name
+        if path.exists() or path.is_symlink():
+            _writable_folder(path, str(path))
+    for name in files:
+        path = env.out_dir / name
+        if path.is_dir():
+            raise PreflightError(
+                f"{path}: is a folder, but {script} writes a file there; move it away"
+            )
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    """``path`` is a folder this process can create files in (created when missing); ``what``
+    names it in the message."""
+    if path.exists() and not path.is_dir():
+        raise PreflightError(f"{what}: is a file, not a folder; set OUT_DIR to a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreflightError(
+            f"{what}: cannot create the folder ({e.strerror}); set OUT_DIR to a writable folder"
+        ) from None
+    # A real write, not os.access: root passes access checks on any folder, but not on a
+    # read-only file system.
+    try:
+        fd, tmp = create_temp(path, ".preflight.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise PreflightError(
+            f"{what}: not writable ({e.strerror}); set OUT_DIR to a writable folder"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- the class list

@@ -159,3 +159,82 @@ def test_training_refused_with_fewer_than_five_seen_classes(setup):
     train.write_text("".join(ln for ln in train.read_text().splitlines(True) if ln[-2] in "0123"))
     process(setup)
     refused(["train.py"], setup["env"], "train_4shot.txt: only 4 classes have training images")
+
+
+# ------------------------------------------------------------------------------ the output folder
+
+
+@pytest.mark.parametrize("script", [["test.py"], ["train.py"], ["process.py", "--no-check"]])
+def test_out_dir_that_is_a_file(setup, script):
+    setup["out"].write_text("not a folder")
+    refused(script, setup["env"], f"OUT_DIR={setup['out']}: is a file, not a folder")
+
+
+def test_out_dir_that_cannot_be_created(setup):
+    blocker = setup["tmp"] / "file"
+    blocker.write_text("")
+    env = dict(setup["env"], OUT_DIR=str(blocker / "out"))
+    refused(["test.py"], env, f"OUT_DIR={blocker / 'out'}: cannot create the folder")
+
+
+@pytest.mark.parametrize("name", ["result.txt", "test.json"])
+def test_output_file_that_is_a_folder(setup, name):
+    (setup["out"] / name).mkdir(parents=True)
+    refused(["test.py"], setup["env"], f"{setup['out'] / name}: is a folder")
+
+
+def test_read_only_out_dir_is_refused_up_front(setup):
+    # Root ignores permission bits, so the folder is made read-only the way root respects: a
+    # read-only bind mount of it in a private mount namespace (EROFS).
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare")
+    out = setup["out"]
+    out.mkdir()
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -m is not permitted here")
+    mount = f'mount --bind "{out}" "{out}" && mount -o remount,bind,ro "{out}" && exec "$@"'
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount, "sh", sys.executable, "test.py"],
+        cwd=ROOT,
+        env=setup["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"OUT_DIR={out}: not writable (Read-only file system)" in errors[0]
+
+
+def test_unwritable_out_dir_without_a_mount(setup, monkeypatch):
+    # The same refusal where mounts are not permitted: the write probe fails as on a
+    # read-only folder for a user other than root.
+    import errno
+
+    from pipeline import preflight
+    from pipeline.env import Env
+    from pipeline.settings import Settings
+
+    setup["out"].mkdir()
+    real = os.open
+
+    def fake_open(path, flags, *args, **kw):
+        if str(path).startswith(str(setup["out"])) and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    env = Env.from_env(environ=setup["env"])
+    with pytest.raises(preflight.PreflightError, match="not writable \\(Permission denied\\)"):
+        with preflight.checked("test", env, Settings()):
+            pass
+
+
+def test_settings_folder_refused_before_any_work(setup):
+    (setup["tmp"] / "settings.yaml").mkdir()
+    env = dict(setup["env"], SETTINGS=str(setup["tmp"] / "settings.yaml"))
+    refused(["test.py"], env, "settings.yaml: is a folder, not a YAML file")

@@ -8,7 +8,10 @@ status 2) naming the file, setting or variable and what to do. What is checked, 
 - OUT_DIR: a folder (created if missing) that this run can write, as are the sub-folders the
   script writes into; none of the files it writes is a folder;
 - the class list: at least 5 classes (a submission line holds 5 distinct class ids); for
-  training, at least 5 classes with training images (stage 2 ranks the seen classes).
+  training, at least 5 classes with training images (stage 2 ranks the seen classes);
+- the weight files: each one the run will load exists and holds its family (from the header,
+  ``models.weights.read_info``); any other one that is given must hold its family too, so
+  swapped variables are caught whatever the run needs.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+from models import weights
 from models.fileio import create_temp
-from pipeline.env import ConfigError, Env
+from models.weights import DOWNLOADS
+from pipeline.env import WEIGHT_FILES, ConfigError, Env
+from pipeline.heads import head_path
 from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
 from pipeline.settings import Settings
 
@@ -42,6 +48,7 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
         raise ValueError(f"unknown script {script!r}")
     _output_folder(env, script)
     classes = _class_list(env)
+    _weight_files(env, _weights_needed(script, env, settings, classes))
     if script == "train":
         _seen_classes(env, classes)
     yield
@@ -131,3 +138,46 @@ def _seen_classes(env: Env, classes: ClassList) -> Optional[int]:
             f"images of at least {TOP_K} classes to TRAIN_LIST, then re-run python process.py"
         )
     return seen
+
+
+# ------------------------------------------------------------------------------ weight files
+
+
+def _weights_needed(script: str, env: Env, settings: Settings, classes: ClassList) -> set[str]:
+    """The WEIGHT_FILES the run will load: its CLIP backbones, and ConvNeXt-V2 for training an
+    expert or AMU-Tuning, for a trained expert at test time, for AMU in the evaluation."""
+    need = set(settings.backbones)
+    if script == "train":
+        convnext = settings.amu or settings.expert_domain in classes.domain_names
+    else:
+        from pipeline.expert import INFO_FILE
+
+        convnext = bool(settings.expert_domain) and (env.out_dir / "expert" / INFO_FILE).is_file()
+        if script == "eval" and settings.amu:
+            convnext = (
+                convnext or head_path(env.out_dir / "heads", "amu", settings.backbones[0]).is_file()
+            )
+    if convnext:
+        need.add("convnext")
+    return need
+
+
+def _weight_files(env: Env, needed: set[str]) -> None:
+    for name, w in WEIGHT_FILES.items():
+        path = env.weights[name]
+        if not path.is_file():
+            if name in needed:
+                raise PreflightError(
+                    f"{w.variable}={path}: not found; download {DOWNLOADS[w.family]} and convert "
+                    f"it: python convert.py DOWNLOADED_FILE {path}"
+                )
+            continue
+        try:
+            family = weights.read_info(path)["family"]
+        except weights.WeightsError as e:
+            raise PreflightError(f"{w.variable}={' '.join(str(e).split())}") from None
+        if family != w.family:
+            raise PreflightError(
+                f"{w.variable}={path}: holds {family!r} weights, but {w.variable} names the "
+                f"{w.help} weights ({w.family!r}); check CLIP_VIT, CLIP_RN and CONVNEXT"
+            )

@@ -238,3 +238,47 @@ def test_settings_folder_refused_before_any_work(setup):
     (setup["tmp"] / "settings.yaml").mkdir()
     env = dict(setup["env"], SETTINGS=str(setup["tmp"] / "settings.yaml"))
     refused(["test.py"], env, "settings.yaml: is a folder, not a YAML file")
+
+
+# -------------------------------------------------------------------------------- weight files
+
+
+@pytest.mark.parametrize("script", [["test.py"], ["train.py"], ["test.py", "--eval"]])
+def test_clip_file_given_as_convnext_is_refused_up_front(setup, script):
+    vit = setup["weights"]["vit"]
+    env = dict(setup["env"], CONVNEXT=str(vit))
+    refused(script, env, f"CONVNEXT={vit}: holds 'clip' weights", "'convnextv2'")
+
+
+def test_convnext_file_given_as_clip_is_refused_up_front(setup):
+    cnx = setup["weights"]["convnext"]
+    env = dict(setup["env"], CLIP_RN=str(cnx))
+    refused(["train.py"], env, f"CLIP_RN={cnx}: holds 'convnextv2' weights", "'clip'")
+
+
+def test_missing_or_unreadable_weight_file(setup):
+    gone = setup["tmp"] / "nowhere" / "RN101.safetensors"
+    line = refused(["test.py"], dict(setup["env"], CLIP_RN=str(gone)), f"CLIP_RN={gone}: not found")
+    assert "python convert.py" in line
+    junk = setup["tmp"] / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    refused(["test.py"], dict(setup["env"], CLIP_VIT=str(junk)), f"CLIP_VIT={junk}: ")
+
+
+def test_convnext_needed_only_when_it_will_be_used(setup):
+    from pipeline import preflight
+    from pipeline.env import Env
+    from pipeline.settings import Settings
+
+    gone = setup["tmp"] / "none.safetensors"
+    env = Env.from_env(environ=dict(setup["env"], CONVNEXT=str(gone)))
+    # test.py with no trained expert, training without an expert domain: not needed
+    with preflight.checked("test", env, Settings()):
+        pass
+    with preflight.checked("train", env, Settings(expert_domain=None)):
+        pass
+    # training an expert on the data's dog classes, or AMU-Tuning: needed
+    for settings in (Settings(), Settings(expert_domain=None, amu=True)):
+        with pytest.raises(preflight.PreflightError, match=f"CONVNEXT={gone}: not found"):
+            with preflight.checked("train", env, settings):
+                pass

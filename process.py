@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_per_class": env.val_per_class,
             "source": source,
         }
+        info.update(preflight.split_record(env))  # what train.py compares with the current run
         written = write_split(split, env.lists_dir, classes, info)
     except (ConfigError, ListError, SplitError, FileExistsError) as e:
         log.error("%s", e)

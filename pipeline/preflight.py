@@ -11,23 +11,28 @@ status 2) naming the file, setting or variable and what to do. What is checked, 
   training, at least 5 classes with training images (stage 2 ranks the seen classes);
 - the weight files: each one the run will load exists and holds its family (from the header,
   ``models.weights.read_info``); any other one that is given must hold its family too, so
-  swapped variables are caught whatever the run needs.
+  swapped variables are caught whatever the run needs;
+- training and evaluation: the lists in ``$OUT_DIR/lists`` were made from the current DATA_DIR,
+  CLASSES, TRAIN_LIST (path and content), SHOTS, SEED and VAL_PER_CLASS, as process.py recorded
+  them in ``split.json`` (:func:`split_record`); train.sh runs process.py only when the lists are
+  missing, so after a change this says which value changed and to re-run process.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from models import weights
 from models.fileio import create_temp
 from models.weights import DOWNLOADS
 from pipeline.env import WEIGHT_FILES, ConfigError, Env
-from pipeline.heads import head_path
+from pipeline.heads import head_path, read_json_artefact
 from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
 from pipeline.settings import Settings
 
@@ -49,6 +54,8 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     _output_folder(env, script)
     classes = _class_list(env)
     _weight_files(env, _weights_needed(script, env, settings, classes))
+    if script in ("train", "eval"):
+        _lists_match(env)
     if script == "train":
         _seen_classes(env, classes)
     yield
@@ -180,4 +187,51 @@ def _weight_files(env: Env, needed: set[str]) -> None:
             raise PreflightError(
                 f"{w.variable}={path}: holds {family!r} weights, but {w.variable} names the "
                 f"{w.help} weights ({w.family!r}); check CLIP_VIT, CLIP_RN and CONVNEXT"
+            )
+
+
+# ------------------------------------------------------------------------ the lists' provenance
+
+# split.json key -> the variable that sets it
+_SPLIT_PATHS = {"data_dir": "DATA_DIR", "classes": "CLASSES", "train_list": "TRAIN_LIST"}
+_SPLIT_VALUES = {"shots": "SHOTS", "seed": "SEED", "val_per_class": "VAL_PER_CLASS"}
+_SPLIT_DIGESTS = {"classes_sha256": "classes", "train_list_sha256": "train_list"}
+
+
+def split_record(env: Env) -> dict[str, Any]:
+    """What process.py's lists are made from, for ``lists/split.json``: absolute paths and the
+    sha256 of the class list and the training list, and the sizes and seed."""
+    record: dict[str, Any] = {k: os.path.realpath(getattr(env, k)) for k in _SPLIT_PATHS}
+    record.update({k: getattr(env, k) for k in _SPLIT_VALUES})
+    for key, field in _SPLIT_DIGESTS.items():
+        record[key] = hashlib.sha256(Path(getattr(env, field)).read_bytes()).hexdigest()
+    return record
+
+
+def _lists_match(env: Env) -> None:
+    path = env.split_info
+    if not env.train_shots_list.is_file():
+        return  # reported by the run itself: "list not found ... (run process.py first)"
+    if not path.is_file():
+        log.warning("%s is missing: cannot check what the lists were made from", path)
+        return
+    recorded = read_json_artefact(path, "re-run python process.py")
+    current = split_record(env)
+    where = f"the lists in {env.lists_dir}"
+    todo = "re-run python process.py (with the options you gave it), then bash train.sh"
+    for key, var in _SPLIT_PATHS.items():
+        if key in recorded and os.path.realpath(str(recorded[key])) != current[key]:
+            raise PreflightError(
+                f"{var} is {getattr(env, key)} but {where} were made from {recorded[key]}; {todo}"
+            )
+    for key, var in _SPLIT_VALUES.items():
+        if key in recorded and recorded[key] != current[key]:
+            raise PreflightError(
+                f"{var} is {current[key]} but {where} were made with {var} {recorded[key]}; {todo}"
+            )
+    for key, field in _SPLIT_DIGESTS.items():
+        if key in recorded and recorded[key] != current[key]:
+            var = _SPLIT_PATHS[field]
+            raise PreflightError(
+                f"{var} {getattr(env, field)} changed since {where} were made from it; {todo}"
             )

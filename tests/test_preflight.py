@@ -282,3 +282,57 @@ def test_convnext_needed_only_when_it_will_be_used(setup):
         with pytest.raises(preflight.PreflightError, match=f"CONVNEXT={gone}: not found"):
             with preflight.checked("train", env, settings):
                 pass
+
+
+# ------------------------------------------------------------------- lists made from other input
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"SEED": "1"}, "SEED is 1 but the lists in {lists} were made with SEED 0"),
+        ({"SHOTS": "3"}, "SHOTS is 3 but the lists in {lists} were made with SHOTS 4"),
+        ({"VAL_PER_CLASS": "1"}, "VAL_PER_CLASS is 1 but the lists in {lists} were made with"),
+        ({"TRAIN_LIST": "{data}/train2.txt"}, "TRAIN_LIST is {data}/train2.txt but the lists"),
+        ({"DATA_DIR": "{tmp}/data2"}, "DATA_DIR is {tmp}/data2 but the lists in {lists}"),
+        ({"CLASSES": "{data}/classes2.txt"}, "CLASSES is {data}/classes2.txt but the lists"),
+    ],
+)
+def test_lists_made_with_other_values_are_refused_at_train_time(setup, change, message):
+    import shutil
+
+    process(setup)
+    shutil.copytree(setup["data"], setup["tmp"] / "data2")
+    shutil.copy(setup["data"] / "train.txt", setup["data"] / "train2.txt")
+    shutil.copy(setup["data"] / "classes_b.txt", setup["data"] / "classes2.txt")
+    names = {"data": setup["data"], "tmp": setup["tmp"], "lists": setup["out"] / "lists"}
+    env = dict(setup["env"], **{k: v.format(**names) for k, v in change.items()})
+    for script in (["train.py"], ["test.py", "--eval"]):
+        refused(script, env, message.format(**names), "re-run python process.py")
+
+
+@pytest.mark.parametrize("name", ["train.txt", "classes_b.txt"])
+def test_lists_made_from_an_edited_file_are_refused(setup, name):
+    process(setup)
+    path = setup["data"] / name
+    if name == "train.txt":
+        path.write_text(path.read_text().replace("TrainSet/0_5.jpg 0\n", ""))
+    else:
+        path.write_text(path.read_text().replace("d0 0", "d0_renamed 0"))
+    var = "TRAIN_LIST" if name == "train.txt" else "CLASSES"
+    refused(["train.py"], setup["env"], f"{var} {path} changed since the lists in")
+
+
+def test_lists_of_the_current_values_pass(setup):
+    from pipeline import preflight
+    from pipeline.env import Env
+    from pipeline.settings import Settings
+
+    process(setup)
+    env = Env.from_env(environ=dict(setup["env"], SEED="2"))
+    with pytest.raises(preflight.PreflightError, match="SEED is 2"):
+        with preflight.checked("train", env, Settings(expert_domain=None)):
+            pass
+    process(setup, "--seed", "2")  # re-run as the message says
+    with preflight.checked("train", env, Settings(expert_domain=None)):
+        pass

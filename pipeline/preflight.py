@@ -15,7 +15,10 @@ status 2) naming the file, setting or variable and what to do. What is checked, 
 - training and evaluation: the lists in ``$OUT_DIR/lists`` were made from the current DATA_DIR,
   CLASSES, TRAIN_LIST (path and content), SHOTS, SEED and VAL_PER_CLASS, as process.py recorded
   them in ``split.json`` (:func:`split_record`); train.sh runs process.py only when the lists are
-  missing, so after a change this says which value changed and to re-run process.py.
+  missing, so after a change this says which value changed and to re-run process.py;
+- testing and evaluation: train.py's artefacts in ``heads/`` and ``expert/`` are readable (every
+  JSON file, every safetensors header), the LP++ heads exist and fit the class list and the
+  weights, the stage-1 choice and the expert load (they are small: nothing is encoded).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from models import weights
 from models.fileio import create_temp
 from models.weights import DOWNLOADS
 from pipeline.env import WEIGHT_FILES, ConfigError, Env
-from pipeline.heads import head_path, read_json_artefact
+from pipeline.heads import classes_fingerprint, head_path, load_head, read_json_artefact
 from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
 from pipeline.settings import Settings
 
@@ -58,6 +61,8 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
         _lists_match(env)
     if script == "train":
         _seen_classes(env, classes)
+    else:
+        _trained_artefacts(script, env, settings, classes)
     yield
 
 
@@ -235,3 +240,44 @@ def _lists_match(env: Env) -> None:
             raise PreflightError(
                 f"{var} {getattr(env, field)} changed since {where} were made from it; {todo}"
             )
+
+
+# ------------------------------------------------------------------------ train.py's artefacts
+
+
+def _trained_artefacts(script: str, env: Env, settings: Settings, classes: ClassList) -> None:
+    """What test.py and the evaluation load from heads/ and expert/, checked (and thrown away)
+    now: HeadError / WeightsError name the file and say to re-run train.sh."""
+    from pipeline.expert import INFO_FILE, DomainExpert
+    from pipeline.scores import stage1_choice
+
+    heads, expert = env.out_dir / "heads", env.out_dir / "expert"
+    for folder in (heads, expert):
+        for path in sorted(folder.glob("*.json")):
+            read_json_artefact(path)
+        for path in sorted(folder.glob("*.safetensors")):
+            if path.name.startswith("text_"):
+                continue  # the text classifiers' cache: rebuilt when unreadable
+            try:
+                weights.read_info(path)
+            except weights.WeightsError as e:
+                raise PreflightError(f"{' '.join(str(e).split())}; re-run bash train.sh") from None
+    tags = [""]
+    if script == "eval" and (env.lists_dir / "pseudo_unseen.json").is_file():
+        tags.append("pseudo")
+    for name in settings.backbones:
+        expect = {
+            "classes": classes_fingerprint(classes.names),
+            "weights": weights.fingerprint(env.weights[name]),
+        }
+        for tag in tags:
+            load_head(head_path(heads, "lpp", name, tag), expect)
+    if settings.unseen_stage:
+        stage1_choice(settings, heads)
+    if settings.expert_domain and (expert / INFO_FILE).is_file():
+        try:
+            DomainExpert.load(expert, env.weights["convnext"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise PreflightError(
+                f"{expert / INFO_FILE}: corrupted ({type(e).__name__}: {e}); re-run bash train.sh"
+            ) from None

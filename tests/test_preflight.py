@@ -272,9 +272,11 @@ def test_convnext_needed_only_when_it_will_be_used(setup):
 
     gone = setup["tmp"] / "none.safetensors"
     env = Env.from_env(environ=dict(setup["env"], CONVNEXT=str(gone)))
-    # test.py with no trained expert, training without an expert domain: not needed
-    with preflight.checked("test", env, Settings()):
-        pass
+    # test.py with no trained expert (it stops at the heads, checked after the weights),
+    # training without an expert domain: not needed
+    with pytest.raises(HeadError, match="trained head not found"):
+        with preflight.checked("test", env, Settings()):
+            pass
     with preflight.checked("train", env, Settings(expert_domain=None)):
         pass
     # training an expert on the data's dog classes, or AMU-Tuning: needed
@@ -336,3 +338,57 @@ def test_lists_of_the_current_values_pass(setup):
     process(setup, "--seed", "2")  # re-run as the message says
     with preflight.checked("train", env, Settings(expert_domain=None)):
         pass
+
+
+# ------------------------------------------------------------------ trained artefacts at test time
+
+
+def test_corrupted_stage1_json_refused_before_encoding(setup):
+    heads = setup["out"] / "heads"
+    heads.mkdir(parents=True)
+    (heads / STAGE1_FILE).write_text('{"chosen": "chall')
+    for script in (["test.py"], ["test.py", "--eval"]):
+        refused(script, setup["env"], f"{heads / STAGE1_FILE}: corrupted", "re-run bash train.sh")
+
+
+def test_truncated_head_and_corrupted_expert_refused_before_encoding(setup):
+    import numpy as np
+
+    from models import weights
+    from pipeline.heads import classes_fingerprint, save_head
+    from pipeline.lists import read_class_list
+
+    heads, expert = setup["out"] / "heads", setup["out"] / "expert"
+    names = read_class_list(setup["data"] / "classes_b.txt").names
+    for name in ("vit", "rn"):
+        info = {
+            "classes": classes_fingerprint(names),
+            "weights": weights.fingerprint(setup["weights"][name]),
+        }
+        save_head(heads / f"lpp_{name}.safetensors", {"w": np.zeros(3, np.float32)}, info)
+    expert.mkdir()
+    (expert / "expert.json").write_text("{}")
+    refused(["test.py"], setup["env"], f"{expert / 'expert.json'}: artefact version None")
+    (expert / "expert.json").write_text("[1, 2")
+    refused(["test.py"], setup["env"], f"{expert / 'expert.json'}: corrupted (not valid JSON")
+    (expert / "expert.json").unlink()
+    data = (heads / "lpp_rn.safetensors").read_bytes()
+    (heads / "lpp_rn.safetensors").write_bytes(data[: len(data) // 2])
+    refused(["test.py"], setup["env"], f"{heads / 'lpp_rn.safetensors'}: ", "re-run bash train.sh")
+
+
+def test_heads_missing_or_of_another_class_list_refused_before_encoding(setup):
+    import numpy as np
+
+    from models import weights
+    from pipeline.heads import save_head
+
+    heads = setup["out"] / "heads"
+    refused(["test.py"], setup["env"], f"trained head not found: {heads / 'lpp_vit.safetensors'}")
+    for name in ("vit", "rn"):
+        info = {
+            "classes": "0123456789abcdef",
+            "weights": weights.fingerprint(setup["weights"][name]),
+        }
+        save_head(heads / f"lpp_{name}.safetensors", {"w": np.zeros(3, np.float32)}, info)
+    refused(["test.py"], setup["env"], f"{heads / 'lpp_vit.safetensors'}: trained with classes=")

@@ -18,7 +18,12 @@ status 2) naming the file, setting or variable and what to do. What is checked, 
   missing, so after a change this says which value changed and to re-run process.py;
 - testing and evaluation: train.py's artefacts in ``heads/`` and ``expert/`` are readable (every
   JSON file, every safetensors header), the LP++ heads exist and fit the class list and the
-  weights, the stage-1 choice and the expert load (they are small: nothing is encoded).
+  weights, the stage-1 choice and the expert load (they are small: nothing is encoded);
+- a training that did not finish: train.py writes ``$OUT_DIR/training.incomplete`` once its
+  checks pass, before it touches any artefact, and removes it only when it has written
+  train.json (the last step); killed or failed, it leaves the marker, and test.py refuses to run
+  on what may be a mix of two trainings' heads until train.sh has run to the end. (A marker needs
+  no clock: comparing train.json's time with the artefacts' would break on copies.)
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 from models import weights
-from models.fileio import create_temp
+from models.fileio import create_temp, write_json_atomic
 from models.weights import DOWNLOADS
 from pipeline.env import WEIGHT_FILES, ConfigError, Env
-from pipeline.heads import classes_fingerprint, head_path, load_head, read_json_artefact
+from pipeline.heads import HeadError, classes_fingerprint, head_path, load_head, read_json_artefact
 from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
 from pipeline.settings import Settings
 
@@ -43,6 +49,10 @@ log = logging.getLogger(__name__)
 
 SCRIPTS = ("process", "train", "test", "eval")
 TOP_K = 5  # class ids per line of result.txt
+
+
+# Present while a training runs, and after one that did not finish (see the module docstring).
+TRAINING_MARKER = "training.incomplete"
 
 
 class PreflightError(ConfigError):
@@ -62,8 +72,15 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     if script == "train":
         _seen_classes(env, classes)
     else:
+        _training_finished(env)
         _trained_artefacts(script, env, settings, classes)
-    yield
+    if script != "train":
+        yield
+        return
+    marker = env.out_dir / TRAINING_MARKER
+    write_json_atomic(marker, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    yield  # an exception (or a kill) leaves the marker
+    marker.unlink()
 
 
 def check_process(env: Env) -> None:
@@ -281,3 +298,17 @@ def _trained_artefacts(script: str, env: Env, settings: Settings, classes: Class
             raise PreflightError(
                 f"{expert / INFO_FILE}: corrupted ({type(e).__name__}: {e}); re-run bash train.sh"
             ) from None
+
+
+def _training_finished(env: Env) -> None:
+    marker = env.out_dir / TRAINING_MARKER
+    if not marker.exists():
+        return
+    try:
+        started = f" (started {read_json_artefact(marker).get('started')})"
+    except HeadError:
+        started = ""
+    raise PreflightError(
+        f"{marker}: the last training{started} did not finish (killed or failed), so heads/ and "
+        "expert/ may mix two trainings; run bash train.sh to the end first"
+    )

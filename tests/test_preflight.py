@@ -392,3 +392,81 @@ def test_heads_missing_or_of_another_class_list_refused_before_encoding(setup):
         }
         save_head(heads / f"lpp_{name}.safetensors", {"w": np.zeros(3, np.float32)}, info)
     refused(["test.py"], setup["env"], f"{heads / 'lpp_vit.safetensors'}: trained with classes=")
+
+
+# ------------------------------------------------------------------------ interrupted training
+
+# train.py's preflight and bookkeeping around a stand-in for the training (the real one needs
+# real weights and minutes): it announces itself, then waits to be killed or finishes.
+FAKE_TRAIN = """
+import sys, time
+from pipeline.cli import add_common_arguments, run_main
+import argparse
+ap = argparse.ArgumentParser()
+add_common_arguments(ap)
+def work(env, settings):
+    from pipeline.heads import load_head, save_head
+    path = env.out_dir / "heads" / "lpp_vit.safetensors"
+    arrays, info = load_head(path, {})
+    save_head(path, {"w": arrays["w"] + 1}, info)  # a new head beside the old ones
+    print("working", flush=True)
+    time.sleep(float(sys.argv[1]))
+sys.exit(run_main(ap.parse_args([]), work, "train"))
+"""
+
+
+def start_fake_training(setup, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAKE_TRAIN, str(seconds)],
+        cwd=ROOT,
+        env=setup["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "working", proc.stderr.read()
+    return proc
+
+
+def trained_heads(setup) -> None:
+    """LP++ heads that fit the class list and the weights (as a finished training leaves)."""
+    import numpy as np
+
+    from models import weights
+    from pipeline.heads import classes_fingerprint, save_head
+    from pipeline.lists import read_class_list
+
+    names = read_class_list(setup["data"] / "classes_b.txt").names
+    for name in ("vit", "rn"):
+        info = {
+            "classes": classes_fingerprint(names),
+            "weights": weights.fingerprint(setup["weights"][name]),
+        }
+        path = setup["out"] / "heads" / f"lpp_{name}.safetensors"
+        save_head(path, {"w": np.zeros(3, np.float32)}, info)
+
+
+def test_killed_training_is_refused_at_test_time(setup):
+    import signal
+
+    process(setup)
+    trained_heads(setup)  # an earlier, complete training
+    proc = start_fake_training(setup, 300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    marker = setup["out"] / "training.incomplete"
+    for script in (["test.py"], ["test.py", "--eval"]):
+        refused(script, setup["env"], f"{marker}: the last training", "did not finish")
+    # a training that completes clears it
+    proc = start_fake_training(setup, 0)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert not marker.exists()
+
+
+def test_failed_training_is_refused_at_test_time(setup):
+    # The real train.py, failing after its checks (the stand-in weights cannot be built).
+    process(setup)
+    trained_heads(setup)
+    r = run_script(["train.py"], setup["env"])
+    assert r.returncode == 2 and "CLIP config" in r.stderr, r.stderr[-3000:]
+    refused(["test.py"], setup["env"], "training.incomplete: the last training", "bash train.sh")

@@ -7,6 +7,12 @@ status 2) naming the file, setting or variable and what to do. What is checked, 
 
 - OUT_DIR: a folder (created if missing) that this run can write, as are the sub-folders the
   script writes into; none of the files it writes is a folder;
+- OUT_DIR is not in use: train.py and test.py hold an exclusive lock on ``$OUT_DIR/.lock`` for
+  their whole run; a second run on the same OUT_DIR says which run (pid) has it and exits;
+  process.py only checks that no run holds it. A POSIX record lock (``fcntl.lockf``) rather than
+  ``flock``: the system releases it when the process ends, however it ends, and forked children
+  (Jittor's compile pool, decoding workers) do not inherit it, so a killed run cannot leave its
+  lock behind in an orphaned child;
 - the class list: at least 5 classes (a submission line holds 5 distinct class ids); for
   training, at least 5 classes with training images (stage 2 ranks the seen classes);
 - the weight files: each one the run will load exists and holds its family (from the header,
@@ -29,6 +35,7 @@ status 2) naming the file, setting or variable and what to do. What is checked, 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -65,18 +72,24 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     if script not in SCRIPTS[1:]:
         raise ValueError(f"unknown script {script!r}")
     _output_folder(env, script)
+    lock = _lock(env, script)
+    try:
+        yield from _checked(script, env, settings)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     classes = _class_list(env)
     _weight_files(env, _weights_needed(script, env, settings, classes))
     if script in ("train", "eval"):
         _lists_match(env)
-    if script == "train":
-        _seen_classes(env, classes)
-    else:
+    if script != "train":
         _training_finished(env)
         _trained_artefacts(script, env, settings, classes)
-    if script != "train":
         yield
         return
+    _seen_classes(env, classes)
     marker = env.out_dir / TRAINING_MARKER
     write_json_atomic(marker, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     yield  # an exception (or a kill) leaves the marker
@@ -86,6 +99,7 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
 def check_process(env: Env) -> None:
     """What process.py needs before it writes the lists."""
     _output_folder(env, "process")
+    os.close(_lock(env, "process"))  # only: no train.py or test.py is using OUT_DIR
     if not env.is_demo:  # the demo's class list is generated next (it has 26 classes)
         _class_list(env)
 
@@ -138,6 +152,30 @@ def _writable_folder(path: Path, what: str) -> None:
         raise PreflightError(
             f"{what}: not writable ({e.strerror}); set OUT_DIR to a writable folder"
         ) from None
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock(env: Env, script: str) -> int:
+    """An open descriptor holding the exclusive lock on OUT_DIR (close it to release)."""
+    path = env.out_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise PreflightError(f"{path}: cannot open the lock file ({e.strerror})") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "pid unknown"
+        os.close(fd)
+        raise PreflightError(
+            f"OUT_DIR {env.out_dir} is in use by another run ({holder}); wait for it to end or "
+            "set another OUT_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{script}, pid {os.getpid()}\n".encode(), 0)
+    return fd
 
 
 # ----------------------------------------------------------------------------- the class list

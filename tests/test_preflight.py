@@ -409,15 +409,22 @@ def work(env, settings):
     path = env.out_dir / "heads" / "lpp_vit.safetensors"
     arrays, info = load_head(path, {})
     save_head(path, {"w": arrays["w"] + 1}, info)  # a new head beside the old ones
+    if sys.argv[3:] == ["fork"]:  # a child as Jittor's compile pool forks one: it lives on
+        import os
+        child = os.fork()
+        if child == 0:
+            time.sleep(120)
+            os._exit(0)
+        print(child, flush=True)
     print("working", flush=True)
     time.sleep(float(sys.argv[1]))
-sys.exit(run_main(ap.parse_args([]), work, "train"))
+sys.exit(run_main(ap.parse_args([]), work, sys.argv[2]))
 """
 
 
-def start_fake_training(setup, seconds: float) -> subprocess.Popen:
+def start_fake_training(setup, seconds: float, script: str = "train", *more: str):
     proc = subprocess.Popen(
-        [sys.executable, "-c", FAKE_TRAIN, str(seconds)],
+        [sys.executable, "-c", FAKE_TRAIN, str(seconds), script, *more],
         cwd=ROOT,
         env=setup["env"],
         stdout=subprocess.PIPE,
@@ -470,3 +477,76 @@ def test_failed_training_is_refused_at_test_time(setup):
     r = run_script(["train.py"], setup["env"])
     assert r.returncode == 2 and "CLIP config" in r.stderr, r.stderr[-3000:]
     refused(["test.py"], setup["env"], "training.incomplete: the last training", "bash train.sh")
+
+
+# ------------------------------------------------------------------------- concurrent runs
+
+
+def test_second_run_on_the_same_out_dir_is_refused(setup):
+    import signal
+
+    process(setup)
+    trained_heads(setup)
+    holder = start_fake_training(setup, 300, "test")  # a test.py at work (the checks passed)
+    try:
+        pid = holder.pid
+        line = refused(["test.py"], setup["env"], f"OUT_DIR {setup['out']} is in use by another")
+        assert f"test, pid {pid}" in line
+        refused(["train.py"], setup["env"], f"pid {pid}")
+        refused(["process.py", "--no-check"], setup["env"], f"pid {pid}")
+        other = dict(setup["env"], OUT_DIR=str(setup["tmp"] / "out2"))
+        r = run_script(["test.py"], other)  # another OUT_DIR is free (and needs its training)
+        assert "in use" not in r.stderr and "trained head not found" in r.stderr, r.stderr
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(timeout=60)
+    # the lock went with its process: the same command now passes the lock
+    r = run_script(["test.py"], setup["env"])
+    assert "in use" not in r.stderr, r.stderr[-2000:]
+
+
+def test_two_test_runs_started_together_one_is_refused(setup):
+    trained_heads(setup)
+    env2 = dict(setup["env"], TEST_DIR=str(setup["tmp"] / "tests2"))
+    (setup["tmp"] / "tests2").mkdir()
+    (setup["tmp"] / "tests2" / "image_1.jpg").write_bytes(
+        (setup["data"] / "TestSet" / "image_1.jpg").read_bytes()
+    )
+    a = start_fake_training(setup, 30, "test")
+    b = subprocess.run(
+        [sys.executable, "-c", FAKE_TRAIN, "0", "test"],
+        cwd=ROOT,
+        env=env2,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    a.terminate()
+    a.wait(timeout=60)
+    assert b.returncode == 2 and "is in use by another run" in b.stderr, b.stderr[-2000:]
+    assert "working" not in b.stdout
+
+
+def test_lock_is_not_kept_by_a_forked_child_of_a_killed_run(setup):
+    import signal
+
+    process(setup)
+    trained_heads(setup)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FAKE_TRAIN, "300", "train", "fork"],
+        cwd=ROOT,
+        env=setup["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    child = int(holder.stdout.readline())
+    assert holder.stdout.readline().strip() == "working"
+    try:
+        refused(["test.py"], setup["env"], "is in use by another run")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+        os.kill(child, 0)  # still alive, holding the lock file open
+        refused(["test.py"], setup["env"], "training.incomplete: the last training")
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -235,8 +235,9 @@ def _weight_files(env: Env, needed: set[str]) -> None:
         if not path.is_file():
             if name in needed:
                 raise PreflightError(
-                    f"{w.variable}={path}: not found; download {DOWNLOADS[w.family]} and convert "
-                    f"it: python convert.py DOWNLOADED_FILE {path}"
+                    f"{w.variable}={path}: weight file not found; download "
+                    f"{DOWNLOADS[w.family]} and convert it: "
+                    f"python convert.py DOWNLOADED_FILE {path}"
                 )
             continue
         try:

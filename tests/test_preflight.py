@@ -258,7 +258,9 @@ def test_convnext_file_given_as_clip_is_refused_up_front(setup):
 
 def test_missing_or_unreadable_weight_file(setup):
     gone = setup["tmp"] / "nowhere" / "RN101.safetensors"
-    line = refused(["test.py"], dict(setup["env"], CLIP_RN=str(gone)), f"CLIP_RN={gone}: not found")
+    line = refused(
+        ["test.py"], dict(setup["env"], CLIP_RN=str(gone)), f"CLIP_RN={gone}: weight file not found"
+    )
     assert "python convert.py" in line
     junk = setup["tmp"] / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
@@ -281,7 +283,9 @@ def test_convnext_needed_only_when_it_will_be_used(setup):
         pass
     # training an expert on the data's dog classes, or AMU-Tuning: needed
     for settings in (Settings(), Settings(expert_domain=None, amu=True)):
-        with pytest.raises(preflight.PreflightError, match=f"CONVNEXT={gone}: not found"):
+        with pytest.raises(
+            preflight.PreflightError, match=f"CONVNEXT={gone}: weight file not found"
+        ):
             with preflight.checked("train", env, settings):
                 pass
 

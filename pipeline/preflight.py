@@ -42,7 +42,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from models import weights
 from models.fileio import create_temp, write_json_atomic
@@ -54,9 +54,7 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCRIPTS = ("process", "train", "test", "eval")
 TOP_K = 5  # class ids per line of result.txt
-
 
 # Present while a training runs, and after one that did not finish (see the module docstring).
 TRAINING_MARKER = "training.incomplete"
@@ -69,7 +67,7 @@ class PreflightError(ConfigError):
 @contextlib.contextmanager
 def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     """Check everything ``script`` ("train", "test" or "eval") needs, then run the block."""
-    if script not in SCRIPTS[1:]:
+    if script not in ("train", "test", "eval"):
         raise ValueError(f"unknown script {script!r}")
     _output_folder(env, script)
     lock = _lock(env, script)
@@ -191,12 +189,12 @@ def _class_list(env: Env) -> ClassList:
     return classes
 
 
-def _seen_classes(env: Env, classes: ClassList) -> Optional[int]:
+def _seen_classes(env: Env, classes: ClassList) -> None:
     """Refuse a training list with fewer than TOP_K classes (when the list exists: its absence
     is reported by the training itself, with what to run)."""
     path = env.train_shots_list
     if not path.is_file():
-        return None
+        return
     seen = seen_class_ids(read_labeled_list(path, classes, env.data_dir), classes).size
     if seen < TOP_K:
         raise PreflightError(
@@ -204,7 +202,6 @@ def _seen_classes(env: Env, classes: ClassList) -> Optional[int]:
             f"classes with training images and result.txt needs {TOP_K} per image: add "
             f"images of at least {TOP_K} classes to TRAIN_LIST, then re-run python process.py"
         )
-    return seen
 
 
 # ------------------------------------------------------------------------------ weight files

@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 
+from pipeline import preflight
 from pipeline.env import ConfigError, Env, add_env_arguments
 from pipeline.lists import ListError, read_class_list, read_labeled_list
 from pipeline.settings import Settings, SettingsError
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         env = Env.from_env(vars(args))
+        preflight.check_process(env)
         if env.is_demo:
             from pipeline.synthetic import ensure_demo
 
@@ -78,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             env = Env.from_env(vars(args))  # class list / test folder defaults now exist
         log.info("%s", env.describe())
         classes = read_class_list(env.classes)
-        pool = read_labeled_list(env.train_list, classes)
+        pool = read_labeled_list(env.train_list, classes, env.data_dir)
         if len(pool) == 0:
             raise ListError(f"{env.train_list}: no images listed")
         common = dict(val_per_class=env.val_per_class)
         shot_list = args.shot_list or Settings.load(args.settings).shot_list
         if shot_list:
-            shots = read_labeled_list(shot_list, classes)
+            shots = read_labeled_list(shot_list, classes, env.data_dir)
             split = split_from_shot_list(shots, pool, classes, env.shots, env.seed, **common)
             source = shot_list
         else:
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_per_class": env.val_per_class,
             "source": source,
         }
+        info.update(preflight.split_record(env))  # what train.py compares with the current run
         written = write_split(split, env.lists_dir, classes, info)
     except (ConfigError, ListError, SettingsError, SplitError, FileExistsError) as e:
         log.error("%s", e)

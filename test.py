@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return predict(env, settings)
 
-    return run_main(args, work)
+    return run_main(args, work, "eval" if args.eval else "test")
 
 
 if __name__ == "__main__":

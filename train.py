@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train").info("done: %s", env.out_dir / "train.json")
         return summary
 
-    return run_main(args, work)
+    return run_main(args, work, "train")
 
 
 if __name__ == "__main__":

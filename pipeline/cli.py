@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any, Callable
 
+from pipeline import preflight
 from pipeline.env import Env, add_env_arguments
 from pipeline.settings import Settings
 
@@ -52,8 +53,9 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any]) -> int:
-    """Resolve configuration and settings, run ``work``; bad input exits 2 with one line."""
+def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], script: str) -> int:
+    """Resolve configuration and settings, check what ``script`` ("train", "test", "eval")
+    needs (pipeline.preflight), run ``work``; bad input exits 2 with one line."""
     setup_logging(args.verbose)
     if args.device:
         import os
@@ -66,7 +68,8 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any]) -> 
         env = Env.from_env(vars(args))
         settings = Settings.load(args.settings)
         log.info(env.describe())
-        work(env, settings)
+        with preflight.checked(script, env, settings):
+            work(env, settings)
     except KeyboardInterrupt:
         # Only before Jittor is imported: Jittor then handles SIGINT itself with a quick exit
         # (status 1, no finally blocks). Either way nothing finished is lost: every file is

@@ -50,6 +50,26 @@ def load_head(path: Path, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray]
     return arrays, info
 
 
+def read_json_artefact(path: str | os.PathLike, remedy: str = "re-run bash train.sh") -> dict:
+    """A JSON object that train.py (or process.py) wrote, e.g. heads/stage1.json; a missing,
+    unreadable or corrupted file (an interrupted copy, a full disk, an edit) is a one-line
+    HeadError naming it and ``remedy``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadError(f"{path}: not found; {remedy}") from None
+    except UnicodeDecodeError as e:
+        raise HeadError(f"{path}: corrupted (not UTF-8 text: {e.reason}); {remedy}") from None
+    except json.JSONDecodeError as e:
+        raise HeadError(f"{path}: corrupted (not valid JSON: {e}); {remedy}") from None
+    except OSError as e:
+        raise HeadError(f"{path}: unreadable ({e.strerror}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise HeadError(f"{path}: corrupted (not a JSON object); {remedy}")
+    return data
+
+
 def _j(x):  # JSON for numpy scalars and arrays
     if isinstance(x, np.generic):
         return x.item()
@@ -90,10 +110,16 @@ def load_models(
     for method in methods:
         cls = _model_class(method)
         for b, wanted in expect.items():
-            arrays, info = load_head(head_path(heads_dir, method, b), wanted)
+            path = head_path(heads_dir, method, b)
+            arrays, info = load_head(path, wanted)
             config_type = type(cls().config)
             names = {f.name for f in fields(config_type)}
-            config = config_type(**{k: v for k, v in info.get("config", {}).items() if k in names})
-            models.setdefault(method, {})[b] = cls.from_state_dict(arrays, config)
-            infos.append(info)
+            try:
+                config = config_type(**{k: v for k, v in info["config"].items() if k in names})
+                models.setdefault(method, {})[b] = cls.from_state_dict(arrays, config)
+                infos.append({"seen_ids": list(info["seen_ids"]), **info})
+            except (KeyError, TypeError, ValueError) as e:
+                raise HeadError(
+                    f"{path}: corrupted ({type(e).__name__}: {e}); re-run bash train.sh"
+                ) from None
     return models, infos

@@ -25,9 +25,24 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-# Guard against decompression bombs without refusing legitimately large photos
-# (PIL raises above twice this many pixels).
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# Our own size limits, checked from the file header before anything is decoded (the image then
+# becomes an ImageError: skipped in training, a grey placeholder and a warnings.txt line at test
+# time).
+#
+# MAX_PIXELS: a decoded 50 MP image is 150 MB as RGB and several times that while it is converted
+# and resized, on each of up to 16 decoding threads at once; a 20000 x 20000 PNG of a few hundred
+# kB decoded at 4.7 GB. Classification at 224-384 px gains nothing from more pixels: downscale
+# larger photos.
+MAX_PIXELS = 50_000_000
+# MAX_ASPECT: the preprocessings scale the short side to 224-384 px, so the long side grows by
+# the aspect ratio: a 1 x 20000 strip asked for 4.3 GB, 1 x 200000 (862 bytes as a PNG) for
+# 30 GB. At 20:1 the long side stays under 8000 px; no photo of an object is longer.
+MAX_ASPECT = 20
+# PIL's own decompression-bomb check looks at the same header size in Image.open, but above its
+# limit it only warns (DecompressionBombWarning) and decodes anyway; it raises only above twice
+# the limit. Ours replaces it (one clear message, the image refused); should anything set PIL's
+# limit again, a lower one is enforced too, so its warning is never the only signal.
+Image.MAX_IMAGE_PIXELS = None
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +96,22 @@ def _exif_transpose(im: Image.Image) -> Image.Image:
         return im
 
 
+def _check_size(path: str | os.PathLike, width: int, height: int) -> None:
+    """ImageError for a size above MAX_PIXELS or an aspect ratio above MAX_ASPECT (from the
+    header: nothing is decoded yet)."""
+    limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
+    if width * height > limit:
+        raise ImageError(
+            f"{path}: image too large ({width} x {height} pixels, the limit is "
+            f"{limit / 1e6:g} MP); downscale it"
+        )
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise ImageError(
+            f"{path}: extreme aspect ratio ({width} x {height} pixels, the limit is "
+            f"{MAX_ASPECT}:1): the preprocessing would scale it to an enormous image; crop it"
+        )
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode ``path`` as an 8-bit RGB image, applying the EXIF orientation.
 
@@ -88,10 +119,12 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     not clipped), and transparency (LA, RGBA, PA, palette with a transparent index: composited on
     white).
 
-    Raises ImageError naming the file when it is missing, empty, truncated or not an image.
+    Raises ImageError naming the file when it is missing, empty, truncated or not an image, or
+    when its header gives more than MAX_PIXELS pixels or an aspect ratio above MAX_ASPECT.
     """
     try:
         with Image.open(path) as im:
+            _check_size(path, *im.size)
             im.load()
             im = _exif_transpose(im)
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -241,8 +242,31 @@ class LabeledList:
         return [f"{p} {int(y)}" for p, y in zip(self.paths, self.labels)]
 
 
+def _outside(path: str, root: Optional[PathLike]) -> Optional[str]:
+    """Why ``path`` (a list entry, '/'-separated) is not an image inside the data folder
+    ``root``, or None. A relative path must not climb out with '..'; an absolute one must lie
+    in ``root`` (spelled as given or through links), and is taken as is when no root is known."""
+    if not os.path.isabs(path):
+        norm = posixpath.normpath(path)
+        if norm == ".." or norm.startswith("../"):
+            return "is outside the data folder (it climbs out with '..')"
+        return None
+    if root is None:
+        return None
+    for a, b in (
+        (os.path.normpath(path), os.path.abspath(root)),
+        (os.path.realpath(path), os.path.realpath(root)),
+    ):
+        if os.path.commonpath([a, b]) == b:
+            return None
+    return f"is outside the data folder {root}"
+
+
 def parse_labeled_list(
-    lines: Iterable[str], source: str = "<memory>", classes: Optional[ClassList] = None
+    lines: Iterable[str],
+    source: str = "<memory>",
+    classes: Optional[ClassList] = None,
+    root: Optional[PathLike] = None,
 ) -> LabeledList:
     """Parse ``<path> <label>`` lines (see ``read_labeled_list``)."""
     paths: list[str] = []
@@ -263,6 +287,9 @@ def parse_labeled_list(
         elif label < 0:
             raise ListError(f"{where}: negative label {label}")
         path = path.replace("\\", "/")  # lists written on Windows
+        outside = _outside(path, root)
+        if outside:
+            raise ListError(f"{where}: {path} {outside}; list images by their path inside DATA_DIR")
         if path in seen:
             first_label, first_line = seen[path]
             if first_label != label:
@@ -285,14 +312,18 @@ def parse_labeled_list(
     return LabeledList(tuple(paths), np.asarray(labels, np.int64), source)
 
 
-def read_labeled_list(path: PathLike, classes: Optional[ClassList] = None) -> LabeledList:
+def read_labeled_list(
+    path: PathLike, classes: Optional[ClassList] = None, root: Optional[PathLike] = None
+) -> LabeledList:
     """Read a ``<image path> <label>`` list such as train.txt.
 
     Blank lines are skipped; a repeated line (same path and label) is dropped with one warning;
     the same path with two different labels is an error, as is a label that is not an id of
     ``classes`` (when given). Paths may contain spaces and any Unicode; backslashes become '/'.
+    A path that leads outside the data folder ``root`` ('../x', or an absolute path elsewhere;
+    without a root only '..') is an error naming the line.
     """
-    return parse_labeled_list(_read_lines(path), os.fspath(path), classes)
+    return parse_labeled_list(_read_lines(path), os.fspath(path), classes, root)
 
 
 def write_labeled_list(path: PathLike, items: LabeledList) -> None:

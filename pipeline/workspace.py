@@ -98,7 +98,7 @@ class Workspace:
     def read_list(self, path: Path, what: str) -> LabeledList:
         if not path.is_file():
             raise FileNotFoundError(f"{what} list not found: {path} (run process.py first)")
-        return read_labeled_list(path, self.classes)
+        return read_labeled_list(path, self.classes, self.env.data_dir)
 
     # ------------------------------------------------------------------ features
     def text_classifiers(self, prompts: str) -> dict[str, np.ndarray]:
@@ -181,30 +181,31 @@ class Workspace:
             "weights": self.backbones[name].fingerprint(),
         }
 
-    def load_cascade(self) -> tuple[Any, dict[str, dict[str, Any]], np.ndarray, dict[str, Any]]:
+    def load_cascade(
+        self, expect: Optional[dict[str, dict[str, str]]] = None
+    ) -> tuple[Any, dict[str, dict[str, Any]], np.ndarray, dict[str, Any]]:
         """train.py's choices (with what the settings pin now), the seen-class head and its
-        seen class ids, and the record of heads/cascade.json."""
-        import json
-
-        from pipeline.heads import HeadError, load_models
+        seen class ids, and the record of heads/cascade.json. ``expect``: backbone -> what its
+        head must have been trained with (default: this workspace's class list and weights)."""
+        from pipeline.heads import HeadError, load_models, read_json_artefact
         from pipeline.scores import CHOICE_FILE, HEAD_METHODS, Choice
 
         path = self.heads_dir / CHOICE_FILE
+        record = read_json_artefact(path)
         try:
-            record = json.loads(path.read_text())
             choice = Choice(**record["choice"]).pinned(self.settings)
-            trained_with = record["trained_with"]
-        except FileNotFoundError:
-            raise HeadError(f"{path}: not found (run train.sh first)") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise HeadError(f"{path}: unreadable ({e}); run train.sh again") from None
+            trained_with = dict(record["trained_with"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise HeadError(
+                f"{path}: corrupted ({type(e).__name__}: {e}); re-run bash train.sh"
+            ) from None
         for key, value in trained_with.items():
             if getattr(choice, key) != value:
                 raise HeadError(
                     f"settings pin {key}={getattr(choice, key)!r}, but the heads were trained "
                     f"with {value!r}: run train.sh again with these settings"
                 )
-        expect = {b: self.head_expect(b) for b in self.backbones}
+        expect = expect or {b: self.head_expect(b) for b in self.backbones}
         models, infos = load_models(self.heads_dir, HEAD_METHODS[choice.seen_head], expect)
         seen = np.asarray(infos[0]["seen_ids"], np.int64)
         if any(info["seen_ids"] != infos[0]["seen_ids"] for info in infos):

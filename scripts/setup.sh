@@ -8,8 +8,9 @@
 # Debian's oneDNN (libdnnl-dev) when missing and links it where Jittor looks for its MKL build,
 # so convolutions are fast and Jittor never tries to download it, sets Jittor up for a GPU when
 # nvidia-smi lists one (scripts/cuda_setup.py, docs/GPU.md: never downloads CUDA; one line and
-# the CPU when the GPU cannot be used, exit 1 if FEWSHOT_DEVICE=cuda), and warms Jittor up (its
-# first import compiles for a few minutes and may exit asking to be re-run).
+# the CPU when the GPU cannot be used, exit 1 if FEWSHOT_DEVICE=cuda), patches Jittor for
+# simultaneous starts (scripts/jittor_concurrent.py) and warms it up (its first import compiles
+# for a few minutes and may exit asking to be re-run).
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -26,7 +27,7 @@ dev=0
 for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -138,6 +139,9 @@ elif [ "${FEWSHOT_DEVICE:-auto}" = cuda ]; then
 fi
 
 # --- 5. warm Jittor up -------------------------------------------------------------------
+# First make the venv's Jittor safe to start from several processes at once: it rewrote
+# ~/.cache/jittor/config.json in place, unlocked (scripts/jittor_concurrent.py; idempotent).
+"$VPY" "$FEWSHOT_ROOT/scripts/jittor_concurrent.py" >/dev/null || exit 1
 # The first import compiles Jittor's core (minutes); an import that finds a rebuilt core prints
 # "please rerun" and exits 0, so loop until the import really completes.
 for attempt in 1 2 3 4; do

@@ -360,3 +360,118 @@ def test_loader_aug_view_depends_on_seed_and_position_only(image_dir):
     np.testing.assert_array_equal(a, aug(good, 0, workers=0, batch=5))  # same on every run
     assert not np.array_equal(a, aug(good, 1))
     np.testing.assert_array_equal(a[3:], aug(good[3:], 0, offset=3))  # position, not batch
+
+
+# ------------------------------------------------------------------ oversized and extreme images
+
+
+def png_bytes(width: int, height: int, rows_per_chunk: int = 512) -> bytes:
+    """A valid 8-bit greyscale PNG of zeros, compressed row block by row block, so that even a
+    20000 x 20000 image is made in bounded memory (and is a few hundred kB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    z = zlib.compressobj(9)
+    parts = []
+    block = b"\0" * ((width + 1) * min(rows_per_chunk, height))  # filter byte 0 + a row of 0
+    for y in range(0, height, rows_per_chunk):
+        n = min(rows_per_chunk, height - y)
+        parts.append(z.compress(block[: (width + 1) * n]))
+    parts.append(z.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _refused_quickly(path: Path, message: str) -> None:
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(ImageError) as e:
+            load_rgb(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message in str(e.value) and str(path) in str(e.value)
+    assert "\n" not in str(e.value)
+    assert time.perf_counter() - t < 1.0
+    assert peak < 5_000_000, f"{peak / 1e6:.0f} MB allocated to refuse {path.name}"
+
+
+def test_too_many_pixels_refused_from_the_header(tmp_path):
+    # 20000 x 20000: 400 MP, which PIL only warns about (DecompressionBombWarning) and decodes.
+    p = tmp_path / "huge.png"
+    p.write_bytes(png_bytes(20_000, 20_000))
+    assert p.stat().st_size < 1_000_000
+    _refused_quickly(p, "image too large (20000 x 20000 pixels, the limit is 50 MP)")
+
+
+@pytest.mark.parametrize("size", [(200_000, 1), (1, 20_000), (2_100, 100)])
+def test_extreme_aspect_ratio_refused(tmp_path, size):
+    # 1 x 200000 (862 bytes as a PNG) asked CLIP's short-side resize for 224 x 44.8M pixels.
+    p = tmp_path / "strip.png"
+    p.write_bytes(png_bytes(*size))
+    _refused_quickly(p, "aspect ratio")
+
+
+def test_large_but_sane_images_and_the_limits_are_kept(tmp_path):
+    from pipeline.images import MAX_ASPECT, MAX_PIXELS
+
+    assert MAX_PIXELS >= 24_000_000 and MAX_ASPECT >= 10  # a 6000 x 4000 photo, a panorama
+    p = tmp_path / "wide.png"
+    p.write_bytes(png_bytes(2_000, 100))  # 20:1, the limit itself
+    assert load_rgb(p).size == (2_000, 100)
+
+
+def test_decompression_bomb_warning_is_not_the_only_signal(tmp_path, monkeypatch):
+    # Whatever PIL's own threshold, an image it would only warn about is refused.
+    p = save(tmp_path / "big.png", Image.new("L", (100, 100)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # PIL warns above this, errors at 2x
+    with pytest.raises(ImageError, match="too large"):
+        load_rgb(p)
+
+
+LOADER_UNDER_MEMORY_LIMIT = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+from models.clip.preprocess import Preprocess
+from pipeline.images import iter_batches
+paths = sys.argv[1:]
+(batch,) = iter_batches(paths, Preprocess(224), batch_size=8, workers=2, fill_failed=True)
+print("failed", batch.failed, batch.images["orig"].shape)
+"""
+
+
+def test_loader_answers_extreme_images_with_the_placeholder_in_bounded_memory(tmp_path):
+    # Through the real CLIP preprocessing, under a 1.5 GB address-space limit: the 1 x 20000
+    # strip alone needed 4.3 GB there, the 1 x 200000 one about 30 GB.
+    import subprocess
+    import sys
+
+    paths = [tmp_path / n for n in ("a.png", "strip.png", "huge.png", "tall.png")]
+    save(paths[0], Image.fromarray(gradient()))
+    paths[1].write_bytes(png_bytes(200_000, 1))
+    paths[2].write_bytes(png_bytes(20_000, 20_000))
+    paths[3].write_bytes(png_bytes(1, 20_000))
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, "-c", LOADER_UNDER_MEMORY_LIMIT, *map(str, paths)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "failed [1, 2, 3] (4, 3, 224, 224)" in r.stdout

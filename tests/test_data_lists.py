@@ -355,3 +355,59 @@ def test_image_names_result_txt_cannot_hold_are_refused_at_listing(tmp_path):
 def test_result_name_problem(name, reason):
     got = result_name_problem(name)
     assert got == reason if reason is None else reason in got
+
+
+# ------------------------------------------------------------------ paths outside the data folder
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["../../etc/passwd 1", "TrainSet/../../secret.jpg 1", "..\\..\\boot.ini 1", ".. 1"],
+)
+def test_relative_paths_leaving_the_data_folder_are_refused(classes, line):
+    text = ["TrainSet/a.jpg 0", line]
+    with pytest.raises(ListError) as e:
+        parse_labeled_list(text, "t.txt", classes)
+    msg = str(e.value)
+    assert msg.startswith("t.txt:2: ") and "outside the data folder" in msg and "\n" not in msg
+
+
+def test_absolute_paths_only_inside_the_data_folder(tmp_path, classes):
+    data = tmp_path / "data"
+    inside = f"{data}/TrainSet/a.jpg 0"
+    lst = parse_labeled_list([inside, "TrainSet/b.jpg 1"], "t.txt", classes, root=data)
+    assert lst.paths == (f"{data}/TrainSet/a.jpg", "TrainSet/b.jpg")
+    for line in ("/etc/passwd 3", f"{data}/../x.jpg 1", f"{tmp_path}/data2/a.jpg 1"):
+        with pytest.raises(ListError) as e:
+            parse_labeled_list(["TrainSet/b.jpg 1", line], "t.txt", classes, root=data)
+        assert str(e.value).startswith("t.txt:2: ") and f"outside the data folder {data}" in str(
+            e.value
+        )
+    # Through a symlinked data folder, spelled either way.
+    link = tmp_path / "link"
+    link.symlink_to(data, target_is_directory=True)
+    parse_labeled_list([f"{data}/a.jpg 0"], "t.txt", classes, root=link)
+    parse_labeled_list([f"{link}/a.jpg 0"], "t.txt", classes, root=data)
+
+
+def test_process_refuses_a_training_list_that_leaves_the_data_folder(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    (data / "TrainSet").mkdir(parents=True)
+    (data / "classes_b.txt").write_text("".join(f"A_c{i} {i}\n" for i in range(6)))
+    shots = "".join(f"TrainSet/{i}_{k}.jpg {i}\n" for i in range(6) for k in range(4))
+    (data / "train.txt").write_text(shots + "../../etc/passwd 3\n")
+    env = dict(os.environ, DATA_DIR=str(data), OUT_DIR=str(tmp_path / "out"))
+    r = subprocess.run(
+        [sys.executable, "process.py", "--no-check"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{data / 'train.txt'}:25: ../../etc/passwd is outside the data folder" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "lists").exists()

@@ -177,13 +177,13 @@ def test_process_on_demo_data(tmp_path, monkeypatch):
 def test_process_refuses_bad_lists(tmp_path, monkeypatch, caplog):
     data = tmp_path / "data"
     (data / "TrainSet").mkdir(parents=True)
-    (data / "classes_b.txt").write_text("A_a 0\nA_b 1")
-    (data / "train.txt").write_text("TrainSet/x.jpg 0\nTrainSet/y.jpg 2\n")
+    (data / "classes_b.txt").write_text("A_a 0\nA_b 1\nA_c 2\nA_d 3\nA_e 4")
+    (data / "train.txt").write_text("TrainSet/x.jpg 0\nTrainSet/y.jpg 5\n")
     monkeypatch.setenv("DATA_DIR", str(data))
     with caplog.at_level(logging.ERROR):
         rc = process.main(["--out-dir", str(tmp_path / "o"), "--no-check"])
     assert rc == 2
-    assert "train.txt:2: label 2 is not a class id" in caplog.text
+    assert "train.txt:2: label 5 is not a class id" in caplog.text
     assert not (tmp_path / "o" / "lists" / "train_4shot.txt").exists()
 
 

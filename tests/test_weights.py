@@ -89,13 +89,15 @@ def test_pipeline_reports_missing_weights_in_one_line(tmp_path):
         CLIP_VIT=str(tmp_path / "nope.safetensors"),
     )
     (tmp_path / "TestSet").mkdir()
-    (tmp_path / "classes_b.txt").write_text("A_a 0\n")
+    (tmp_path / "classes_b.txt").write_text("".join(f"A_{c} {i}\n" for i, c in enumerate("abcde")))
     r = subprocess.run(
         [sys.executable, "test.py"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert r.returncode == 2
     assert "weight file not found" in r.stderr and "convert.py" in r.stderr
     assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert [ln for ln in lines if " ERROR " in ln] == lines[-1:]  # one line, the last
 
 
 def test_fingerprint_tells_files_apart_cheaply(tmp_path):

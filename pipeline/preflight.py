@@ -1,0 +1,349 @@
+"""Checks before any work: bad input is refused in one line before the first image is encoded.
+
+``checked(script, env, settings)`` wraps the work of train.py, ``test.py`` and ``test.py --eval``
+(from :func:`pipeline.cli.run_main`); :func:`check_process` runs before process.py writes its
+lists. Each problem raises :class:`PreflightError` (a ConfigError: reported in one line, exit
+status 2) naming the file, setting or variable and what to do. What is checked, by script:
+
+- OUT_DIR: a folder (created if missing) that this run can write, as are the sub-folders the
+  script writes into; none of the files it writes is a folder;
+- OUT_DIR is not in use: train.py and test.py hold an exclusive lock on ``$OUT_DIR/.lock`` for
+  their whole run; a second run on the same OUT_DIR says which run (pid) has it and exits;
+  process.py only checks that no run holds it. A POSIX record lock (``fcntl.lockf``) rather than
+  ``flock``: the system releases it when the process ends, however it ends, and forked children
+  (Jittor's compile pool, decoding workers) do not inherit it, so a killed run cannot leave its
+  lock behind in an orphaned child;
+- the class list: at least 5 classes (a submission line holds 5 distinct class ids); for
+  training, at least 5 classes with training images (stage 2 ranks the seen classes);
+- the weight files: each one the run will load exists and holds its family (from the header,
+  ``models.weights.read_info``); any other one that is given must hold its family too, so
+  swapped variables are caught whatever the run needs;
+- training and evaluation: the lists in ``$OUT_DIR/lists`` were made from the current DATA_DIR,
+  CLASSES, TRAIN_LIST (path and content), SHOTS, SEED and VAL_PER_CLASS, as process.py recorded
+  them in ``split.json`` (:func:`split_record`); train.sh runs process.py only when the lists are
+  missing, so after a change this says which value changed and to re-run process.py;
+- testing and evaluation: train.py's artefacts in ``heads/`` and ``expert/`` are readable (every
+  JSON file, every safetensors header), the LP++ heads exist and fit the class list and the
+  weights, the stage-1 choice and the expert load (they are small: nothing is encoded);
+- a training that did not finish: train.py writes ``$OUT_DIR/training.incomplete`` once its
+  checks pass, before it touches any artefact, and removes it only when it has written
+  train.json (the last step); killed or failed, it leaves the marker, and test.py refuses to run
+  on what may be a mix of two trainings' heads until train.sh has run to the end. (A marker needs
+  no clock: comparing train.json's time with the artefacts' would break on copies.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from models import weights
+from models.fileio import create_temp, write_json_atomic
+from models.weights import DOWNLOADS
+from pipeline.env import WEIGHT_FILES, ConfigError, Env
+from pipeline.heads import HeadError, classes_fingerprint, head_path, read_json_artefact
+from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOP_K = 5  # class ids per line of result.txt
+
+# Present while a training runs, and after one that did not finish (see the module docstring).
+TRAINING_MARKER = "training.incomplete"
+
+
+class PreflightError(ConfigError):
+    """The run cannot start as configured; the message is one line saying what to do."""
+
+
+@contextlib.contextmanager
+def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
+    """Check everything ``script`` ("train", "test" or "eval") needs, then run the block."""
+    if script not in ("train", "test", "eval"):
+        raise ValueError(f"unknown script {script!r}")
+    _output_folder(env, script)
+    lock = _lock(env, script)
+    try:
+        yield from _checked(script, env, settings)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
+    classes = _class_list(env)
+    _weight_files(env, _weights_needed(script, env, settings, classes))
+    if script in ("train", "eval"):
+        _lists_match(env)
+    if script != "train":
+        _training_finished(env)
+        _trained_artefacts(script, env, settings, classes)
+        yield
+        return
+    _seen_classes(env, classes)
+    marker = env.out_dir / TRAINING_MARKER
+    write_json_atomic(marker, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    yield  # an exception (or a kill) leaves the marker
+    marker.unlink()
+
+
+def check_process(env: Env) -> None:
+    """What process.py needs before it writes the lists."""
+    _output_folder(env, "process")
+    os.close(_lock(env, "process"))  # only: no train.py or test.py is using OUT_DIR
+    if not env.is_demo:  # the demo's class list is generated next (it has 26 classes)
+        _class_list(env)
+
+
+# ---------------------------------------------------------------------------- the output folder
+
+# What each script writes under OUT_DIR: sub-folders, and files (a folder in their place would
+# fail only when the file is written, after all the work).
+WRITES = {
+    "process": (("lists",), ("lists/train_4shot.txt", "lists/val.txt", "lists/split.json")),
+    "train": (("heads", "expert", "cache"), ("train.json",)),
+    "test": (("cache",), ("result.txt", "warnings.txt", "predictions.tsv", "test.json")),
+    "eval": (("cache", "report"), ("report/report.md", "report/metrics.json")),
+}
+
+
+def _output_folder(env: Env, script: str) -> None:
+    folders, files = WRITES[script]
+    _writable_folder(env.out_dir, f"OUT_DIR={env.out_dir}")
+    for name in folders:
+        path = env.out_dir / name
+        if path.exists() or path.is_symlink():
+            _writable_folder(path, str(path))
+    for name in files:
+        path = env.out_dir / name
+        if path.is_dir():
+            raise PreflightError(
+                f"{path}: is a folder, but {script} writes a file there; move it away"
+            )
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    """``path`` is a folder this process can create files in (created when missing); ``what``
+    names it in the message."""
+    if path.exists() and not path.is_dir():
+        raise PreflightError(f"{what}: is a file, not a folder; set OUT_DIR to a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreflightError(
+            f"{what}: cannot create the folder ({e.strerror}); set OUT_DIR to a writable folder"
+        ) from None
+    # A real write, not os.access: root passes access checks on any folder, but not on a
+    # read-only file system.
+    try:
+        fd, tmp = create_temp(path, ".preflight.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise PreflightError(
+            f"{what}: not writable ({e.strerror}); set OUT_DIR to a writable folder"
+        ) from None
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock(env: Env, script: str) -> int:
+    """An open descriptor holding the exclusive lock on OUT_DIR (close it to release)."""
+    path = env.out_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise PreflightError(f"{path}: cannot open the lock file ({e.strerror})") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "pid unknown"
+        os.close(fd)
+        raise PreflightError(
+            f"OUT_DIR {env.out_dir} is in use by another run ({holder}); wait for it to end or "
+            "set another OUT_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{script}, pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
+# ----------------------------------------------------------------------------- the class list
+
+
+def _class_list(env: Env) -> ClassList:
+    classes = read_class_list(env.classes)
+    if classes.num_classes < TOP_K:
+        raise PreflightError(
+            f"{env.classes}: {classes.num_classes} classes, but every line of result.txt names "
+            f"{TOP_K} distinct class ids: use a class list of at least {TOP_K} classes (CLASSES)"
+        )
+    return classes
+
+
+def _seen_classes(env: Env, classes: ClassList) -> None:
+    """Refuse a training list with fewer than TOP_K classes (when the list exists: its absence
+    is reported by the training itself, with what to run)."""
+    path = env.train_shots_list
+    if not path.is_file():
+        return
+    seen = seen_class_ids(read_labeled_list(path, classes, env.data_dir), classes).size
+    if seen < TOP_K:
+        raise PreflightError(
+            f"{path}: only {seen} classes have training images, but stage 2 answers from the "
+            f"classes with training images and result.txt needs {TOP_K} per image: add "
+            f"images of at least {TOP_K} classes to TRAIN_LIST, then re-run python process.py"
+        )
+
+
+# ------------------------------------------------------------------------------ weight files
+
+
+def _weights_needed(script: str, env: Env, settings: Settings, classes: ClassList) -> set[str]:
+    """The WEIGHT_FILES the run will load: its CLIP backbones, and ConvNeXt-V2 for training an
+    expert or AMU-Tuning, for a trained expert at test time, for AMU in the evaluation."""
+    need = set(settings.backbones)
+    if script == "train":
+        convnext = settings.amu or settings.expert_domain in classes.domain_names
+    else:
+        from pipeline.expert import INFO_FILE
+
+        convnext = bool(settings.expert_domain) and (env.out_dir / "expert" / INFO_FILE).is_file()
+        if script == "eval" and settings.amu:
+            convnext = (
+                convnext or head_path(env.out_dir / "heads", "amu", settings.backbones[0]).is_file()
+            )
+    if convnext:
+        need.add("convnext")
+    return need
+
+
+def _weight_files(env: Env, needed: set[str]) -> None:
+    for name, w in WEIGHT_FILES.items():
+        path = env.weights[name]
+        if not path.is_file():
+            if name in needed:
+                raise PreflightError(
+                    f"{w.variable}={path}: weight file not found; download "
+                    f"{DOWNLOADS[w.family]} and convert it: "
+                    f"python convert.py DOWNLOADED_FILE {path}"
+                )
+            continue
+        try:
+            family = weights.read_info(path)["family"]
+        except weights.WeightsError as e:
+            raise PreflightError(f"{w.variable}={' '.join(str(e).split())}") from None
+        if family != w.family:
+            raise PreflightError(
+                f"{w.variable}={path}: holds {family!r} weights, but {w.variable} names the "
+                f"{w.help} weights ({w.family!r}); check CLIP_VIT, CLIP_RN and CONVNEXT"
+            )
+
+
+# ------------------------------------------------------------------------ the lists' provenance
+
+# split.json key -> the variable that sets it
+_SPLIT_PATHS = {"data_dir": "DATA_DIR", "classes": "CLASSES", "train_list": "TRAIN_LIST"}
+_SPLIT_VALUES = {"shots": "SHOTS", "seed": "SEED", "val_per_class": "VAL_PER_CLASS"}
+_SPLIT_DIGESTS = {"classes_sha256": "classes", "train_list_sha256": "train_list"}
+
+
+def split_record(env: Env) -> dict[str, Any]:
+    """What process.py's lists are made from, for ``lists/split.json``: absolute paths and the
+    sha256 of the class list and the training list, and the sizes and seed."""
+    record: dict[str, Any] = {k: os.path.realpath(getattr(env, k)) for k in _SPLIT_PATHS}
+    record.update({k: getattr(env, k) for k in _SPLIT_VALUES})
+    for key, field in _SPLIT_DIGESTS.items():
+        record[key] = hashlib.sha256(Path(getattr(env, field)).read_bytes()).hexdigest()
+    return record
+
+
+def _lists_match(env: Env) -> None:
+    path = env.split_info
+    if not env.train_shots_list.is_file():
+        return  # reported by the run itself: "list not found ... (run process.py first)"
+    if not path.is_file():
+        log.warning("%s is missing: cannot check what the lists were made from", path)
+        return
+    recorded = read_json_artefact(path, "re-run python process.py")
+    current = split_record(env)
+    where = f"the lists in {env.lists_dir}"
+    todo = "re-run python process.py (with the options you gave it), then bash train.sh"
+    for key, var in _SPLIT_PATHS.items():
+        if key in recorded and os.path.realpath(str(recorded[key])) != current[key]:
+            raise PreflightError(
+                f"{var} is {getattr(env, key)} but {where} were made from {recorded[key]}; {todo}"
+            )
+    for key, var in _SPLIT_VALUES.items():
+        if key in recorded and recorded[key] != current[key]:
+            raise PreflightError(
+                f"{var} is {current[key]} but {where} were made with {var} {recorded[key]}; {todo}"
+            )
+    for key, field in _SPLIT_DIGESTS.items():
+        if key in recorded and recorded[key] != current[key]:
+            var = _SPLIT_PATHS[field]
+            raise PreflightError(
+                f"{var} {getattr(env, field)} changed since {where} were made from it; {todo}"
+            )
+
+
+# ------------------------------------------------------------------------ train.py's artefacts
+
+
+def _trained_artefacts(script: str, env: Env, settings: Settings, classes: ClassList) -> None:
+    """What test.py and the evaluation load from heads/ and expert/, checked (and thrown away)
+    now: HeadError / WeightsError name the file and say to re-run train.sh."""
+    from pipeline.expert import INFO_FILE, DomainExpert
+    from pipeline.workspace import Workspace
+
+    heads, expert = env.out_dir / "heads", env.out_dir / "expert"
+    for folder in (heads, expert):
+        for path in sorted(folder.glob("*.json")):
+            read_json_artefact(path)
+        for path in sorted(folder.glob("*.safetensors")):
+            if path.name.startswith("text_"):
+                continue  # the text classifiers' cache: rebuilt when unreadable
+            try:
+                weights.read_info(path)
+            except weights.WeightsError as e:
+                raise PreflightError(f"{' '.join(str(e).split())}; re-run bash train.sh") from None
+    if settings.expert_domain and (expert / INFO_FILE).is_file():
+        try:
+            DomainExpert.load(expert, env.weights["convnext"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise PreflightError(
+                f"{expert / INFO_FILE}: corrupted ({type(e).__name__}: {e}); re-run bash train.sh"
+            ) from None
+    # the choices of heads/cascade.json, and the seen-class heads they name
+    Workspace(env, settings, classes, None, {}).load_cascade(
+        {name: _head_expect(classes, env, name) for name in settings.backbones}
+    )
+
+
+def _head_expect(classes: ClassList, env: Env, name: str) -> dict[str, str]:
+    return {
+        "classes": classes_fingerprint(classes.names),
+        "weights": weights.fingerprint(env.weights[name]),
+    }
+
+
+def _training_finished(env: Env) -> None:
+    marker = env.out_dir / TRAINING_MARKER
+    if not marker.exists():
+        return
+    try:
+        started = f" (started {read_json_artefact(marker).get('started')})"
+    except HeadError:
+        started = ""
+    raise PreflightError(
+        f"{marker}: the last training{started} did not finish (killed or failed), so heads/ and "
+        "expert/ may mix two trainings; run bash train.sh to the end first"
+    )

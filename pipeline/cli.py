@@ -53,6 +53,21 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _trained_settings(env: Env, script: str) -> Settings | None:
+    """test.py and the evaluation start from the settings train.py ran with (recorded in
+    heads/cascade.json), so that test.sh needs no SETTINGS; a SETTINGS file overrides them."""
+    if script == "train":
+        return None
+    from pipeline.heads import read_json_artefact
+    from pipeline.scores import CHOICE_FILE
+
+    path = env.out_dir / "heads" / CHOICE_FILE
+    if not path.is_file():
+        return None  # reported by the preflight
+    recorded = read_json_artefact(path).get("settings")
+    return Settings.from_dict(recorded, source=str(path)) if recorded else None
+
+
 def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], script: str) -> int:
     """Resolve configuration and settings, check what ``script`` ("train", "test", "eval")
     needs (pipeline.preflight), run ``work``; bad input exits 2 with one line."""
@@ -66,7 +81,7 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
 
         requested_device()  # an unknown FEWSHOT_DEVICE is reported before anything runs
         env = Env.from_env(vars(args))
-        settings = Settings.load(args.settings)
+        settings = Settings.load(args.settings, base=_trained_settings(env, script))
         log.info(env.describe())
         with preflight.checked(script, env, settings):
             work(env, settings)

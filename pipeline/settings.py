@@ -105,9 +105,15 @@ class Settings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the YAML file (``path`` or ``$SETTINGS``), then ``overrides``."""
-        values: dict[str, Any] = {}
+    def load(
+        cls,
+        path: str | os.PathLike | None = None,
+        base: Optional[Settings] = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Defaults (or ``base``), then the YAML file (``path`` or ``$SETTINGS``), then
+        ``overrides``."""
+        values: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}
         path = path or os.environ.get("SETTINGS") or None
         if path:
             import yaml

@@ -121,6 +121,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     }
     save_models(ws.heads_dir, models, info)
     result["trained_with"] = trained_with
+    result["settings"] = settings.as_dict()  # test.sh starts from these
     write_text_atomic(ws.heads_dir / CHOICE_FILE, json.dumps(result, indent=1) + "\n")
     summary.update(
         {k: result[k] for k in ("choice", "predicted_top1", "breakdown", "unseen_share", "n_test")}

@@ -190,7 +190,7 @@ def test_process_refuses_bad_lists(tmp_path, monkeypatch, caplog):
 def test_process_takes_the_settings_shot_list_in_the_comma_form(tmp_path, monkeypatch):
     data = tmp_path / "data"
     (data / "TrainSet").mkdir(parents=True)
-    (data / "classes_b.txt").write_text("A_a 0\nA_b 1\nB_c 2")
+    (data / "classes_b.txt").write_text("\n".join(f"A_{c} {c}" for c in range(6)))
     pool = [f"TrainSet/{c}_{k}.jpg {c}" for c in (0, 1) for k in range(6)]
     (data / "train.txt").write_text("\n".join(pool) + "\n")
     (tmp_path / "seed.txt").write_text("TrainSet/0_5.jpg,0\nTrainSet/1_2.jpg,1\n")

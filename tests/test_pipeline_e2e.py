@@ -290,7 +290,7 @@ def test_class_left_without_decodable_shots_is_a_clear_error(demo, tmp_path):
     env = dict(demo["env"], DATA_DIR=str(data), OUT_DIR=str(tmp_path / "out"))
     # The same lists, made for this data folder (lists of another one are refused); unchecked,
     # as lists made before the images broke.
-    run([sys.executable, "process.py", "--pseudo-unseen", "1", "--no-check"], env)
+    run([sys.executable, "process.py", "--no-check"], env)
     assert (tmp_path / "out" / "lists" / "train_4shot.txt").read_text() == (
         demo["out"] / "lists" / "train_4shot.txt"
     ).read_text()

@@ -68,18 +68,13 @@ class Search:
         share: float,
         n_test: Optional[int],
         seed: int,
-        routed_share: bool = False,
     ):
-        """``share``: the expected unseen share of the test set; ``routed_share``: it is the
-        share stage 1 routes there, to be corrected for routing errors (``_correct_share``)."""
+        """``share``: the expected unseen share of the test set."""
         self.d, self.s, self.n_test, self.seed = data, settings, n_test, seed
         self.fit_rows, self.score_rows = validation.split_fit_score(data.val_y)
         self.cols = data.seen  # real unseen classes have no validation image: left out
         self._memo: dict[tuple, Any] = {}
         self.folds = self._make_folds(share)
-        self.share_estimate: dict[str, float] = {}
-        if routed_share:
-            self._correct_share()
 
     def _make_folds(self, share: float) -> list[validation.Fold]:
         d, rows = self.d, self.score_rows
@@ -90,32 +85,6 @@ class Search:
         self.share, self._memo = share, {}
         # Fold rows index the score rows; from here on they index the validation list.
         return [replace(f, rows=rows[f.rows]) for f in folds]
-
-    def _correct_share(self) -> None:
-        """Stage 1 routes a share q of the test images to unseen classes, but it misses unseen
-        images (recall r) and routes some seen ones (rate f): the unseen share is
-        (q - f) / (r - f), with r and f measured on the folds (the challenge solution's
-        choices, as the share itself was), when stage 1 separates them at all (r - f >= 0.1)."""
-        from pipeline.cascade import UNSEEN
-
-        q = self.share
-        run = self.run(Choice.challenge().pinned(self.s))
-        r = float(np.mean([(s[f.unseen] == UNSEEN).mean() for s, f in zip(run.stage, self.folds)]))
-        f = float(np.mean([(s[~f.unseen] == UNSEEN).mean() for s, f in zip(run.stage, self.folds)]))
-        share = q
-        if r - f >= 0.1:
-            share = float(np.clip((q - f) / (r - f), 0.02, 0.9))
-            self.folds = self._make_folds(share)
-        self.share_estimate = {"routed": q, "recall": r, "false_routing": f, "share": share}
-        log.info(
-            "unseen share: stage 1 routes %.3f, recall %.3f, false routing %.3f -> %.3f",
-            q, r, f, share,
-        )  # fmt: skip
-
-    def _once(self, key: tuple, compute):
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
 
     def shots(self, held: np.ndarray, choice: Choice):
         """(training features of the seen classes but ``held`` in the choice's view, their
@@ -271,7 +240,6 @@ class Search:
                 for f in self.folds
             ],  # fmt: skip
             "unseen_share": self.share,
-            "unseen_share_estimate": self.share_estimate,
             "n_test": self.n_test,
         }
 

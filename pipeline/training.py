@@ -81,7 +81,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     if settings.amu:
         aux = _aux_features(ws, [train_list.resolve(env.data_dir)[i] for i in keep_tr], val_paths)
 
-    n_test, share, routed = _test_set_facts(ws, text, settings, seen)
+    n_test, share = _test_set_facts(ws, text, settings, seen)
     data = ValidationData(
         domains=ws.classes.domain_array,
         seen=seen,
@@ -99,7 +99,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
         aux=aux,
     )
     with ws.timed("validation and choices"):
-        result = Search(data, settings, share, n_test, env.seed, routed).search()
+        result = Search(data, settings, share, n_test, env.seed).search()
     choice = Choice(**result["choice"])
     p = result["predicted_top1"]
     log.info("chosen: %s", result["choice"])
@@ -142,10 +142,9 @@ def _domain_class_ids(ws: Workspace, domain: str | None, seen: np.ndarray) -> np
 
 def _test_set_facts(
     ws: Workspace, text: dict, settings: Settings, seen: np.ndarray
-) -> tuple[Optional[int], float, bool]:
-    """(test images, expected unseen share, whether that share is stage 1's routed share). The
-    share is the settings', or the share of test images that stage 1 (the challenge solution's,
-    or as pinned) routes to unseen classes (the validation corrects it for routing errors);
+) -> tuple[Optional[int], float]:
+    """(test images, expected unseen share). The share is the settings', or the share of test
+    images that stage 1 (the challenge solution's, or as pinned) routes to unseen classes;
     without a test folder: None, and validation.DEFAULT_UNSEEN_SHARE."""
     C = ws.classes.num_classes
     unseen = np.setdiff1d(np.arange(C), seen)
@@ -154,11 +153,11 @@ def _test_set_facts(
     except ListError:
         names = []
     if not unseen.size:
-        return len(names) or None, 0.0, False
+        return len(names) or None, 0.0
     if settings.val_unseen_share is not None or not names or not settings.unseen_stage:
         share = settings.val_unseen_share
         share = validation.DEFAULT_UNSEEN_SHARE if share is None else share
-        return len(names) or None, share, False
+        return len(names) or None, share
     choice = Choice.challenge().pinned(settings)
     views = ("orig", "flip") if choice.flip_tta else ("orig",)
     paths = [str(ws.env.test_dir / n) for n in names]
@@ -173,8 +172,8 @@ def _test_set_facts(
     )
     if share <= 0:
         log.warning("stage 1 routes no test image: validating with the default unseen share")
-        return len(names), validation.DEFAULT_UNSEEN_SHARE, False
-    return len(names), share, True
+        return len(names), validation.DEFAULT_UNSEEN_SHARE
+    return len(names), share
 
 
 def _aux_features(ws: Workspace, train_paths: list[str], val_paths: list[str]):

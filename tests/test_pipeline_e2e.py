@@ -300,3 +300,23 @@ def test_class_left_without_decodable_shots_is_a_clear_error(demo, tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     assert classes.names[victim] in r.stderr and "failed to decode" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_test_runs_the_trained_settings_and_refuses_an_untrained_pin(demo, tmp_path):
+    env = {k: v for k, v in demo["env"].items() if k != "SETTINGS"}
+    out = tmp_path / "out"
+    env["OUT_DIR"] = str(out)
+    for sub in ("lists", "heads", "expert", "cache"):
+        shutil.copytree(demo["out"] / sub, out / sub)
+    # no SETTINGS: the settings train.py recorded (FAST_SETTINGS), hence the same submission
+    run([sys.executable, "test.py"], env)
+    assert (out / "result.txt").read_bytes() == (demo["out"] / "result.txt").read_bytes()
+    trained = json.loads((demo["out"] / "heads" / "cascade.json").read_text())["choice"]
+    pin = tmp_path / "pin.yaml"
+    pin.write_text(f"flip_tta: {str(not trained['flip_tta']).lower()}\n")
+    r = subprocess.run(
+        [sys.executable, "test.py"], cwd=ROOT, env=dict(env, SETTINGS=str(pin)),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "but the heads were trained with" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

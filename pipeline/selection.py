@@ -74,17 +74,19 @@ class Search:
         self.fit_rows, self.score_rows = validation.split_fit_score(data.val_y)
         self.cols = data.seen  # real unseen classes have no validation image: left out
         self._memo: dict[tuple, Any] = {}
-        self.folds = self._make_folds(share)
-
-    def _make_folds(self, share: float) -> list[validation.Fold]:
-        d, rows = self.d, self.score_rows
+        self.share = share
+        rows = self.score_rows
         folds = validation.make_folds(
-            d.val_y[rows], d.domains, d.seen, len(d.unseen), d.expert_ids,
-            folds=self.s.val_folds, share=share, batch=self.n_test or len(rows), seed=self.seed,
+            data.val_y[rows], data.domains, data.seen, len(data.unseen), data.expert_ids,
+            folds=settings.val_folds, share=share, batch=n_test or len(rows), seed=seed,
         )  # fmt: skip
-        self.share, self._memo = share, {}
         # Fold rows index the score rows; from here on they index the validation list.
-        return [replace(f, rows=rows[f.rows]) for f in folds]
+        self.folds = [replace(f, rows=rows[f.rows]) for f in folds]
+
+    def _once(self, key: tuple, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def shots(self, held: np.ndarray, choice: Choice):
         """(training features of the seen classes but ``held`` in the choice's view, their

@@ -111,13 +111,16 @@ skip() { # skip NAME REASON
 setup() {
     # shellcheck source=scripts/env.sh
     source scripts/env.sh
-    if ! python3 -c 'import importlib.util as u, sys
-sys.exit(any(u.find_spec(m) is None for m in "jittor ftfy regex safetensors yaml tqdm PIL".split()))'; then
-        compgen -G ".whl/*.whl" >/dev/null ||
-            { echo "no Jittor and no .whl/: run bash bench/gpu_check.sh --wheels where pip works" && return 1; }
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$SITE" .whl/*.whl || return 1
+    local have='import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in "jittor ftfy regex safetensors yaml tqdm PIL".split()))'
+    if ! python3 -c "$have"; then # installed once only: a new copy of Jittor's sources rebuilds it
         export PYTHONPATH="$SITE:$PYTHONPATH"
+        if ! python3 -c "$have"; then
+            compgen -G ".whl/*.whl" >/dev/null ||
+                { echo "no Jittor and no .whl/: run bash bench/gpu_check.sh --wheels where pip works" && return 1; }
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+                --target "$SITE" .whl/*.whl || return 1
+        fi
     fi
     python3 -c 'import numpy, sys; print("numpy", numpy.__version__, "from", numpy.__file__)
 sys.exit(int(numpy.__version__.split(".")[0]) >= 2)' ||
@@ -126,6 +129,7 @@ sys.exit(int(numpy.__version__.split(".")[0]) >= 2)' ||
     # Jittor would download its own build (no network there): use_mkl=0, slow convolutions.
     local mkl="$JITTOR_HOME/.cache/jittor/mkl" deb
     if [ ! -e "$mkl/dnnl_lnx_2.2.0_cpu_gomp/lib/libmkldnn.so" ] && compgen -G ".whl/deb/*.deb" >/dev/null; then
+        mkdir -p "$mkl/debian"
         for deb in .whl/deb/*.deb; do dpkg-deb -x "$deb" "$mkl/debian" || return 1; done
         mkdir -p "$mkl/dnnl_lnx_2.2.0_cpu_gomp/lib"
         ln -sfn "$mkl/debian/usr/include" "$mkl/dnnl_lnx_2.2.0_cpu_gomp/include"
@@ -135,6 +139,29 @@ sys.exit(int(numpy.__version__.split(".")[0]) >= 2)' ||
         export LD_LIBRARY_PATH="$mkl/debian/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     elif [ ! -e "$mkl/dnnl_lnx_2.2.0_cpu_gomp/lib/libmkldnn.so" ]; then
         export use_mkl=0
+    fi
+    # Jittor builds against Python's headers, found through python3.X-config, which a venv's bin/
+    # lacks (the GPU machine's python3 is a venv's): its base's, else a stand-in from sysconfig.
+    local cfg base inc ext
+    cfg=$(python3 -c 'import os, sys, sysconfig
+v, exe, base = f"python3.{sys.version_info.minor}-config", sys.executable, sys.base_prefix
+jittor_looks = [f"{os.path.dirname(exe)}/{v}", exe + "-config", f"/usr/bin/{v}", f"/usr/local/bin/{v}",
+                f"{os.path.dirname(exe)}/python3-config"]
+if not any(map(os.path.isfile, jittor_looks)):
+    inc = sysconfig.get_paths()["include"]
+    print(f"{base}/bin/{v}" if os.path.isfile(f"{base}/bin/{v}") else "",
+          inc if os.path.isfile(f"{inc}/Python.h") else "", sysconfig.get_config_var("EXT_SUFFIX"), sep="|")')
+    if [ -z "${python_config_path:-}" ] && [ -n "$cfg" ]; then
+        IFS='|' read -r base inc ext <<<"$cfg"
+        [ -n "$inc" ] || { echo "no Python.h for $(python3 --version): Jittor cannot build" && return 1; }
+        if [ -z "$base" ]; then
+            base="$WORK/python3-config"
+            # shellcheck disable=SC2016
+            printf '#!/bin/sh\ncase "$1" in --includes) echo "-I%s" ;; --extension-suffix) echo "%s" ;; esac\n' \
+                "$inc" "$ext" >"$base" && chmod +x "$base"
+        fi
+        export python_config_path="$base"
+        echo "python_config_path=$base"
     fi
     python3 scripts/jittor_concurrent.py >/dev/null || return 1
 }
@@ -176,7 +203,7 @@ main() {
     fi
     local imp='from models.runtime import jittor; jittor()'
     run_or_skip() { if [ -n "$problem" ]; then skip "$1" "$problem"; else section "$@"; fi; }
-    run_or_skip "first import" 120 python3 -c "$imp"
+    run_or_skip "first import" 600 python3 -c "$imp"
     run_or_skip "warm import" 60 python3 -c "$imp"
     run_or_skip facts 60 python3 -c "$FACTS" "$OUT/facts.json"
     [ "$mode" = dry ] || nvidia-smi || true
@@ -303,4 +330,4 @@ PY
 }
 
 METHODS="InMaP official,InMaP challenge,LP++,TransCLIP zero-shot,TransCLIP few-shot"
-main 2>&1 | tee "$OUT/gpu_check.log"
+main 2>&1 | tee "$OUT/gpu_check.log"; exit  # (one line: an edit while it runs cannot add commands)

@@ -4,6 +4,7 @@ loops, and how the cascade's feature-level stages grow with test images n and cl
     python -m bench.fewshot speed                     # challenge sizes, best of 2 alternating runs
     python -m bench.fewshot speed --n 400 --classes 40 --lpp-classes 30 --iters 50 \\
         --epochs 20 --tip-epochs 2 --amu-epochs 1 --repeats 1          # a quick look
+    python -m bench.fewshot agree --iters 200         # each method on the CPU and on CUDA
     python -m bench.fewshot growth                    # n 1k..64k, C 403 and 1000: 8 min
     python -m bench.fewshot growth --n 1000,4305 --classes 403 --json out/bench/growth.json
 
@@ -17,6 +18,10 @@ official code (the same the tests compare against), run in the same process on t
 Jittor and torch alternate over ``--repeats`` and the best time of each is kept. Also reported:
 how often the two predict the same class. With a CUDA build of Jittor the Jittor runs repeat on
 the GPU (``--devices``).
+
+``agree``: the same problems, each method once on the CPU and once on CUDA (without CUDA: twice
+on the CPU, which must agree exactly): the largest difference of their scores and the share of
+the same top-1 (bench/gpu_check.sh).
 
 ``growth``: for each (n, C), in its own process (so its peak memory is its own): InMaP official
 (Sinkhorn and the proxy loop each timed at ``--iters-lo`` and ``--iters-hi`` iterations, the
@@ -59,14 +64,14 @@ def planted(y: np.ndarray, c: int, seed: int, d: int = D, gap=3.0, spread=1.5, t
 
 class Case(NamedTuple):
     """One method's benchmark: a size description, the Jittor run, the torch run (None: Jittor
-    only), a short Jittor run that compiles the same kernels, and ``predict(output of either
-    run) -> class ids`` on the case's evaluation rows (for the agreement)."""
+    only), a short Jittor run that compiles the same kernels, and ``scores(output of either
+    run) -> [rows, classes]`` on the case's evaluation rows (top-1: their argmax)."""
 
     size: str
     jittor: Callable[[], Any]
     torch: Optional[Callable[[], Any]]
     warmup: Callable[[], Any]
-    predict: Callable[[Any], np.ndarray]
+    scores: Callable[[Any], np.ndarray]
 
 
 def _inmap(variant: str):
@@ -81,14 +86,14 @@ def _inmap(variant: str):
                 lambda: inmap(X, T, iters_proxy=args.iters),
                 lambda: d["R"].torch_inmap(Xt, Tt, args.iters).numpy(),
                 lambda: inmap(X, T, iters_proxy=2),
-                lambda W: (X @ W).argmax(1),
+                lambda W: X @ W,
             )
         return Case(
             f"{size}, 2 x 20 steps, 100 Sinkhorn iterations",
             lambda: inmap_challenge(X, T),
             lambda: d["R"].torch_inmap_challenge(Xt, Tt).numpy(),
             lambda: inmap_challenge(X, T, iters_proxy=2, iters_sinkhorn=2),
-            lambda W: (X @ W).argmax(1),
+            lambda W: X @ W,
         )
 
     return case
@@ -99,17 +104,17 @@ def _lpp(args, d) -> Case:
 
     F, y, T, Fv, yv = d["F"], d["y"], d["T2"], d["Fv"], d["yv"]
 
-    def predict(out) -> np.ndarray:
+    def scores(out) -> np.ndarray:
         if isinstance(out, tuple):  # torch: (W, b, alpha, best epoch)
-            return (Fv @ out[0].T + out[1] + out[2] * (Fv @ T)).argmax(1)
-        return out.logits(Fv).argmax(1)
+            return Fv @ out[0].T + out[1] + out[2] * (Fv @ T)
+        return out.logits(Fv)
 
     return Case(
         f"{len(F)} x {D}, C = {T.shape[1]}, {args.epochs} epochs, val {len(Fv)}",
         lambda: LPPlusPlus(epochs=args.epochs).fit(F, y, T, val=(Fv, yv)),
         lambda: d["R"].torch_lpp(F, y, T, args.epochs, val=(Fv, yv)),
         lambda: LPPlusPlus(epochs=2).fit(F, y, T, val=(Fv, yv)),
-        predict,
+        scores,
     )
 
 
@@ -120,9 +125,9 @@ def _tip_f(args, d) -> Case:
     cfg = TA.OFFICIAL
     K0, L = TA.build_cache_keys(F), TA.build_cache_values(y, T.shape[1])
 
-    def predict(out) -> np.ndarray:
+    def scores(out) -> np.ndarray:
         keys = getattr(out, "keys", out)
-        return TA.tip_logits(Fv, T, keys, L, cfg.init_alpha, cfg.init_beta).argmax(1)
+        return TA.tip_logits(Fv, T, keys, L, cfg.init_alpha, cfg.init_beta)
 
     return Case(
         f"{len(F)} x {D}, C = {T.shape[1]}, {args.tip_epochs} epochs, batch {cfg.batch_size}",
@@ -131,7 +136,7 @@ def _tip_f(args, d) -> Case:
             F, y, T, K0, L, args.tip_epochs, cfg.batch_size, cfg.init_beta, cfg.init_alpha, cfg.seed
         ),  # fmt: skip
         lambda: TA.TipAdapterF(epochs=1).fit(F, y, T),
-        predict,
+        scores,
     )
 
 
@@ -157,7 +162,7 @@ def _amu(args, d) -> Case:
             cfg.seed,
         ),  # fmt: skip
         lambda: A.AMUTuning(epochs=1).fit(F, Aux, y, T),
-        lambda out: (Aux_v @ getattr(out, "W", out).T).argmax(1),
+        lambda out: Aux_v @ getattr(out, "W", out).T,
     )
 
 
@@ -178,7 +183,7 @@ def _transclip(few: bool):
             lambda: transclip(X, T, support, gamma=gamma),
             None,  # the released solver is restated in tests (_transclip_reference), not timed
             lambda: transclip(X, T, support, gamma=gamma, iters=0),
-            lambda z: z.argmax(1),
+            lambda z: z,
         )
 
     return case
@@ -198,10 +203,11 @@ METHODS: dict[str, Callable[[argparse.Namespace, dict], Case]] = {
 
 def data(args) -> dict:
     """The planted problems: a test set for InMaP, a few-shot set (train and val) for the rest."""
-    import torch  # before Jittor
+    torch = R = None
+    if not args.skip_torch:  # the torch side of `speed`, imported before Jittor
+        import torch
 
-    from tests import _reference as R
-
+        from tests import _reference as R
     rng = np.random.default_rng(args.seed)
     y_test = rng.integers(0, args.classes, args.n)
     X, T = planted(y_test, args.classes, args.seed)
@@ -212,13 +218,11 @@ def data(args) -> dict:
     A2 = aux_centres[y2] + rng.standard_normal((len(y2), 1024)).astype(np.float32)
     n = c * k
     return dict(X=X, T=T, y_test=y_test, T2=T2, F=F2[:n], y=y2[:n], Fv=F2[n:], yv=y2[n:],
-                A=A2[:n], Av=A2[n:], R=R,
-                torch=lambda *a: [torch.tensor(x) for x in a])  # fmt: skip
+                A=A2[:n], Av=A2[n:], R=R, threads=torch and torch.get_num_threads(),
+                torch=lambda *a: [torch.tensor(x) for x in a] if torch else a)  # fmt: skip
 
 
 def cmd_speed(args) -> list[dict]:
-    import torch
-
     d = data(args)
     from models.runtime import jittor
 
@@ -245,18 +249,42 @@ def cmd_speed(args) -> list[dict]:
                 out[key] = fn()
                 best[key] = min(time.perf_counter() - t, best.get(key, np.inf))
     rows, ref = [], f"jittor-{devices[0]}"
-    print(f"torch {torch.get_num_threads()} threads; Jittor {jt.__version__}")
+    print(f"torch {d['threads']} threads; Jittor {jt.__version__}")
     for name, case in cases.items():
         row: dict[str, Any] = {"method": name, "size": case.size}
         row.update({f"{run} s": s for (m, run), s in best.items() if m == name})
         if (name, "torch-cpu") in out:
             row[f"{ref} / torch"] = best[name, ref] / best[name, "torch-cpu"]
-            a, b = (case.predict(out[name, k]) for k in (ref, "torch-cpu"))
+            a, b = (case.scores(out[name, k]).argmax(1) for k in (ref, "torch-cpu"))
             row["same top-1 %"] = 100 * float(np.mean(a == b))
         if name.startswith("InMaP"):  # on the planted labels: is it doing its job?
-            acc = [np.mean(case.predict(W) == d["y_test"]) for W in (d["T"], out[name, ref])]
+            pred = [case.scores(W).argmax(1) for W in (d["T"], out[name, ref])]
+            acc = [np.mean(p == d["y_test"]) for p in pred]
             row["top-1 % zero-shot -> InMaP"] = f"{100 * acc[0]:.1f} -> {100 * acc[1]:.1f}"
         rows.append(row)
+    return rows, {}
+
+
+def cmd_agree(args) -> list[dict]:
+    """Each method once on the CPU and once on CUDA, same inputs (CPU twice without CUDA: they
+    must agree exactly): the largest score difference and how often the top-1 is the same."""
+    args.skip_torch = True
+    d = data(args)
+    from models.runtime import jittor
+
+    other, rows = ("cuda" if jittor().has_cuda else "cpu"), []
+    for name in args.methods.split(","):
+        case, out, secs = METHODS[name](args, d), [], []
+        for dev in ("cpu", other):
+            jittor(dev)
+            t = time.perf_counter()
+            out.append(np.asarray(case.scores(case.jittor()), np.float64))
+            secs.append(time.perf_counter() - t)  # kernels compiled in the call
+        diff, same = float(np.abs(out[0] - out[1]).max()), out[0].argmax(1) == out[1].argmax(1)
+        rows.append({"method": name, "size": case.size, "devices": f"cpu vs {other}",
+                     "cpu s": secs[0], "second s": secs[1], "max abs diff": diff,
+                     "max rel diff": diff / float(np.abs(out[0]).max()),
+                     "same top-1 %": 100 * float(np.mean(same))})  # fmt: skip
     return rows, {}
 
 
@@ -389,7 +417,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("what", choices=["speed", "growth"])
+    ap.add_argument("what", choices=["speed", "agree", "growth"])
     ap.add_argument("--n", help="test images (speed: 4305; growth: comma list, 1000,...,64000)")
     ap.add_argument("--classes", help="classes (speed: 403; growth: comma list, 403,1000)")
     ap.add_argument("--iters", type=int, default=2000, help="speed: InMaP official proxy steps")
@@ -411,9 +439,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child_classes:
         return growth_child(args)
-    if args.what == "speed":
+    if args.what != "growth":
         args.n, args.classes = int(args.n or 4305), int(args.classes or 403)
-        rows, extra = cmd_speed(args)
+        rows, extra = (cmd_speed if args.what == "speed" else cmd_agree)(args)
     else:
         args.n, args.classes = args.n or "1000,4000,16000,64000", args.classes or "403,1000"
         rows, extra = cmd_growth(args)

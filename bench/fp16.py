@@ -5,6 +5,7 @@ float32, and the speed and memory of both.
     python -m bench.fp16 --models vit,convnext --n 32 --batch 16 --convnext-size 64   # CPU
     python -m bench.fp16 --images out/bench/pipeline/full/data/TestSet --n 4305 \\
         --json out/bench/fp16_gpu.json
+    python -m bench.fp16 --devices cpu,cuda --ref-n 8     # GPU: also against the CPU's float32
 
 Per encoder (CLIP ViT-B/32, RN101, ConvNeXt-V2-base at 384 px; random weights converted from
 upstream-format files; ``--size demo``: the demo's small members of the same families at 224 px)
@@ -18,7 +19,10 @@ weights give flatter logits than trained ones (smaller margins): a harder case f
 
 Jittor runs float16 on the CPU with generic kernels, 100-1000x slower than float32 (the demo's
 ModifiedResNet at 224 px: 0.02 images/s), so the full-size check is for a GPU (``--size auto``:
-full where nvidia-smi lists a GPU, demo otherwise).
+full where nvidia-smi lists a GPU, demo otherwise). ``--devices REF,DEV`` encodes the first
+``--ref-n`` images in float32 on REF too and compares DEV's float32 and float16 features with
+them (largest difference, same top-1 under the same classifier): ``cpu,cuda`` for the GPU check,
+``cpu,cpu`` must agree exactly.
 """
 
 from __future__ import annotations
@@ -78,12 +82,17 @@ def encode_all(model, encode, paths, pre, batch: int) -> tuple[np.ndarray, float
 def compare(name: str, path: Path, paths: list[str], args) -> dict:
     from models.runtime import jittor
 
-    jt = jittor()
+    ref_dev, dev = args.devices.split(",") if args.devices else (None, None)
+    if ref_dev:  # float32 features of the first --ref-n images on the reference device
+        jittor(ref_dev)
+        model, pre, encode, _ = load(name, path, args.convnext_size)
+        ref = encode_all(model, encode, paths[: args.ref_n], pre, args.batch)[0]
+    jt = jittor(dev)
     model, pre, encode, classify = load(name, path, args.convnext_size)
     size = int(getattr(pre, "n_px", getattr(pre, "size", 224)))
     res: dict = {"encoder": NAMES[args.size][name], "px": size, "images": len(paths)}
     feats = {}
-    for dtype in ("float32", "float16"):
+    for dtype in args.dtypes.split(","):
         if dtype == "float16":
             model.float16()
         with jt.no_grad():  # compile outside the timings
@@ -96,6 +105,14 @@ def compare(name: str, path: Path, paths: list[str], args) -> dict:
         res[f"{dtype} img/s"] = len(paths) / seconds
         res[f"{dtype} peak RSS MiB"] = B.peak_rss_mb()
         res[f"{dtype} GPU peak MiB"] = gpu.used_mb
+        if ref_dev:  # same images, same classifier: does the device change the answers?
+            f, key = feats[dtype][: len(ref)], f"{dtype} vs {ref_dev} float32"
+            res[f"{key} max abs diff"] = diff = float(np.abs(f - ref).max())
+            res[f"{key} max rel diff"] = diff / float(np.abs(ref).max())
+            same = classify(f).argmax(1) == classify(ref).argmax(1)
+            res[f"{key} same top-1 %"] = 100 * float(same.mean())
+    if not {"float32", "float16"} <= feats.keys():
+        return res
     a, b = feats["float32"], feats["float16"]
     res["finite"] = bool(np.isfinite(b).all())
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -122,6 +139,10 @@ def main() -> None:
     ap.add_argument("--images", help="folder of image_<n>.jpg (default: generated photos)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--convnext-size", type=int, default=384)
+    ap.add_argument("--dtypes", default="float32,float16", help="float32 and/or float16")
+    ap.add_argument("--devices", help="REF,DEV: float32 on REF (--ref-n images) against DEV")
+    ap.add_argument("--ref-n", type=int, default=8, help="images encoded on REF")
+    ap.add_argument("--photos-dir", default="out/bench/photos", help="generated photos")
     ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
     B.json_arg(ap)
     args = ap.parse_args()
@@ -136,7 +157,7 @@ def main() -> None:
 
         paths = [str(Path(args.images) / n) for n in list_test_images(args.images)[: args.n]]
     else:
-        paths = B.photos(args.n)
+        paths = B.photos(args.n, args.photos_dir)
     rows = []
     for name in args.models.split(","):
         rows.append(compare(name, files[name], paths, args))

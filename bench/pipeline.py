@@ -129,12 +129,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--full", action="store_true", help="the challenge's sizes (for a GPU)")
+    ap.add_argument("--size", choices=["full", "demo"], default="full", help="weights")
     ap.add_argument("--class-step", type=int, default=10, help="subset: every k-th class")
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--val-per-class", type=int, default=2)
     ap.add_argument("--test-images", type=int, default=300)
     ap.add_argument("--expert-views", type=int, default=2, help="(full: 10)")
     ap.add_argument("--lpp-epochs", type=int, default=300)
+    ap.add_argument("--set", action="append", default=[], help="a settings line, e.g. 'amu: true'")
     ap.add_argument("--test-runs", type=int, default=1, help="2: again, kernels compiled")
     ap.add_argument("--workers", type=int, help="WORKERS for the scripts")
     ap.add_argument("--batch-size", type=int, help="BATCH_SIZE for the scripts")
@@ -145,7 +147,7 @@ def main() -> None:
     if args.full:
         args.class_step, args.val_per_class = 1, FULL["val"]
         args.test_images, args.expert_views = FULL["test"], FULL["views"]
-    files = B.weights(args.weights_dir)
+    files = B.weights(args.weights_dir, args.size)
     from pipeline.lists import read_class_list
     from pipeline.synthetic import photo_dataset
 
@@ -168,7 +170,7 @@ def main() -> None:
     )
     settings = out / "settings.yaml"
     settings.write_text(f"expert_views: {args.expert_views}\nlpp_epochs: {args.lpp_epochs}\n"
-                        "inmap_variant: challenge\n")  # fmt: skip
+                        "stage1: challenge\n" + "".join(f"{x}\n" for x in args.set))  # fmt: skip
     run_out = out / "run"
     shutil.rmtree(run_out, ignore_errors=True)
     env = dict(os.environ, DATA_DIR=str(data), OUT_DIR=str(run_out), SETTINGS=str(settings),
@@ -179,9 +181,15 @@ def main() -> None:
         if value is not None:
             env[key] = str(value)
     print(f"sizes here: {sizes}", flush=True)
-    run("process.py", env, out / "log-process.txt")
+    process = run("process.py", env, out / "log-process.txt")
     records = {"train": run("train.py", env, out / "log-train.txt")}
     records["train"].update(json.loads((run_out / "train.json").read_text()))
+
+    def save(jt=None) -> None:  # after every script: a run stopped later keeps what finished
+        rows = [r for n, rec in records.items() for r in summarise(n, rec, sizes, not args.full)]
+        B.finish(args, rows, jt, sizes=sizes, records=records, process=process)
+
+    save()
     for i in range(args.test_runs):
         if i:  # the test features again, with the kernels compiled
             for p in (run_out / "cache").glob("test-*"):
@@ -189,12 +197,12 @@ def main() -> None:
         name = "test" if i == 0 else f"test (run {i + 1})"
         records[name] = run("test.py", env, out / f"log-{name}.txt")
         records[name].update(json.loads((run_out / "test.json").read_text()))
-    rows = [r for name, rec in records.items() for r in summarise(name, rec, sizes, not args.full)]
+        save()
     if not args.full:
         print("'extrapolated s': the rate here times the challenge's count (an extrapolation)")
     from models.runtime import jittor  # the device the scripts chose (the same environment)
 
-    B.finish(args, rows, jittor(), sizes=sizes, records=records)
+    save(jittor())
 
 
 if __name__ == "__main__":

@@ -55,25 +55,11 @@ _TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x1
 # OpenAI's convert_weights casts these to fp16: conv/linear weights and biases, attention
 # projections, and the two projection matrices. LayerNorm, BatchNorm, embeddings stay fp32.
 _FP16_SUFFIXES = (
-    "conv1.weight",
-    "conv2.weight",
-    "conv3.weight",
-    "downsample.0.weight",
-    "in_proj_weight",
-    "in_proj_bias",
-    "out_proj.weight",
-    "out_proj.bias",
-    "q_proj.weight",
-    "q_proj.bias",
-    "k_proj.weight",
-    "k_proj.bias",
-    "v_proj.weight",
-    "v_proj.bias",
-    "c_proj.weight",
-    "c_proj.bias",
-    "c_fc.weight",
-    "c_fc.bias",
-)
+    "conv1.weight", "conv2.weight", "conv3.weight", "downsample.0.weight",
+    "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
+    "q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias",
+    "c_proj.weight", "c_proj.bias", "c_fc.weight", "c_fc.bias",
+)  # fmt: skip
 
 
 # What a refused (possibly malicious) pickle's message tells the user to do.
@@ -344,25 +330,14 @@ def convert(
     dtypes = collections.Counter(_dtype_name(v) for v in raw.values())
     sd = {k: _tensor_to_numpy(v) for k, v in raw.items()}
     del raw
-    if family == "auto":
-        family = detect_family(sd, src)
-    module = family_module(family)
-    if not module.matches(sd):
-        raise ConversionError(f"{src}: does not look like a {family} checkpoint")
-    try:
-        if hasattr(module, "prepare_state_dict"):
-            sd = module.prepare_state_dict(sd)
-        config = module.infer_config(sd)
-    except (ValueError, KeyError, WeightsError) as e:
-        raise ConversionError(f"{src}: {family} checkpoint not understood: {e}") from e
-    n_params = int(sum(np.asarray(v).size for v in sd.values()))
     source = {
         "file": src.name,
         "format": fmt,
         "dtypes": dict(sorted(dtypes.items())),
         "sha256": weights.fingerprint(src, full=True),
     }
-    weights.save(dst, sd, family=family, config=config, source=source)
+    family, config, sd = save_converted(sd, dst, source, family, str(src))
+    n_params = int(sum(np.asarray(v).size for v in sd.values()))
     arch = config.get("architecture") or config.get("variant") or "custom"
     summary = {
         "src": str(src),
@@ -387,6 +362,28 @@ def convert(
         dst,
     )
     return summary
+
+
+def save_converted(
+    sd: dict[str, np.ndarray], dst: Union[str, os.PathLike], source: dict[str, Any],
+    family: str = "auto", name: str = "state dict",
+) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+    """What :func:`convert` does once the tensors are read: the family (detected unless given),
+    its preparation and inferred config, the converted file at ``dst``; also how random weights
+    are saved without torch (``pipeline.synthetic``). Returns (family, config, prepared sd)."""
+    if family == "auto":
+        family = detect_family(sd, name)
+    module = family_module(family)
+    if not module.matches(sd):
+        raise ConversionError(f"{name}: does not look like a {family} checkpoint")
+    try:
+        if hasattr(module, "prepare_state_dict"):
+            sd = module.prepare_state_dict(sd)
+        config = module.infer_config(sd)
+    except (ValueError, KeyError, WeightsError) as e:
+        raise ConversionError(f"{name}: {family} checkpoint not understood: {e}") from e
+    weights.save(dst, sd, family=family, config=config, source=source)
+    return family, config, sd
 
 
 def _check_not_same_file(src: Path, dst: Path) -> None:

@@ -23,7 +23,8 @@ photo-sized JPEGs, for the benchmarks (decoding and encoding cost, not accuracy)
 ConvNeXt-V2 as the official ``{'model': state_dict}`` file, random, converted with convert.py as
 a user converts the released files, under the names ``pipeline.env`` expects. "demo": small
 members of the families at 224 px; "full": ViT-B/32, RN101, ConvNeXt-V2-base. Needs torch, as
-convert.py does. ``python -m pipeline.synthetic --help`` writes either from the command line.
+convert.py does, except ``direct`` (converted files at once). ``python -m pipeline.synthetic
+--help`` writes either from the command line.
 """
 
 from __future__ import annotations
@@ -161,17 +162,9 @@ def _render(style: _Style, rng: np.random.Generator, w: int, h: int) -> np.ndarr
     bg = _hsv(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.4, 0.95))
     g = rng.normal(size=2) * 0.15
     grad = (g[0] * (xx / w - 0.5) + g[1] * (yy / h - 0.5))[..., None]
-    coarse = rng.normal(size=(4, 4, 3)) * 0.06
-    blur = (
-        np.asarray(
-            Image.fromarray(((coarse + 0.5) * 255).clip(0, 255).astype(np.uint8)).resize(
-                (w, h), Image.BICUBIC
-            ),
-            np.float64,
-        )
-        / 255
-        - 0.5
-    )
+    coarse = Image.fromarray(((rng.normal(size=(4, 4, 3)) * 0.06 + 0.5) * 255).clip(0, 255)
+                             .astype(np.uint8))  # fmt: skip
+    blur = np.asarray(coarse.resize((w, h), Image.BICUBIC), np.float64) / 255 - 0.5
     img = bg[None, None] + grad + blur
     # The object, in its own frame: random centre, scale and rotation (+-25 degrees).
     s = min(w, h) * rng.uniform(0.28, 0.42)
@@ -442,34 +435,42 @@ def clip_state(config: dict, seed: int) -> dict[str, np.ndarray]:
 
     jittor()
     model = CLIP(**config, seed=seed)
-    return {k: np.array(v.numpy(), np.float32) for k, v in model.state_dict().items()}
+    sd = {k: np.array(v.numpy(), np.float32) for k, v in model.state_dict().items()}
+    sd["logit_scale"] = sd["logit_scale"].reshape(())  # 0-d, as in OpenAI's files
+    return sd
 
 
-def write_weights(folder: str | os.PathLike, size: str = "demo", seed: int = 0) -> dict[str, Path]:
+def write_weights(
+    folder: str | os.PathLike, size: str = "demo", seed: int = 0, direct: bool = False
+) -> dict[str, Path]:
     """Random-weight checkpoints in the upstream formats under ``folder/upstream``, converted
     with convert.py (as a user runs it) to the default file names of ``pipeline.env`` in
-    ``folder``; existing files are kept. Returns {"vit", "rn", "convnext"} -> converted file."""
-    import torch  # noqa: F401  - before Jittor: their MKL runtimes clash the other way round
-
+    ``folder``; existing files are kept. ``direct``: the same random weights (CLIP's not rounded
+    to float16) saved as converted files at once, with no torch and no upstream file (for a GPU
+    machine without torch). Returns {"vit", "rn", "convnext"} -> converted file."""
+    if not direct:
+        import torch  # noqa: F401  - before Jittor: their MKL runtimes clash the other way round
     from models import convnext
-    from models.convert import write_openai_archive, write_torch_checkpoint
+    from models.convert import save_converted, write_openai_archive, write_torch_checkpoint
 
     if size not in WEIGHT_SIZES:
         raise ValueError(f"size must be one of {sorted(WEIGHT_SIZES)}, not {size!r}")
     clip_configs, variant = WEIGHT_SIZES[size]
     targets = {k: Path(folder) / WEIGHT_FILES[k].default for k in UPSTREAM_NAMES}
     for i, (name, src) in enumerate(UPSTREAM_NAMES.items()):
-        src = Path(folder) / "upstream" / src
+        src, cfg = Path(folder) / "upstream" / src, clip_configs.get(name)
         if targets[name].is_file():
             continue
-        if name == "convnext" and not src.is_file():
-            sd = convnext.random_state_dict(variant, seed=seed)
+        if direct or not src.is_file():
+            sd = clip_state(cfg, seed + i) if cfg else convnext.random_state_dict(variant, seed)
+        if direct:
+            save_converted(sd, targets[name], {"file": src.name, "format": "random", "seed": seed})
+            continue
+        if not src.is_file() and cfg is None:
             write_torch_checkpoint(sd, src, wrap="model")
         elif not src.is_file():
-            cfg = clip_configs[name]
-            state = clip_state(cfg, seed + i)
             res, ctx, vocab = (cfg[k] for k in ("image_resolution", "context_length", "vocab_size"))
-            write_openai_archive(state, src, res, ctx, vocab)
+            write_openai_archive(sd, src, res, ctx, vocab)
         cmd = [sys.executable, str(REPO_ROOT / "convert.py"), str(src), str(targets[name])]
         log.info("$ %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
@@ -481,6 +482,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("what", choices=("demo", "photos", "weights"))
     ap.add_argument("out_dir", help="folder to write")
     ap.add_argument("--size", choices=sorted(WEIGHT_SIZES), default="demo", help="weights size")
+    ap.add_argument("--direct", action="store_true", help="weights: converted at once, no torch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nasty", action="store_true", help="demo: awkwardly encoded test images")
     ap.add_argument("--test-images", type=int, default=4305, help="photos: test images")
@@ -491,7 +493,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     elif args.what == "photos":
         photo_dataset(args.out_dir, test_images=args.test_images, seed=args.seed)
     else:
-        write_weights(args.out_dir, args.size, args.seed)
+        write_weights(args.out_dir, args.size, args.seed, args.direct)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,26 @@ def test_photo_dataset_layout_and_reuse(tmp_path):
     before = (out / "PHOTOS.json").stat().st_mtime_ns
     photo_dataset(out, classes_file, train_per_class=2, test_images=3, long_side=(40, 60))
     assert (out / "PHOTOS.json").stat().st_mtime_ns == before  # reused, not regenerated
+
+
+def test_direct_weights_are_the_converted_ones(tmp_path):
+    """write_weights(direct=True), the torch-free writer of a GPU machine, saves what the upstream
+    files convert to: same family, config, keys and shapes, the same values (CLIP's kernels
+    without the float16 rounding of OpenAI's files), and a file the models load."""
+    from models import clip
+    from models.weights import load
+    from pipeline.synthetic import write_weights
+
+    via = write_weights(tmp_path / "via", "demo", seed=1)
+    direct = write_weights(tmp_path / "direct", "demo", seed=1, direct=True)
+    for name, path in via.items():
+        (a, info_a), (b, info_b) = load(path), load(direct[name])
+        assert (info_a["family"], info_a["config"]) == (info_b["family"], info_b["config"])
+        assert (info_b["source"]["format"], info_b["source"]["seed"]) == ("random", 1)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].shape == b[k].shape, k
+            rounded = b[k].astype(np.float16).astype(np.float32)
+            assert np.array_equal(a[k], b[k]) or np.array_equal(a[k], rounded), k
+    model, _ = clip.load(direct["vit"])
+    assert model.visual.conv1.weight.shape[-1] == 32

@@ -8,6 +8,7 @@ batches, test.py on the test set.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from pipeline.cascade import CascadeResult, fuse, run_cascade
 from pipeline.settings import CHOICE_OPTIONS, Settings
+
+log = logging.getLogger(__name__)
 
 # Stage-1 candidates: the official algorithm's uniform class marginal (gamma 0) fights the class
 # imbalance between seen and unseen images; gamma 0.5 / 1 follow the pseudo-label marginal
@@ -187,8 +190,12 @@ def apply_transclip(
     from zero-shot CLIP instead. T: text classifiers [d, len(cols)]; support: the shots
     (features, column indices); val: labelled images choosing gamma (with the zero-shot start,
     as the released solver does). Per backbone, log-assignments fused with ``fusion``."""
-    from fewshot.transclip import choose_gamma, transclip
+    from fewshot.transclip import OFFICIAL, choose_gamma, transclip
 
+    n = len(seen_scores)
+    if n <= OFFICIAL.neighbors:  # its graph links each image to 3 others
+        log.warning("TransCLIP needs more than %d images, not %d: left out", OFFICIAL.neighbors, n)
+        return stage1, seen_scores
     init = None if mode == "alone" else cascade_distribution(stage1, seen_scores, cols, seen)
     logs = []
     for b in fusion:

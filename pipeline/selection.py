@@ -72,6 +72,12 @@ class Search:
         """``share``: the expected unseen share of the test set."""
         self.d, self.s, self.n_test, self.seed = data, settings, n_test, seed
         self.fit_rows, self.score_rows = validation.split_fit_score(data.val_y)
+        if not self.score_rows.size:
+            log.warning(
+                "no class has two validation images: the heads' epochs and the predicted score "
+                "use the same images, so the prediction flatters (VAL_PER_CLASS >= 2 avoids it)"
+            )
+            self.score_rows = self.fit_rows
         self.cols = data.seen  # real unseen classes have no validation image: left out
         self._memo: dict[tuple, Any] = {}
         self.share = share

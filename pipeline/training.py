@@ -49,7 +49,10 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
         "settings": settings.as_dict(),
     }
     if val_list is None or not len(val_list):
-        raise ListError(f"{env.val_list}: no validation images (run process.py)")
+        raise ListError(
+            f"{env.val_list}: no validation images; train.py chooses and validates on them "
+            "(run process.py with VAL_PER_CLASS >= 2)"
+        )
 
     # Which views the open choices need; each is encoded once and cached.
     flips = (True, False) if settings.flip_tta is None else (settings.flip_tta,)

@@ -98,3 +98,43 @@ def test_paired_gain_and_its_standard_error():
     assert g > 0 and 0 < se < g
     g2, _ = V.paired_gain(a, better, unseen, 0.3, seed=0)
     assert g2 == pytest.approx(-g)
+
+
+# ------------------------------------------------------------------ the search on planted features
+
+SMALL = "A:8,B:8,Dog:8,Car:4"
+
+
+def small_search(val_per_class: int, n: int = 120, seed: int = 0, **pins):
+    from pipeline.selection import Search
+    from pipeline.settings import Settings
+    from tests._planted import board_problem, validation_data
+
+    p = board_problem(SMALL, val_per_class=val_per_class, n=n, expert_domain="Dog", seed=seed, d=64)
+    settings = Settings.load(None, lpp_epochs=20, **pins)
+    return p, settings, Search(validation_data(p), settings, 0.25, n, seed)
+
+
+def test_search_with_one_validation_image_per_class_scores_on_the_fit_images(caplog):
+    pins = dict(flip_tta=True, inmap_prompts="bare", lpp_views="orig", seen_head="lpp")
+    _, _, search = small_search(1, **pins)
+    assert "no class has two validation images" in caplog.text
+    assert all(f.rows.size for f in search.folds)
+    result = search.search()
+    p = result["predicted_top1"]
+    assert 0 <= p["low"] <= p["value"] <= p["high"] <= 1
+
+
+def test_transclip_is_left_out_on_three_images(caplog):
+    from pipeline.scores import apply_transclip
+
+    rng = np.random.default_rng(0)
+    X = {"vit": rng.normal(size=(3, 8)).astype(np.float32)}
+    T = {"vit": rng.normal(size=(8, 5)).astype(np.float32)}
+    s1, s2 = rng.normal(size=(3, 5)), rng.normal(size=(3, 4))
+    out = apply_transclip(
+        "after", X, T, (X, np.arange(3)), (X, np.arange(3)), s1, s2, np.arange(5), np.arange(4),
+        {"vit": 1.0},
+    )  # fmt: skip
+    assert out[0] is s1 and out[1] is s2
+    assert "TransCLIP needs more than 3 images" in caplog.text

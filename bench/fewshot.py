@@ -7,6 +7,7 @@ loops, and how the cascade's feature-level stages grow with test images n and cl
     python -m bench.fewshot agree --iters 200         # each method on the CPU and on CUDA
     python -m bench.fewshot growth                    # n 1k..64k, C 403 and 1000: 8 min
     python -m bench.fewshot growth --n 1000,4305 --classes 403 --json out/bench/growth.json
+    python -m bench.fewshot selection --boards 3      # the validation search at board B's size
 
 ``speed``: planted CLIP-like features (d = 512: unit vectors clustered by class, text columns
 across a modality gap; zero-shot about 60% top-1). InMaP official (2000 proxy steps) and the
@@ -29,6 +30,14 @@ full 20 + 2000 computed from the per-iteration cost; ``--full-official`` runs it
 challenge variant, LP++ logits over C - 29 seen classes, and the routing (two backbones' fused
 scores through ``run_cascade`` with a 130-class expert); then least-squares fits
 ``a n^p C^q`` and ``fixed + k n C``. Memory: peak RSS over the timed call minus the RSS before.
+
+``selection``: train.py's whole validation search (pipeline.selection.Search, every open choice)
+on a planted problem shaped like board B (``--domains``, the last one unseen; 4 shots, 20
+validation images per seen class, ``--n`` test images of which ``--share`` unseen; two
+backbones in the orig, flip and aug views; an expert over the dogs), with the unseen share found
+as train.py finds it; then what test.py would score with the chosen cascade on the planted test
+set, against the predicted interval, for ``--boards`` seeds. ``--settings`` (a YAML file) and
+``--epochs`` (LP++) set the recipe.
 """
 
 from __future__ import annotations
@@ -40,24 +49,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 import bench as B
-
-D = 512
-
-
-def planted(y: np.ndarray, c: int, seed: int, d: int = D, gap=3.0, spread=1.5, text_noise=2.0):
-    """Unit image features X [len(y), d] around class centres and text columns T [d, c] offset by
-    a modality gap (the generator of tests/test_fewshot_planted.py at 512-d)."""
-    rng = np.random.default_rng(seed)
-
-    def unit(x, axis=-1):
-        return (x / np.linalg.norm(x, axis=axis, keepdims=True)).astype(np.float32)
-
-    centres = unit(rng.normal(size=(c, d)))
-    u, v = unit(rng.normal(size=d)), unit(rng.normal(size=d))
-    X = unit(centres[y] + spread * rng.normal(size=(len(y), d)) / np.sqrt(d) + gap * u)
-    T = unit(unit(centres + text_noise * unit(rng.normal(size=(c, d)))) + gap * unit(0.35 * u + v))
-    return X, np.ascontiguousarray(T.T)
-
+from tests._planted import BOARD_B, D, planted
 
 # ----------------------------------------------------------------------------- speed
 
@@ -288,6 +280,46 @@ def cmd_agree(args) -> list[dict]:
     return rows, {}
 
 
+# ----------------------------------------------------------------------------- selection
+
+
+def cmd_selection(args) -> tuple[list[dict], dict]:
+    from pipeline.scores import Choice
+    from pipeline.selection import Search
+    from pipeline.settings import Settings
+    from tests._planted import board_problem, board_top1, routed_share, validation_data
+
+    settings = Settings.load(args.settings or None, lpp_epochs=args.epochs)
+    start = Choice.challenge().pinned(settings)
+    rows = []
+    for seed in range(args.seed, args.seed + args.boards):
+        p = board_problem(
+            args.domains, val_per_class=args.val_per_class, n=args.n, share=args.share,
+            expert_domain=args.expert_domain, seed=seed,
+        )  # fmt: skip
+        t = time.perf_counter()
+        share = routed_share(p, start, settings)
+        t_share = time.perf_counter() - t
+        search = Search(validation_data(p), settings, share, args.n, seed)
+        result = search.search()
+        t_search = time.perf_counter() - t - t_share
+        choice, pred = Choice(**result["choice"]), result["predicted_top1"]
+        t = time.perf_counter()
+        board = board_top1(p, choice, settings, seed)
+        t_board = time.perf_counter() - t
+        changed = {k: v for k, v in result["choice"].items() if v != getattr(start, k)}
+        rows.append({
+            "seed": seed, "unseen share": f"{args.share:.2f}, routed {share:.2f}",
+            "chosen (vs the challenge's)": ", ".join(f"{k}={v}" for k, v in changed.items()) or "-",
+            "predicted": f"{pred['value']:.3f} [{pred['low']:.3f}, {pred['high']:.3f}]",
+            "board": board, "covered": pred["low"] <= board <= pred["high"],
+            "board, challenge's": board_top1(p, start, settings, seed) if changed else board,
+            "candidates": len(result["candidates"]), "share s": t_share, "search s": t_search,
+            "board s": t_board,
+        })  # fmt: skip
+    return rows, {}
+
+
 # ----------------------------------------------------------------------------- growth
 
 
@@ -417,7 +449,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("what", choices=["speed", "agree", "growth"])
+    ap.add_argument("what", choices=["speed", "agree", "growth", "selection"])
     ap.add_argument("--n", help="test images (speed: 4305; growth: comma list, 1000,...,64000)")
     ap.add_argument("--classes", help="classes (speed: 403; growth: comma list, 403,1000)")
     ap.add_argument("--iters", type=int, default=2000, help="speed: InMaP official proxy steps")
@@ -434,6 +466,12 @@ def main() -> None:
     ap.add_argument("--iters-lo", type=int, default=5, help="growth: short run per iteration")
     ap.add_argument("--iters-hi", type=int, default=25, help="growth: long run per iteration")
     ap.add_argument("--full-official", action="store_true", help="growth: 2000 steps for real")
+    ap.add_argument("--domains", default=BOARD_B, help="selection: name:classes,... (last unseen)")
+    ap.add_argument("--expert-domain", default="Thu-dog", help="selection: the expert's domain")
+    ap.add_argument("--share", type=float, default=0.28, help="selection: unseen test share")
+    ap.add_argument("--val-per-class", type=int, default=20, help="selection")
+    ap.add_argument("--boards", type=int, default=1, help="selection: seeds from --seed")
+    ap.add_argument("--settings", help="selection: a settings YAML file (default: defaults)")
     ap.add_argument("--child-classes", type=int, help=argparse.SUPPRESS)
     B.json_arg(ap)
     args = ap.parse_args()
@@ -441,7 +479,8 @@ def main() -> None:
         return growth_child(args)
     if args.what != "growth":
         args.n, args.classes = int(args.n or 4305), int(args.classes or 403)
-        rows, extra = (cmd_speed if args.what == "speed" else cmd_agree)(args)
+        command = {"speed": cmd_speed, "agree": cmd_agree, "selection": cmd_selection}
+        rows, extra = command[args.what](args)
     else:
         args.n, args.classes = args.n or "1000,4000,16000,64000", args.classes or "403,1000"
         rows, extra = cmd_growth(args)

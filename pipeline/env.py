@@ -1,32 +1,6 @@
 """Where the pipeline reads and writes, and how much: paths, sizes and the seed, from environment
-variables overridden by command-line options. (What the methods do comes from
-``pipeline.settings``.)
-
-=================  ==============================================  ================================
-variable           default                                         meaning
-=================  ==============================================  ================================
-OUT_DIR            ``out``                                         everything the pipeline writes;
-                                                                   the submission is
-                                                                   ``$OUT_DIR/result.txt``
-DATA_DIR           ``$OUT_DIR/demo`` (the generated demo data)     holds ``TrainSet/``,
-                                                                   ``train.txt``, the class list
-CLASSES            ``$DATA_DIR/classes_b.txt``, else               the class list
-                   ``$DATA_DIR/classes.txt``
-TRAIN_LIST         ``$DATA_DIR/train.txt``                         the labelled training pool
-TEST_DIR           first existing of ``$DATA_DIR/TestSetB``,       the test images
-                   ``TestSetA``, ``TestSet`` (else ``TestSet``)
-CLIP_VIT           ``$OUT_DIR/weights/ViT-B-32.safetensors``       weight files: see WEIGHT_FILES
-CLIP_RN            ``$OUT_DIR/weights/RN101.safetensors``
-CONVNEXT           ``$OUT_DIR/weights/convnextv2_base.safetensors``
-BATCH_SIZE         64                                              images per encoder batch
-WORKERS            one per core, at most 16                        image decoding threads
-SEED               0                                               every random choice
-SHOTS              4                                               training images per class
-VAL_PER_CLASS      20                                              validation images per class
-=================  ==============================================  ================================
-
-Relative paths are taken relative to the current directory. ``Env.is_demo`` is true when no
-DATA_DIR was given: scripts then work on the generated demo dataset (pipeline.synthetic).
+variables overridden by command-line options (the variables and their defaults: docs/DATA.md,
+"Configuration"). What the methods do comes from ``pipeline.settings``.
 """
 
 from __future__ import annotations
@@ -62,6 +36,23 @@ WEIGHT_FILES: dict[str, WeightFile] = {
 }
 CLIP_BACKBONES = tuple(k for k, w in WEIGHT_FILES.items() if w.family == "clip")
 
+# Env field -> (variable, help); the defaults are computed in Env.from_env.
+_PATHS = {
+    "data_dir": ("DATA_DIR", "folder with TrainSet/, train.txt and the class list"),
+    "classes": ("CLASSES", "class list file"),
+    "train_list": ("TRAIN_LIST", "labelled training list"),
+    "test_dir": ("TEST_DIR", "folder of test images"),
+    "out_dir": ("OUT_DIR", "output folder"),
+}
+# Env field -> (variable, default (None: default_workers()), minimum, help)
+_INTS = {
+    "batch_size": ("BATCH_SIZE", 64, 1, "images per encoder batch"),
+    "workers": ("WORKERS", None, 0, "image decoding threads (0: decode inline)"),
+    "seed": ("SEED", 0, 0, "random seed"),
+    "shots": ("SHOTS", 4, 1, "training images per class"),
+    "val_per_class": ("VAL_PER_CLASS", 20, 0, "validation images per class"),
+}
+
 
 class ConfigError(ValueError):
     """A configuration value is malformed (the message names the variable)."""
@@ -77,32 +68,27 @@ class Env:
     train_list: Path
     test_dir: Path
     weights: dict[str, Path]  # WEIGHT_FILES name -> file
-    batch_size: int = 64
-    workers: int = dataclasses.field(default_factory=default_workers)
-    seed: int = 0
-    shots: int = 4
-    val_per_class: int = 20
-    is_demo: bool = False
+    batch_size: int
+    workers: int
+    seed: int
+    shots: int
+    val_per_class: int
+    is_demo: bool  # no DATA_DIR given: the generated demo dataset (pipeline.synthetic)
 
-    # ------------------------------------------------------------------ derived locations
     @property
     def result_path(self) -> Path:
-        """The submission file."""
         return self.out_dir / "result.txt"
 
     @property
     def warnings_path(self) -> Path:
-        """Test images that could not be decoded but still got a prediction."""
         return self.out_dir / "warnings.txt"
 
     @property
     def cache_dir(self) -> Path:
-        """Root of the feature cache (pipeline.features)."""
         return self.out_dir / "cache"
 
     @property
     def lists_dir(self) -> Path:
-        """Where process.py writes the 4-shot and validation lists."""
         return self.out_dir / "lists"
 
     @property
@@ -117,7 +103,6 @@ class Env:
     def split_info(self) -> Path:
         return self.lists_dir / "split.json"
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_env(
         cls,
@@ -125,62 +110,53 @@ class Env:
         environ: Optional[Mapping[str, str]] = None,
     ) -> Env:
         """Read the environment (``os.environ`` unless ``environ`` is given), then apply
-        ``overrides`` (field or weight name -> value; None values are ignored, as are unknown
-        keys, so ``vars(argparse_namespace)`` can be passed as is)."""
+        ``overrides`` (field or weight name -> value; None values and unknown keys are ignored,
+        so ``vars(argparse_namespace)`` can be passed as is). Relative paths stay relative to
+        the current directory; an empty variable counts as unset."""
         env = os.environ if environ is None else environ
         ov = {k: v for k, v in (overrides or {}).items() if v is not None}
 
         def get(field: str, var: str) -> Optional[str]:
-            if field in ov:
-                return str(ov[field])
-            val = env.get(var)
-            return val if val not in (None, "") else None
+            return str(ov[field]) if field in ov else env.get(var) or None
 
         def path(field: str, var: str, default: Path) -> Path:
             val = get(field, var)
             return Path(val).expanduser() if val is not None else default
 
-        def integer(field: str, var: str, default: int, minimum: int) -> int:
+        def integer(field: str) -> int:
+            var, default, minimum, _ = _INTS[field]
             val = get(field, var)
             if val is None:
-                return default
+                return default_workers() if default is None else default
             try:
                 x = int(val)
             except ValueError:
-                raise ConfigError(f"{var}/{_option(field)}: not an integer: {val!r}") from None
+                raise ConfigError(f"{var}/{_option(var)}: not an integer: {val!r}") from None
             if x < minimum:
-                raise ConfigError(f"{var}/{_option(field)}: must be >= {minimum}, got {x}")
+                raise ConfigError(f"{var}/{_option(var)}: must be >= {minimum}, got {x}")
             return x
 
         out_dir = path("out_dir", "OUT_DIR", Path("out"))
         data_given = get("data_dir", "DATA_DIR")
         data_dir = Path(data_given).expanduser() if data_given else out_dir / "demo"
-        # The data folder's own class list: board B's name first, then board A's. Never another
-        # dataset's list (a missing file is reported when it is read).
-        classes_default = data_dir / "classes_b.txt"
-        if not classes_default.is_file() and (data_dir / "classes.txt").is_file():
-            classes_default = data_dir / "classes.txt"
-        test_default = data_dir / "TestSet"
-        for name in ("TestSetB", "TestSetA", "TestSet"):
-            if (data_dir / name).is_dir():
-                test_default = data_dir / name
-                break
-        weights = {
-            name: path(name, w.variable, out_dir / "weights" / w.default)
-            for name, w in WEIGHT_FILES.items()
-        }
+        # The data folder's own class list, board B's name first; never another dataset's list
+        # (a missing file is reported when it is read).
+        classes = data_dir / "classes_b.txt"
+        if not classes.is_file() and (data_dir / "classes.txt").is_file():
+            classes = data_dir / "classes.txt"
+        tests = [data_dir / name for name in ("TestSetB", "TestSetA", "TestSet")]
+        test_dir = next((d for d in tests if d.is_dir()), tests[-1])
         return cls(
             out_dir=out_dir,
             data_dir=data_dir,
-            classes=path("classes", "CLASSES", classes_default),
+            classes=path("classes", "CLASSES", classes),
             train_list=path("train_list", "TRAIN_LIST", data_dir / "train.txt"),
-            test_dir=path("test_dir", "TEST_DIR", test_default),
-            weights=weights,
-            batch_size=integer("batch_size", "BATCH_SIZE", 64, 1),
-            workers=integer("workers", "WORKERS", default_workers(), 0),
-            seed=integer("seed", "SEED", 0, 0),
-            shots=integer("shots", "SHOTS", 4, 1),
-            val_per_class=integer("val_per_class", "VAL_PER_CLASS", 20, 0),
+            test_dir=path("test_dir", "TEST_DIR", test_dir),
+            weights={
+                n: path(n, w.variable, out_dir / "weights" / w.default)
+                for n, w in WEIGHT_FILES.items()
+            },
+            **{field: integer(field) for field in _INTS},
             is_demo=data_given is None,
         )
 
@@ -200,34 +176,22 @@ class Env:
         return "\n".join([head, *lines])
 
 
-def _option(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-_ARGS = {
-    # field: (environment variable, type, help)
-    "data_dir": ("DATA_DIR", str, "folder with TrainSet/, train.txt and the class list"),
-    "classes": ("CLASSES", str, "class list file"),
-    "train_list": ("TRAIN_LIST", str, "labelled training list"),
-    "test_dir": ("TEST_DIR", str, "folder of test images"),
-    "out_dir": ("OUT_DIR", str, "output folder"),
-    **{name: (w.variable, str, w.help + " weights") for name, w in WEIGHT_FILES.items()},
-    "batch_size": ("BATCH_SIZE", int, "images per encoder batch"),
-    "workers": ("WORKERS", int, "image decoding threads (0: decode inline)"),
-    "seed": ("SEED", int, "random seed"),
-    "shots": ("SHOTS", int, "training images per class"),
-    "val_per_class": ("VAL_PER_CLASS", int, "validation images per class"),
-}
+def _option(variable: str) -> str:
+    return "--" + variable.lower().replace("_", "-")
 
 
 def add_env_arguments(parser: argparse.ArgumentParser, fields: Optional[list[str]] = None) -> None:
-    """Add ``--data-dir``, ``--out-dir``, ``--clip-vit``, ... (all, or the fields named) to
-    ``parser``, each defaulting to None so that ``Env.from_env(vars(args))`` falls back to the
-    environment. A weight file's option is named after its variable (``CLIP_VIT`` ->
-    ``--clip-vit``)."""
+    """Add ``--data-dir``, ``--out-dir``, ``--clip-vit``, ... (all, or the fields named), each
+    named after its variable and defaulting to None, so that ``Env.from_env(vars(args))`` falls
+    back to the environment."""
     group = parser.add_argument_group("configuration (overrides the environment variable)")
-    for name, (var, typ, text) in _ARGS.items():
-        if fields is not None and name not in fields:
-            continue
-        option = "--" + var.lower().replace("_", "-") if name in WEIGHT_FILES else _option(name)
-        group.add_argument(option, dest=name, type=typ, default=None, help=f"{text} [${var}]")
+    options = {
+        **{field: (var, str, text) for field, (var, text) in _PATHS.items()},
+        **{name: (w.variable, str, w.help + " weights") for name, w in WEIGHT_FILES.items()},
+        **{field: (var, int, text) for field, (var, _, _, text) in _INTS.items()},
+    }
+    for name, (var, typ, text) in options.items():
+        if fields is None or name in fields:
+            group.add_argument(
+                _option(var), dest=name, type=typ, default=None, help=f"{text} [${var}]"
+            )

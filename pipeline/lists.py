@@ -1,17 +1,5 @@
-"""Parsers for the challenge's text files: the class list, labelled image lists, the test folder.
-
-Formats (docs/DATA.md has the details):
-
-- class list: ``<Domain>_<name> <id>`` per line, ids 0..C-1 each exactly once;
-- labelled list (train.txt, the 4-shot and validation lists, the demo's test_labels.txt):
-  ``<path> <label>`` per line (or ``<path>,<label>``, as the challenge solution's 4-shot list
-  data/seed_train_4shot.txt), the path relative to DATA_DIR (or the test folder);
-- test folder: ``image_<n>.jpg|jpeg|png|...``, ordered by the number in the name.
-
-All parsers accept UTF-8 (with or without a BOM), Windows line endings, surrounding whitespace,
-blank lines and a missing trailing newline. Every problem raises ListError naming the file and
-the line.
-"""
+"""The challenge's text files: the class list, labelled image lists, the test folder (formats:
+docs/DATA.md, "File formats"). Every problem raises ListError naming the file and the line."""
 
 from __future__ import annotations
 
@@ -39,6 +27,11 @@ class ListError(ValueError):
     """A list or class file is malformed; the message names the file and line."""
 
 
+def preview(items: Sequence, k: int = 5) -> str:
+    """The first ``k`` items, comma-separated, with " ..." when there are more (for messages)."""
+    return ", ".join(map(str, items[:k])) + (" ..." if len(items) > k else "")
+
+
 def _read_lines(path: PathLike) -> list[str]:
     try:
         with open(path, encoding="utf-8-sig", newline=None) as f:
@@ -48,16 +41,14 @@ def _read_lines(path: PathLike) -> list[str]:
     except IsADirectoryError as e:
         raise ListError(f"{path}: is a directory, expected a text file") from e
     except UnicodeDecodeError as e:
-        # Count lines up to the offending byte so the user can find it.
         with open(path, "rb") as f:
             line = f.read()[: e.start].count(b"\n") + 1
         raise ListError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from e
 
 
 def _split_line(line: str) -> Optional[tuple[str, str]]:
-    """``'<text> <last token>'`` -> (text, token); None for a blank line. The text may contain
-    spaces (only the last whitespace separates), so file names with spaces work. The comma
-    form ``'<text>,<integer>'`` (the challenge solution's lists) is read the same way."""
+    """``'<text> <last token>'`` (or ``'<text>,<integer>'``) -> (text, token); None for a blank
+    line. Only the last whitespace separates, so file names may contain spaces."""
     s = line.strip()
     if not s:
         return None
@@ -72,20 +63,12 @@ def _split_line(line: str) -> Optional[tuple[str, str]]:
 
 def _parse_int(token: str) -> Optional[int]:
     # Plain decimal only: "1e3", "0x10", "½" or "٣" (other scripts' digits) are errors.
-    if re.fullmatch(r"[+-]?[0-9]+", token):
-        return int(token)
-    return None
-
-
-# ------------------------------------------------------------------------------ class list
+    return int(token) if re.fullmatch(r"[+-]?[0-9]+", token) else None
 
 
 def split_class_name(raw: str) -> tuple[str, str]:
-    """``'Caltech-101_Faces_easy'`` -> ``('Caltech-101', 'Faces easy')``.
-
-    The domain is the prefix before the first underscore (domain names contain none); the clean
-    name is the rest with underscores as spaces. A name without an underscore has domain ''.
-    """
+    """``'Caltech-101_Faces_easy'`` -> ``('Caltech-101', 'Faces easy')``; ``''`` is the domain
+    of a name without an underscore."""
     if "_" in raw:
         domain, name = raw.split("_", 1)
         if domain and name:
@@ -124,7 +107,7 @@ class ClassList:
 
     @property
     def domain_array(self) -> np.ndarray:
-        """Domain of every class id as a numpy string array (for grouping metrics)."""
+        """Domain of every class id (numpy strings)."""
         return np.asarray(self.domains)
 
     def ids_in_domain(self, domain: str) -> np.ndarray:
@@ -136,7 +119,6 @@ class ClassList:
         return np.flatnonzero(self.domain_array == domain).astype(np.int64)
 
     def id_of(self, raw_name: str) -> int:
-        """Id of a raw class name (``'Animal_Bear'``)."""
         try:
             return self._index[raw_name]
         except KeyError:
@@ -187,21 +169,14 @@ def parse_class_list(lines: Iterable[str], source: str = "<memory>") -> ClassLis
 
 
 def read_class_list(path: PathLike) -> ClassList:
-    """Read a class list (``<Domain>_<name> <id>`` per line, e.g. data/classes_b.txt).
-
-    Ids must be exactly 0..C-1 (in any order) and names unique; ListError otherwise.
-    """
+    """Read a class list: ``<Domain>_<name> <id>`` lines, ids exactly 0..C-1, names unique."""
     return parse_class_list(_read_lines(path), os.fspath(path))
 
 
 def _short(xs: Sequence[int], k: int = 8) -> str:
     if not xs:
         return "none"
-    s = ", ".join(map(str, xs[:k]))
-    return s + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
-
-
-# --------------------------------------------------------------------------- labelled lists
+    return ", ".join(map(str, xs[:k])) + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
 
 
 @dataclass(frozen=True)
@@ -223,7 +198,7 @@ class LabeledList:
         return len(self.paths)
 
     def resolve(self, root: PathLike) -> list[str]:
-        """Paths joined to ``root`` (absolute paths in the list stay as they are)."""
+        """Paths joined to ``root`` (absolute ones stay as they are)."""
         return [os.path.join(root, p) for p in self.paths]
 
     def counts(self, num_classes: int) -> np.ndarray:
@@ -238,14 +213,10 @@ class LabeledList:
             tuple(self.paths[i] for i in index), self.labels[index], source or self.source
         )
 
-    def lines(self) -> list[str]:
-        return [f"{p} {int(y)}" for p, y in zip(self.paths, self.labels)]
-
 
 def _outside(path: str, root: Optional[PathLike]) -> Optional[str]:
-    """Why ``path`` (a list entry, '/'-separated) is not an image inside the data folder
-    ``root``, or None. A relative path must not climb out with '..'; an absolute one must lie
-    in ``root`` (spelled as given or through links), and is taken as is when no root is known."""
+    """Why the list entry ``path`` is not inside the data folder ``root`` (None: it is). An
+    absolute path must lie in ``root``, spelled as given or through links (any, without a root)."""
     if not os.path.isabs(path):
         norm = posixpath.normpath(path)
         if norm == ".." or norm.startswith("../"):
@@ -315,23 +286,14 @@ def parse_labeled_list(
 def read_labeled_list(
     path: PathLike, classes: Optional[ClassList] = None, root: Optional[PathLike] = None
 ) -> LabeledList:
-    """Read a ``<image path> <label>`` list such as train.txt.
-
-    Blank lines are skipped; a repeated line (same path and label) is dropped with one warning;
-    the same path with two different labels is an error, as is a label that is not an id of
-    ``classes`` (when given). Paths may contain spaces and any Unicode; backslashes become '/'.
-    A path that leads outside the data folder ``root`` ('../x', or an absolute path elsewhere;
-    without a root only '..') is an error naming the line.
-    """
+    """Read a ``<image path> <label>`` list such as train.txt: labels must be ids of ``classes``
+    (when given), paths inside the data folder ``root`` (without a root: no '..')."""
     return parse_labeled_list(_read_lines(path), os.fspath(path), classes, root)
 
 
 def write_labeled_list(path: PathLike, items: LabeledList) -> None:
-    """Write ``<path> <label>`` lines atomically (temporary file + rename)."""
-    write_text_atomic(path, "".join(line + "\n" for line in items.lines()))
-
-
-# ------------------------------------------------------------------------------ seen/unseen
+    """Write ``<path> <label>`` lines atomically."""
+    write_text_atomic(path, "".join(f"{p} {int(y)}\n" for p, y in zip(items.paths, items.labels)))
 
 
 def seen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
@@ -340,11 +302,8 @@ def seen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
 
 
 def unseen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
-    """Ids of classes without any image in ``train`` (e.g. board B's 29 Stanford-Cars)."""
+    """Ids of classes without any image in ``train`` (sorted int64)."""
     return np.flatnonzero(train.counts(len(classes)) == 0).astype(np.int64)
-
-
-# ------------------------------------------------------------------------------ test folder
 
 
 def natural_key(name: str) -> tuple:
@@ -359,12 +318,8 @@ def natural_key(name: str) -> tuple:
 
 
 def result_name_problem(name: str) -> Optional[str]:
-    """Why result.txt cannot hold ``name`` as the first field of a line (None: it can).
-
-    A line is ``<name> <ids>`` in UTF-8, fields split at spaces: a name must be non-empty,
-    without whitespace (spaces, tabs, line breaks, no-break spaces, ...) and valid UTF-8 (a file
-    name of other bytes comes from os.scandir as surrogate escapes).
-    """
+    """Why result.txt (UTF-8, fields split at whitespace) cannot hold ``name`` as the first field
+    of a line; None when it can. Undecodable file names come from os.scandir as surrogates."""
     if not name:
         return "is empty"
     if any(c.isspace() for c in name):
@@ -377,8 +332,7 @@ def result_name_problem(name: str) -> Optional[str]:
 
 
 def _is_file(entry: os.DirEntry) -> bool:
-    """Whether the entry is a file or a link to one. A dangling link is not; a link loop (or an
-    entry that cannot be examined) is not either, where ``is_file`` would raise."""
+    # A link loop (or an entry that cannot be examined) is no file, like a dangling link.
     try:
         return entry.is_file()
     except OSError:
@@ -386,13 +340,8 @@ def _is_file(entry: os.DirEntry) -> bool:
 
 
 def list_test_images(test_dir: PathLike) -> list[str]:
-    """File names (not paths) of the images in ``test_dir``, in natural order.
-
-    Files with an image extension (case-insensitive) are kept; anything else (sub-folders,
-    text files, hidden files, dangling or looping links) is skipped with one warning. A missing
-    or image-less folder is a ListError, as are image names that result.txt cannot hold (see
-    :func:`result_name_problem`).
-    """
+    """File names of the images in ``test_dir`` in natural order; other entries are skipped with
+    one warning. ListError for a missing or image-less folder, or names result.txt cannot hold."""
     d = Path(test_dir)
     if not d.is_dir():
         raise ListError(f"{d}: test folder not found (set TEST_DIR or --test-dir)")
@@ -404,27 +353,20 @@ def list_test_images(test_dir: PathLike) -> list[str]:
         else:
             skipped.append(entry.name)
     if skipped:
-        log.warning(
-            "%s: ignored %d entr%s that %s not image files: %s",
-            d,
-            len(skipped),
-            "y" if len(skipped) == 1 else "ies",
-            "is" if len(skipped) == 1 else "are",
-            ", ".join(sorted(skipped, key=natural_key)[:10])
-            + (" ..." if len(skipped) > 10 else ""),
-        )
+        what = "entry that is" if len(skipped) == 1 else "entries that are"
+        shown = preview(sorted(skipped, key=natural_key), 10)
+        log.warning(f"{d}: ignored {len(skipped)} {what} not image files: {shown}")
     if not names:
         raise ListError(
             f"{d}: no images in the test folder (extensions {', '.join(IMAGE_EXTENSIONS)})"
         )
     names.sort(key=natural_key)
-    # Every test image needs its line in result.txt: refuse names it cannot hold now, before
-    # any feature is computed (repr keeps the message on one line and shows odd characters).
+    # Refused now, before any feature is computed; repr shows odd characters on one line.
     bad = [n for n in names if result_name_problem(n)]
     if bad:
-        shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise ListError(
             f"{d}: {len(bad)} test image name(s) with whitespace or not valid UTF-8, which "
-            f"result.txt cannot hold: {shown}; rename them (e.g. image_<n>.jpg)"
+            f"result.txt cannot hold: {preview([repr(n) for n in bad])}; rename them "
+            "(e.g. image_<n>.jpg)"
         )
     return names

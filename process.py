@@ -31,6 +31,9 @@ from pipeline.split import (
 
 log = logging.getLogger("process")
 
+# The configuration process.py reads (pipeline.env); the rest belongs to train.py and test.py.
+ENV_FIELDS = "data_dir classes train_list out_dir seed shots val_per_class workers".split()
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -52,19 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not decode the chosen shots (by default an undecodable shot is replaced)",
     )
-    add_env_arguments(
-        ap,
-        [
-            "data_dir",
-            "classes",
-            "train_list",
-            "out_dir",
-            "seed",
-            "shots",
-            "val_per_class",
-            "workers",
-        ],
-    )
+    add_env_arguments(ap, ENV_FIELDS)
     args = ap.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -83,34 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         pool = read_labeled_list(env.train_list, classes, env.data_dir)
         if len(pool) == 0:
             raise ListError(f"{env.train_list}: no images listed")
-        common = dict(val_per_class=env.val_per_class)
+        sizes = dict(shots=env.shots, seed=env.seed, val_per_class=env.val_per_class)
         shot_list = args.shot_list or Settings.load(args.settings).shot_list
         if shot_list:
             shots = read_labeled_list(shot_list, classes, env.data_dir)
-            split = split_from_shot_list(shots, pool, classes, env.shots, env.seed, **common)
+            split = split_from_shot_list(shots, pool, classes, **sizes)
             source = shot_list
         else:
             check = None if args.no_check else make_checker(env.data_dir, env.workers)
-            split = select_shots(
-                pool,
-                classes,
-                env.shots,
-                env.seed,
-                allow_fewer=args.allow_fewer,
-                check=check,
-                **common,
-            )
+            split = select_shots(pool, classes, allow_fewer=args.allow_fewer, check=check, **sizes)
             source = f"seeded selection (seed {env.seed})"
-        info = {
-            "data_dir": str(env.data_dir),
-            "classes": str(env.classes),
-            "train_list": str(env.train_list),
-            "shots": env.shots,
-            "seed": env.seed,
-            "val_per_class": env.val_per_class,
-            "source": source,
-        }
-        info.update(preflight.split_record(env))  # what train.py compares with the current run
+        # split_record: what train.py compares with the current run
+        info = {"source": source, **preflight.split_record(env)}
         written = write_split(split, env.lists_dir, classes, info)
     except (ConfigError, ListError, SettingsError, SplitError, FileExistsError) as e:
         log.error("%s", e)

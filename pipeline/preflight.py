@@ -1,35 +1,9 @@
 """Checks before any work: bad input is refused in one line before the first image is encoded.
 
-``checked(script, env, settings)`` wraps the work of train.py, ``test.py`` and ``test.py --eval``
-(from :func:`pipeline.cli.run_main`); :func:`check_process` runs before process.py writes its
-lists. Each problem raises :class:`PreflightError` (a ConfigError: reported in one line, exit
-status 2) naming the file, setting or variable and what to do. What is checked, by script:
-
-- OUT_DIR: a folder (created if missing) that this run can write, as are the sub-folders the
-  script writes into; none of the files it writes is a folder;
-- OUT_DIR is not in use: train.py and test.py hold an exclusive lock on ``$OUT_DIR/.lock`` for
-  their whole run; a second run on the same OUT_DIR says which run (pid) has it and exits;
-  process.py only checks that no run holds it. A POSIX record lock (``fcntl.lockf``) rather than
-  ``flock``: the system releases it when the process ends, however it ends, and forked children
-  (Jittor's compile pool, decoding workers) do not inherit it, so a killed run cannot leave its
-  lock behind in an orphaned child;
-- the class list: at least 5 classes (a submission line holds 5 distinct class ids); for
-  training, at least 5 classes with training images (stage 2 ranks the seen classes);
-- the weight files: each one the run will load exists and holds its family (from the header,
-  ``models.weights.read_info``); any other one that is given must hold its family too, so
-  swapped variables are caught whatever the run needs;
-- training and evaluation: the lists in ``$OUT_DIR/lists`` were made from the current DATA_DIR,
-  CLASSES, TRAIN_LIST (path and content), SHOTS, SEED and VAL_PER_CLASS, as process.py recorded
-  them in ``split.json`` (:func:`split_record`); train.sh runs process.py only when the lists are
-  missing, so after a change this says which value changed and to re-run process.py;
-- testing and evaluation: train.py's artefacts in ``heads/`` and ``expert/`` are readable (every
-  JSON file, every safetensors header), the LP++ heads exist and fit the class list and the
-  weights, the stage-1 choice and the expert load (they are small: nothing is encoded);
-- a training that did not finish: train.py writes ``$OUT_DIR/training.incomplete`` once its
-  checks pass, before it touches any artefact, and removes it only when it has written
-  train.json (the last step); killed or failed, it leaves the marker, and test.py refuses to run
-  on what may be a mix of two trainings' heads until train.sh has run to the end. (A marker needs
-  no clock: comparing train.json's time with the artefacts' would break on copies.)
+``checked`` wraps train.py, test.py and ``test.py --eval`` (from :func:`pipeline.cli.run_main`);
+``check_process`` runs before process.py writes its lists. Each problem raises PreflightError
+(a ConfigError: one line, exit status 2) naming the file, setting or variable and what to do.
+What is checked, case by case: docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -56,8 +30,11 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5  # class ids per line of result.txt
 
-# Present while a training runs, and after one that did not finish (see the module docstring).
+# Written by train.py once its checks pass, before it touches any artefact, and removed after
+# train.json (its last step): test.py refuses to run while it exists, since heads/ and expert/
+# may then mix two trainings. A marker needs no clock (comparing file times breaks on copies).
 TRAINING_MARKER = "training.incomplete"
+LOCK_FILE = ".lock"
 
 
 class PreflightError(ConfigError):
@@ -72,26 +49,23 @@ def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     _output_folder(env, script)
     lock = _lock(env, script)
     try:
-        yield from _checked(script, env, settings)
+        classes = _class_list(env)
+        _weight_files(env, _weights_needed(script, env, settings, classes))
+        if script in ("train", "eval"):
+            _lists_match(env)
+        if script != "train":
+            _training_finished(env)
+            _trained_artefacts(env, settings, classes)
+            yield
+            return
+        _seen_classes(env, classes)
+        marker = env.out_dir / TRAINING_MARKER
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json_atomic(marker, {"pid": os.getpid(), "started": started})
+        yield  # an exception (or a kill) leaves the marker
+        marker.unlink()
     finally:
         os.close(lock)  # releases the lock
-
-
-def _checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
-    classes = _class_list(env)
-    _weight_files(env, _weights_needed(script, env, settings, classes))
-    if script in ("train", "eval"):
-        _lists_match(env)
-    if script != "train":
-        _training_finished(env)
-        _trained_artefacts(script, env, settings, classes)
-        yield
-        return
-    _seen_classes(env, classes)
-    marker = env.out_dir / TRAINING_MARKER
-    write_json_atomic(marker, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    yield  # an exception (or a kill) leaves the marker
-    marker.unlink()
 
 
 def check_process(env: Env) -> None:
@@ -102,9 +76,7 @@ def check_process(env: Env) -> None:
         _class_list(env)
 
 
-# ---------------------------------------------------------------------------- the output folder
-
-# What each script writes under OUT_DIR: sub-folders, and files (a folder in their place would
+# What each script writes under OUT_DIR: sub-folders, and files (a folder in a file's place would
 # fail only when the file is written, after all the work).
 WRITES = {
     "process": (("lists",), ("lists/train_4shot.txt", "lists/val.txt", "lists/split.json")),
@@ -130,8 +102,8 @@ def _output_folder(env: Env, script: str) -> None:
 
 
 def _writable_folder(path: Path, what: str) -> None:
-    """``path`` is a folder this process can create files in (created when missing); ``what``
-    names it in the message."""
+    """``path`` (``what`` in messages) is a folder this process can create files in; made if
+    missing."""
     if path.exists() and not path.is_dir():
         raise PreflightError(f"{what}: is a file, not a folder; set OUT_DIR to a folder")
     try:
@@ -140,8 +112,7 @@ def _writable_folder(path: Path, what: str) -> None:
         raise PreflightError(
             f"{what}: cannot create the folder ({e.strerror}); set OUT_DIR to a writable folder"
         ) from None
-    # A real write, not os.access: root passes access checks on any folder, but not on a
-    # read-only file system.
+    # A real write: root passes os.access checks on any folder.
     try:
         fd, tmp = create_temp(path, ".preflight.")
         os.close(fd)
@@ -152,11 +123,12 @@ def _writable_folder(path: Path, what: str) -> None:
         ) from None
 
 
-LOCK_FILE = ".lock"
-
-
 def _lock(env: Env, script: str) -> int:
-    """An open descriptor holding the exclusive lock on OUT_DIR (close it to release)."""
+    """An open descriptor holding the exclusive lock on OUT_DIR (close it to release).
+
+    A POSIX record lock (lockf), not flock: it goes when the process ends, however it ends, and
+    forked children (Jittor's compile pool) do not inherit it, so none keeps a killed run's lock.
+    """
     path = env.out_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -176,9 +148,6 @@ def _lock(env: Env, script: str) -> int:
     return fd
 
 
-# ----------------------------------------------------------------------------- the class list
-
-
 def _class_list(env: Env) -> ClassList:
     classes = read_class_list(env.classes)
     if classes.num_classes < TOP_K:
@@ -190,11 +159,9 @@ def _class_list(env: Env) -> ClassList:
 
 
 def _seen_classes(env: Env, classes: ClassList) -> None:
-    """Refuse a training list with fewer than TOP_K classes (when the list exists: its absence
-    is reported by the training itself, with what to run)."""
     path = env.train_shots_list
     if not path.is_file():
-        return
+        return  # reported by the training itself, with what to run
     seen = seen_class_ids(read_labeled_list(path, classes, env.data_dir), classes).size
     if seen < TOP_K:
         raise PreflightError(
@@ -204,23 +171,18 @@ def _seen_classes(env: Env, classes: ClassList) -> None:
         )
 
 
-# ------------------------------------------------------------------------------ weight files
-
-
 def _weights_needed(script: str, env: Env, settings: Settings, classes: ClassList) -> set[str]:
-    """The WEIGHT_FILES the run will load: its CLIP backbones, and ConvNeXt-V2 for training an
-    expert or AMU-Tuning, for a trained expert at test time, for AMU in the evaluation."""
+    """The WEIGHT_FILES the run will load: its CLIP backbones, and ConvNeXt-V2 to train an expert
+    or AMU-Tuning, for a trained expert at test time and for AMU in the evaluation."""
     need = set(settings.backbones)
     if script == "train":
         convnext = settings.amu or settings.expert_domain in classes.domain_names
     else:
         from pipeline.expert import INFO_FILE
 
+        amu = head_path(env.out_dir / "heads", "amu", settings.backbones[0])
         convnext = bool(settings.expert_domain) and (env.out_dir / "expert" / INFO_FILE).is_file()
-        if script == "eval" and settings.amu:
-            convnext = (
-                convnext or head_path(env.out_dir / "heads", "amu", settings.backbones[0]).is_file()
-            )
+        convnext = convnext or (script == "eval" and settings.amu and amu.is_file())
     if convnext:
         need.add("convnext")
     return need
@@ -248,8 +210,6 @@ def _weight_files(env: Env, needed: set[str]) -> None:
             )
 
 
-# ------------------------------------------------------------------------ the lists' provenance
-
 # split.json key -> the variable that sets it
 _SPLIT_PATHS = {"data_dir": "DATA_DIR", "classes": "CLASSES", "train_list": "TRAIN_LIST"}
 _SPLIT_VALUES = {"shots": "SHOTS", "seed": "SEED", "val_per_class": "VAL_PER_CLASS"}
@@ -257,8 +217,7 @@ _SPLIT_DIGESTS = {"classes_sha256": "classes", "train_list_sha256": "train_list"
 
 
 def split_record(env: Env) -> dict[str, Any]:
-    """What process.py's lists are made from, for ``lists/split.json``: absolute paths and the
-    sha256 of the class list and the training list, and the sizes and seed."""
+    """What process.py's lists are made from (``lists/split.json``), compared at train time."""
     record: dict[str, Any] = {k: os.path.realpath(getattr(env, k)) for k in _SPLIT_PATHS}
     record.update({k: getattr(env, k) for k in _SPLIT_VALUES})
     for key, field in _SPLIT_DIGESTS.items():
@@ -295,12 +254,8 @@ def _lists_match(env: Env) -> None:
             )
 
 
-# ------------------------------------------------------------------------ train.py's artefacts
-
-
-def _trained_artefacts(script: str, env: Env, settings: Settings, classes: ClassList) -> None:
-    """What test.py and the evaluation load from heads/ and expert/, checked (and thrown away)
-    now: HeadError / WeightsError name the file and say to re-run train.sh."""
+def _trained_artefacts(env: Env, settings: Settings, classes: ClassList) -> None:
+    """Load (and throw away) what test.py and the evaluation need from heads/ and expert/."""
     from pipeline.expert import INFO_FILE, DomainExpert
     from pipeline.workspace import Workspace
 
@@ -323,16 +278,12 @@ def _trained_artefacts(script: str, env: Env, settings: Settings, classes: Class
                 f"{expert / INFO_FILE}: corrupted ({type(e).__name__}: {e}); re-run bash train.sh"
             ) from None
     # the choices of heads/cascade.json, and the seen-class heads they name
-    Workspace(env, settings, classes, None, {}).load_cascade(
-        {name: _head_expect(classes, env, name) for name in settings.backbones}
-    )
-
-
-def _head_expect(classes: ClassList, env: Env, name: str) -> dict[str, str]:
-    return {
-        "classes": classes_fingerprint(classes.names),
-        "weights": weights.fingerprint(env.weights[name]),
+    names = classes_fingerprint(classes.names)
+    expect = {
+        b: {"classes": names, "weights": weights.fingerprint(env.weights[b])}
+        for b in settings.backbones
     }
+    Workspace(env, settings, classes, None, {}).load_cascade(expect)
 
 
 def _training_finished(env: Env) -> None:

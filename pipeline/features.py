@@ -1,19 +1,9 @@
 """The feature cache: every image list is encoded once per encoder, preprocessing and view.
 
-One entry per (encoder, image list, preprocessing, view), two files under the cache root
-(``$OUT_DIR/cache``)::
-
-    <label>-<key hash>.npy      float32 [n, d]: row i holds image i of the list
-    <label>-<key hash>.json     the full key, n, d and the images that could not be decoded;
-                                written after the array, so its presence marks a complete entry
-    <label>-<key hash>.part/    only while computing: chunk_00000.npz ... of ``chunk_size`` rows
-
-The key is the JSON of FORMAT_VERSION, the caller's ``key_parts`` (encoder name, weight
-fingerprint, ...), the preprocessing's ``describe()`` string, the view and a fingerprint of the
-image list (absolute paths, sizes and modification times, in order). Anything that changes the
-features changes the key, and so the file name. An interrupted extraction leaves finished chunks
-in the ``.part`` folder and the next run computes only the missing ones; an entry or chunk that
-does not load, has the wrong shape or holds another key is recomputed with a warning.
+``FeatureCache.get`` is the one entry point. An entry is ``<label>-<view>-<hash>.npy`` with its
+key in the ``.json`` beside it (written last, so it marks a complete entry), computed in chunks
+under ``.part/`` that an interrupted run keeps. Layout, key and recovery: docs/DATA.md, "Feature
+cache".
 """
 
 from __future__ import annotations
@@ -33,15 +23,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from models.fileio import write_atomic, write_json_atomic
-from pipeline.images import VIEWS, Preprocess, default_workers, iter_batches
+from pipeline.images import VIEWS, Preprocess, check_views, default_workers, iter_batches
+from pipeline.lists import preview
 
 log = logging.getLogger(__name__)
 
-# Bump when the layout or anything else that changes stored features changes.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # bump when the layout or anything else that changes stored features changes
 CHUNK_SIZE = 512
-
-EncodeFn = Callable[[np.ndarray], Any]
 
 
 class FeatureError(RuntimeError):
@@ -51,8 +39,8 @@ class FeatureError(RuntimeError):
 @dataclass(frozen=True)
 class FeatureSet:
     """Features of one image list: ``features[view]`` is float32 [n, d] (row i = image i);
-    ``failed`` lists the images that could not be decoded (their rows are the features of a
-    mid-grey placeholder: finite, but carrying no evidence)."""
+    ``failed`` lists the images that could not be decoded (their rows encode a mid-grey
+    placeholder: finite, but no evidence)."""
 
     features: dict[str, np.ndarray]
     failed: tuple[int, ...]
@@ -77,21 +65,18 @@ class FeatureSet:
 
 
 class Encoder(NamedTuple):
-    """One encoder for ``FeatureCache.get``: what identifies it in the key (``key_parts``), the
-    function ``encode(batch float32 [B,3,H,W]) -> [B, d]`` and a label for file names and logs."""
+    """One encoder for ``FeatureCache.get``: what identifies it in the key, the function
+    ``encode(batch float32 [B,3,H,W]) -> [B, d]`` and a label for file names and logs."""
 
     key_parts: Mapping[str, Any]
-    encode: EncodeFn
+    encode: Callable[[np.ndarray], Any]
     label: str
 
 
 def list_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """sha256 over the ordered (absolute path, size, mtime) of every image.
-
-    Absolute paths, so the demo dataset and the real one never share an entry even where their
-    relative names coincide; size and mtime, so replaced images are re-encoded. A missing file
-    is fingerprinted as such (it will be reported as failed).
-    """
+    """sha256 over the ordered (absolute path, size, mtime) of every image, "missing" for a
+    missing one: absolute so that two datasets never share an entry, size and mtime so that
+    replaced images are encoded again."""
     h = hashlib.sha256()
     for p in paths:
         ap = os.path.abspath(os.fspath(p))
@@ -107,54 +92,46 @@ def list_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
 def describe_preprocess(preprocess: Preprocess) -> str:
     """The preprocessing's identity for the key: its ``describe()`` string."""
     describe = getattr(preprocess, "describe", None)
-    if callable(describe):
-        return str(describe())
-    # Without describe() two different preprocessings of the same type would share an entry.
-    raise TypeError(
-        f"preprocess {preprocess!r} has no describe() method; the feature cache needs it to "
-        "tell preprocessings apart"
-    )
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    # jt.Var (and torch tensors) expose .numpy(); copy because Jittor may alias its buffer.
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        x = x.numpy()
-    return np.array(x, dtype=np.float32, copy=True)
+    if not callable(describe):  # two preprocessings of one type would share an entry
+        raise TypeError(
+            f"preprocess {preprocess!r} has no describe() method; the feature cache needs it to "
+            "tell preprocessings apart"
+        )
+    return str(describe())
 
 
 class _Entry:
-    """One (encoder, view) entry of a ``get`` call: its files, and the rows known so far."""
+    """One (encoder, view) entry: its files, and the rows known so far (loaded on creation)."""
 
-    def __init__(self, cache: FeatureCache, encoder: Encoder, view: str, key: dict) -> None:
-        self.encoder, self.view, self.key = encoder, view, key
+    def __init__(self, root: Path, encoder: Encoder, view: str, key: dict, size: int) -> None:
+        self.encoder, self.view, self.key, self.size = encoder, view, key, size
+        self.name = f"{encoder.label} ({view})"
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         slug = re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{encoder.label}-{view}").strip("-")[:60]
-        base = cache.root / f"{slug}-{digest}"
+        base = root / f"{slug}-{digest}"
         self.array_path = base.with_suffix(".npy")
         self.info_path = base.with_suffix(".json")
         self.part_dir = base.with_suffix(".part")
-        self.chunk_size = cache.chunk_size
+        self.n_chunks = -(-key["n"] // size)
         self.features: Optional[np.ndarray] = None
         self.dim: Optional[int] = None
         self.failed: list[int] = []
         self.chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chunk -> (rows, failed)
+        if not self._load():
+            self._load_chunks()
 
-    def name(self) -> str:
-        return f"{self.encoder.label} ({self.view})"
-
-    def load(self) -> bool:
+    def _load(self) -> bool:
         """True when the complete entry is on disk and sound."""
         if not self.info_path.is_file():
             return False
-        problem = None
+        n, problem = self.key["n"], None
         try:
             info = json.loads(self.info_path.read_text())
             feats = np.load(self.array_path, allow_pickle=False)
             if info.get("key") != self.key:
                 problem = "written for another key"
-            elif feats.shape != (self.key["n"], info.get("dim")):
-                problem = f"shape {feats.shape}, expected ({self.key['n']}, {info.get('dim')})"
+            elif feats.shape != (n, info.get("dim")):
+                problem = f"shape {feats.shape}, expected ({n}, {info.get('dim')})"
             elif not np.isfinite(feats).all():
                 problem = "non-finite values"
         except Exception as e:  # noqa: BLE001 - any unreadable entry is simply recomputed
@@ -169,15 +146,15 @@ class _Entry:
         self.failed = [int(i) for i in info.get("failed", [])]
         return True
 
-    def chunk_rows(self, c: int) -> int:
-        return min(self.chunk_size, self.key["n"] - c * self.chunk_size)
+    def rows(self, c: int) -> int:
+        return min(self.size, self.key["n"] - c * self.size)
 
     def chunk_path(self, c: int) -> Path:
         return self.part_dir / f"chunk_{c:05d}.npz"
 
-    def load_chunks(self) -> None:
+    def _load_chunks(self) -> None:
         """Finished chunks of an interrupted run (unusable ones are deleted)."""
-        for c in range(-(-self.key["n"] // self.chunk_size)):
+        for c in range(self.n_chunks):
             path = self.chunk_path(c)
             if not path.is_file():
                 continue
@@ -186,7 +163,7 @@ class _Entry:
                     feats, failed = np.array(z["features"], np.float32), np.array(z["failed"])
                 ok = (
                     feats.ndim == 2
-                    and len(feats) == self.chunk_rows(c)
+                    and len(feats) == self.rows(c)
                     and feats.shape[1] == (self.dim or feats.shape[1])
                     and np.isfinite(feats).all()
                 )
@@ -200,12 +177,30 @@ class _Entry:
                 path.unlink()
 
     def missing(self) -> list[int]:
-        n_chunks = -(-self.key["n"] // self.chunk_size)
-        return (
-            []
-            if self.features is not None
-            else [c for c in range(n_chunks) if c not in self.chunks]
-        )
+        if self.features is not None:
+            return []
+        return [c for c in range(self.n_chunks) if c not in self.chunks]
+
+    def encode(self, batch: np.ndarray, paths: list[str]) -> np.ndarray:
+        """The encoder on one decoded batch, checked for shape and finiteness."""
+        f = self.encoder.encode(batch)
+        if hasattr(f, "numpy") and not isinstance(f, np.ndarray):  # jt.Var
+            f = f.numpy()
+        f = np.array(f, dtype=np.float32, copy=True)  # Jittor may reuse its buffer
+        if f.ndim != 2 or f.shape[0] != len(batch) or f.shape[1] != (self.dim or f.shape[1]):
+            raise FeatureError(
+                f"{self.name}: encoder returned shape {f.shape} for a batch of {len(batch)} "
+                f"images (expected [{len(batch)}, {self.dim or 'd'}])"
+            )
+        bad = ~np.isfinite(f).all(axis=1)
+        if bad.any():
+            which = ", ".join(paths[j] for j in np.flatnonzero(bad)[:5])
+            raise FeatureError(
+                f"{self.name}: the encoder produced NaN/inf features for {int(bad.sum())} "
+                f"image(s), e.g. {which}; check the weights and the preprocessing (fp16 overflow?)"
+            )
+        self.dim = f.shape[1]
+        return f
 
     def save_chunk(self, c: int, feats: np.ndarray, failed: np.ndarray) -> None:
         write_atomic(self.chunk_path(c), lambda f: np.savez(f, features=feats, failed=failed))
@@ -217,7 +212,7 @@ class _Entry:
             return
         order = sorted(self.chunks)
         feats = np.concatenate([self.chunks[c][0] for c in order])
-        self.failed = sorted(int(c * self.chunk_size + i) for c in order for i in self.chunks[c][1])
+        self.failed = sorted(int(c * self.size + i) for c in order for i in self.chunks[c][1])
         write_atomic(self.array_path, lambda f: np.save(f, feats))
         info = {"key": self.key, "dim": int(feats.shape[1]), "failed": self.failed}
         write_json_atomic(self.info_path, info)
@@ -226,7 +221,7 @@ class _Entry:
 
 
 class FeatureCache:
-    """Feature cache rooted at ``root`` (see the module docstring for the layout)."""
+    """Feature cache rooted at ``root`` (``$OUT_DIR/cache``)."""
 
     def __init__(self, root: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> None:
         if chunk_size < 1:
@@ -246,20 +241,18 @@ class FeatureCache:
         progress: bool = True,
         seed: int = 0,
     ) -> list[FeatureSet]:
-        """Features of ``paths`` for every encoder and view, from the cache or computed.
-        ``seed`` draws the "aug" view (pipeline.images.augment) and is part of its key.
+        """Features of ``paths`` for every encoder and view, one FeatureSet per encoder, from the
+        cache or computed. ``seed`` draws the "aug" view (pipeline.images.augment) and is part of
+        its key.
 
         All encoders share ``preprocess``: each image is decoded once and every batch goes
         through every encoder whose entries miss it (a Jittor call holds the GIL, so on a GPU a
-        second decoding pass would be time the encoders wait). Images that fail to decode are
-        encoded as a grey placeholder and listed in ``FeatureSet.failed``; the caller decides
-        whether to drop them. Raises FeatureError when an encoder returns non-finite values or
-        a wrong shape. Returns one FeatureSet per encoder.
+        second decoding pass would be time the encoders wait). Undecodable images are encoded
+        as a grey placeholder and listed in ``FeatureSet.failed``. FeatureError when an encoder
+        returns non-finite values or a wrong shape.
         """
         views = tuple(dict.fromkeys(views))
-        bad = [v for v in views if v not in VIEWS]
-        if bad or not views:
-            raise ValueError(f"unknown views {bad or views}; choose from {VIEWS}")
+        check_views(views)
         if not encoders:
             raise ValueError("FeatureCache.get: no encoders")
         paths = [os.fspath(p) for p in paths]
@@ -275,13 +268,13 @@ class FeatureCache:
         for enc in encoders:
             parts = {str(k): str(v) for k, v in sorted(enc.key_parts.items())}
             for v in views:
-                key = {**common, "parts": parts, "view": v}
-                if v == "aug":
-                    key["seed"] = seed
-                e = _Entry(self, enc, v, key)
-                if not e.load():
-                    e.load_chunks()
-                entries.append(e)
+                key = {
+                    **common,
+                    "parts": parts,
+                    "view": v,
+                    **({"seed": seed} if v == "aug" else {}),
+                }
+                entries.append(_Entry(self.root, enc, v, key, self.chunk_size))
         todo = [e for e in entries if e.missing()]
         if todo:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -294,12 +287,11 @@ class FeatureCache:
             failed = sorted(set().union(*(e.failed for e in mine)))
             if failed:
                 log.warning(
-                    "%s: %d of %d image(s) could not be decoded (placeholder features): %s%s",
+                    "%s: %d of %d image(s) could not be decoded (placeholder features): %s",
                     enc.label,
                     len(failed),
                     len(paths),
-                    ", ".join(paths[i] for i in failed[:5]),
-                    " ..." if len(failed) > 5 else "",
+                    preview([paths[j] for j in failed]),
                 )
             out.append(FeatureSet({e.view: e.features for e in mine}, tuple(failed)))
         return out
@@ -321,23 +313,12 @@ class FeatureCache:
         views = tuple(v for v in VIEWS if any(e.view == v for e in entries))
         nw = default_workers() if workers is None else workers
         names = " + ".join(dict.fromkeys(e.encoder.label for e in entries))
-        n_todo = sum(entries[0].chunk_rows(c) for c in missing)
-        log.info(
-            "%s: encoding %d image(s), each decoded once (%s)",
-            names,
-            n_todo,
-            f"{nw} decoding thread(s)" if nw else "inline",
-        )
-        bar = tqdm(
-            total=len(paths),
-            initial=len(paths) - n_todo,
-            desc=names,
-            unit="img",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        size = self.chunk_size
-        try:
+        n_todo = sum(entries[0].rows(c) for c in missing)
+        threads = f"{nw} decoding thread(s)" if nw else "inline"
+        log.info("%s: encoding %d image(s), each decoded once (%s)", names, n_todo, threads)
+        size, n = self.chunk_size, len(paths)
+        kw = dict(desc=names, unit="img", disable=not progress, dynamic_ncols=True)
+        with tqdm(total=n, initial=n - n_todo, **kw) as bar:
             for c in missing:
                 chunk_paths = paths[c * size : (c + 1) * size]
                 needing = [e for e in entries if c not in e.chunks]
@@ -348,32 +329,10 @@ class FeatureCache:
                     seed=seed, offset=c * size,
                 )  # fmt: skip
                 for b in batches:
+                    batch_paths = [chunk_paths[i] for i in b.indices]
                     for e, out in zip(needing, rows):
-                        out.append(
-                            _encode(e, b.images[e.view], [chunk_paths[i] for i in b.indices])
-                        )
+                        out.append(e.encode(b.images[e.view], batch_paths))
                     failed += b.failed
                     bar.update(len(b.indices))
                 for e, out in zip(needing, rows):
                     e.save_chunk(c, np.concatenate(out), np.asarray(failed, np.int64))
-        finally:
-            bar.close()
-
-
-def _encode(e: _Entry, batch: np.ndarray, paths: list[str]) -> np.ndarray:
-    """The entry's encoder on one decoded batch; checks the shape and finiteness."""
-    f = _to_numpy(e.encoder.encode(batch))
-    if f.ndim != 2 or f.shape[0] != len(batch) or f.shape[1] != (e.dim or f.shape[1]):
-        raise FeatureError(
-            f"{e.name()}: encoder returned shape {f.shape} for a batch of {len(batch)} images "
-            f"(expected [{len(batch)}, {e.dim or 'd'}])"
-        )
-    bad = ~np.isfinite(f).all(axis=1)
-    if bad.any():
-        which = ", ".join(paths[j] for j in np.flatnonzero(bad)[:5])
-        raise FeatureError(
-            f"{e.name()}: the encoder produced NaN/inf features for {int(bad.sum())} "
-            f"image(s), e.g. {which}; check the weights and the preprocessing (fp16 overflow?)"
-        )
-    e.dim = f.shape[1]
-    return f

@@ -1,23 +1,12 @@
-"""Image decoding shared by every stage, and a parallel batch loader.
-
-``load_rgb`` turns any file PIL can read into an 8-bit RGB image (EXIF orientation applied,
-16-bit and float greyscale rescaled, transparency composited on white) or raises ImageError.
-``iter_batches`` decodes and preprocesses a list of images on worker threads, ahead of the
-consumer, and yields batches in list order with the failures reported.
-
-Threads: PIL releases the GIL while decoding and resizing and numpy does while normalising, so a
-thread pool keeps every core decoding without pickling anything. Measured on 2 cores with 300
-photo-sized JPEGs and CLIP's 224 px preprocessing, a pool of 2 threads decodes 615 images/s,
-Jittor's own ``jittor.dataset`` loader with 2 worker processes 246 images/s (inline: 317 and
-333), so the maintained library is not the faster choice here (``python -m bench.feature_path
-decode``; docs/PERFORMANCE.md).
+"""Image decoding shared by every stage (``load_rgb``), and the threaded batch loader
+(``iter_batches``) with its views. What is accepted, and why threads: docs/DATA.md, "Images".
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import logging
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from typing import Callable, NamedTuple, Optional
@@ -25,27 +14,16 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-# Our own size limits, checked from the file header before anything is decoded (the image then
-# becomes an ImageError: skipped in training, a grey placeholder and a warnings.txt line at test
-# time).
-#
-# MAX_PIXELS: a decoded 50 MP image is 150 MB as RGB and several times that while it is converted
-# and resized, on each of up to 16 decoding threads at once; a 20000 x 20000 PNG of a few hundred
-# kB decoded at 4.7 GB. Classification at 224-384 px gains nothing from more pixels: downscale
-# larger photos.
+# Our size limits, checked from the header before decoding (docs/DATA.md). MAX_PIXELS: a 50 MP
+# image is 150 MB as RGB and several times that while converted, on up to 16 threads at once;
+# 224-384 px classification gains nothing from more. MAX_ASPECT: the short side is scaled to
+# 224-384 px, so the long side grows with the ratio (1 x 20000 asked for 4.3 GB); at 20:1 it
+# stays under 8000 px, longer than any photo of an object.
 MAX_PIXELS = 50_000_000
-# MAX_ASPECT: the preprocessings scale the short side to 224-384 px, so the long side grows by
-# the aspect ratio: a 1 x 20000 strip asked for 4.3 GB, 1 x 200000 (862 bytes as a PNG) for
-# 30 GB. At 20:1 the long side stays under 8000 px; no photo of an object is longer.
 MAX_ASPECT = 20
-# PIL's own decompression-bomb check looks at the same header size in Image.open, but above its
-# limit it only warns (DecompressionBombWarning) and decodes anyway; it raises only above twice
-# the limit. Ours replaces it (one clear message, the image refused); should anything set PIL's
-# limit again, a lower one is enforced too, so its warning is never the only signal.
+# PIL's own check only warns below twice its limit and decodes anyway: ours replaces it, and a
+# lower PIL limit set by anyone else is enforced too (_check_size).
 Image.MAX_IMAGE_PIXELS = None
-
-log = logging.getLogger(__name__)
-
 
 Preprocess = Callable[[Image.Image], np.ndarray]
 
@@ -55,11 +33,8 @@ class ImageError(RuntimeError):
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
-    """Rescale high-bit-depth greyscale (16-bit, 32-bit int, float) to 8-bit "L".
-
-    PIL's own conversion clips everything above 255 to white, which would turn a 16-bit scan
-    into a blank image.
-    """
+    """Rescale high-bit-depth greyscale (16-bit, 32-bit int, float) to 8-bit "L" (PIL's own
+    conversion clips above 255: a 16-bit scan would turn white)."""
     a = np.asarray(im, dtype=np.float64)
     finite = a[np.isfinite(a)]
     hi = float(finite.max()) if finite.size else 0.0
@@ -78,11 +53,8 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def _flatten_alpha(im: Image.Image) -> Image.Image:
-    """Composite an image with transparency on white.
-
-    Transparent pixels carry arbitrary colours (often black); a white background is what a
-    viewer shows and what most product/clip-art photos were made for.
-    """
+    """Composite on white: what a viewer shows, and what product and clip-art images are made
+    for (transparent pixels carry arbitrary colours, often black)."""
     rgba = im.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
@@ -97,8 +69,6 @@ def _exif_transpose(im: Image.Image) -> Image.Image:
 
 
 def _check_size(path: str | os.PathLike, width: int, height: int) -> None:
-    """ImageError for a size above MAX_PIXELS or an aspect ratio above MAX_ASPECT (from the
-    header: nothing is decoded yet)."""
     limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
     if width * height > limit:
         raise ImageError(
@@ -113,15 +83,8 @@ def _check_size(path: str | os.PathLike, width: int, height: int) -> None:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` as an 8-bit RGB image, applying the EXIF orientation.
-
-    Handles every PIL mode: 1/L/P/RGB/CMYK/YCbCr/LAB/HSV, 16-bit and float greyscale (rescaled,
-    not clipped), and transparency (LA, RGBA, PA, palette with a transparent index: composited on
-    white).
-
-    Raises ImageError naming the file when it is missing, empty, truncated or not an image, or
-    when its header gives more than MAX_PIXELS pixels or an aspect ratio above MAX_ASPECT.
-    """
+    """Decode ``path`` as 8-bit RGB with its EXIF orientation, whatever PIL mode it has; an
+    ImageError naming the file when it cannot (missing, corrupt, too large, too elongated)."""
     try:
         with Image.open(path) as im:
             _check_size(path, *im.size)
@@ -139,39 +102,40 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: image too large ({e})") from e
     except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError) as e:
-        # PIL reports corrupt data with a variety of exception types depending on the plugin.
+        # PIL's plugins report corrupt data with all of these.
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     except MemoryError as e:
         raise ImageError(f"{path}: out of memory while decoding") from e
 
 
-# ----------------------------------------------------------------------------- batch loading
-
 VIEWS = ("orig", "flip", "aug")
 AUG_SCALE = (0.5, 1.0)  # LP++'s RandomResizedCrop (official linear_probe_p2 data loader)
 AUG_RATIO = (3 / 4, 4 / 3)
 
+# One decoded image: its views' arrays, or None and the error message.
+Decoded = tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]
+
 
 class Batch(NamedTuple):
-    """One batch. ``indices`` are positions in the input list (int64, ascending); ``images[view]``
-    is float32 [len(indices), 3, H, W] for each requested view; ``failed`` lists the positions of
-    this batch's range that could not be decoded (excluded from ``indices`` unless the loader
-    was asked to fill them with a placeholder)."""
+    """``indices``: positions in the input list (int64); ``images[view]``: float32
+    [len(indices), 3, H, W]; ``failed``: positions in this batch's range that could not be
+    decoded (left out of ``indices`` unless filled with a placeholder)."""
 
     indices: np.ndarray
     images: dict[str, np.ndarray]
     failed: list[int]
 
 
-def default_workers() -> int:
-    """Decoding threads: one per core, at most 16.
+def check_views(views: Sequence[str]) -> None:
+    """ValueError unless ``views`` is a non-empty selection of VIEWS."""
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        raise ValueError(f"unknown views {bad or views}; choose from {VIEWS}")
 
-    No core is kept back for the consumer: a Jittor call holds the GIL from start to end
-    (``python -m bench.feature_path gil``), so decoding threads never run while the encoder does
-    and the encoder never runs while the consumer waits for a batch. On 2 cores, 2 threads
-    instead of 1 cut the encoder's wait for the next batch from 8.4% to 5.1% of a ViT-B/32
-    extraction (docs/PERFORMANCE.md).
-    """
+
+def default_workers() -> int:
+    """Decoding threads: one per core, at most 16. None is kept back for the consumer: a Jittor
+    call holds the GIL, so decoding and encoding never overlap anyway (docs/PERFORMANCE.md)."""
     return max(1, min(16, os.cpu_count() or 1))
 
 
@@ -213,10 +177,9 @@ def _preprocess_views(
 
 def _decode_chunk(
     paths: Sequence[str], preprocess: Preprocess, views: Sequence[str], start: int, seed: int
-) -> list[tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]]:
-    """Worker task: decode and preprocess consecutive images (``start`` is the position of the
-    first); (arrays, None) or (None, error)."""
-    out: list[tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]] = []
+) -> list[Decoded]:
+    """Worker task: decode and preprocess consecutive images, the first at position ``start``."""
+    out: list[Decoded] = []
     for j, p in enumerate(paths):
         try:
             im = load_rgb(p)
@@ -238,11 +201,10 @@ def _placeholder(preprocess: Preprocess, views: Sequence[str]) -> tuple[np.ndarr
 
 
 def _stack(arrays: list, views: Sequence[str], b0: int, b1: int, first: str) -> dict:
+    if not arrays:
+        return {v: np.zeros((0, 3, 0, 0), np.float32) for v in views}
     images = {}
     for k, v in enumerate(views):
-        if not arrays:
-            images[v] = np.zeros((0, 3, 0, 0), np.float32)
-            continue
         try:
             images[v] = np.stack([a[k] for a in arrays])
         except ValueError as e:
@@ -267,48 +229,41 @@ def iter_batches(
     seed: int = 0,
     offset: int = 0,
 ) -> Iterator[Batch]:
-    """Decode ``paths`` on ``workers`` threads and yield Batches in list order.
+    """Decode ``paths`` on ``workers`` threads (0: in the calling thread), up to ``prefetch``
+    batches ahead, and yield Batches in list order.
 
-    Workers decode up to ``prefetch`` batches ahead of the consumer (bounded memory).
-    ``views``: "orig", "flip" (horizontal flip, for test-time augmentation) and/or "aug" (a
-    random resized crop and flip, :func:`augment`, drawn from ``[seed, offset + position]``),
-    each preprocessed from the same decoded image. ``fill_failed``: failed images stay in the
-    batch as a mid-grey placeholder (still listed in ``failed``), so every position gets a row;
-    otherwise they are left out. ``on_error(index, message)`` is called for each failure.
-    ``workers=0`` decodes in the calling thread.
+    ``views`` ("orig", "flip", "aug") are preprocessed from the same decoded image; "aug" is
+    :func:`augment` drawn from ``[seed, offset + position]``. ``fill_failed``: a failed image
+    gets a mid-grey placeholder row (still listed in ``failed``) instead of being left out.
+    ``on_error(index, message)`` is called for each failure.
     """
     views = tuple(views)
-    bad = [v for v in views if v not in VIEWS]
-    if bad or not views:
-        raise ValueError(f"unknown views {bad or views}; choose from {VIEWS}")
+    check_views(views)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [os.fspath(p) for p in paths]
     n = len(paths)
     workers = default_workers() if workers is None else int(workers)
-    # Work unit: a few consecutive images, enough to amortise task overhead while keeping all
-    # workers busy within one batch.
+    # Work unit: enough consecutive images to amortise a task, few enough to keep every worker
+    # busy within one batch.
     chunk = max(1, min(16, batch_size // max(1, workers)))
-    starts = list(range(0, n, chunk))
+    tasks = (
+        (paths[s : s + chunk], preprocess, views, offset + s, seed) for s in range(0, n, chunk)
+    )
     max_pending = max(1, (prefetch * batch_size + chunk - 1) // chunk)
     executor = cf.ThreadPoolExecutor(workers, "decode") if workers > 0 and n > 0 else None
     pending: collections.deque = collections.deque()
-    next_chunk = 0
     placeholder: Optional[tuple[np.ndarray, ...]] = None
 
     def submit_more() -> None:
-        nonlocal next_chunk
-        while next_chunk < len(starts) and len(pending) < max_pending:
-            sub = paths[starts[next_chunk] : starts[next_chunk] + chunk]
-            task = (sub, preprocess, views, offset + starts[next_chunk], seed)
+        for task in itertools.islice(tasks, max(0, max_pending - len(pending))):
             if executor is None:
                 pending.append(_decode_chunk(*task))
             else:
                 pending.append(executor.submit(_decode_chunk, *task))
-            next_chunk += 1
 
     try:
-        buffer: list[tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]] = []
+        buffer: list[Decoded] = []
         for b0 in range(0, n, batch_size):
             b1 = min(n, b0 + batch_size)
             while len(buffer) < b1 - b0:

@@ -355,7 +355,7 @@ def list_test_images(test_dir: PathLike) -> list[str]:
     if skipped:
         what = "entry that is" if len(skipped) == 1 else "entries that are"
         shown = preview(sorted(skipped, key=natural_key), 10)
-        log.warning(f"{d}: ignored {len(skipped)} {what} not image files: {shown}")
+        log.warning("%s: ignored %d %s not image files: %s", d, len(skipped), what, shown)
     if not names:
         raise ListError(
             f"{d}: no images in the test folder (extensions {', '.join(IMAGE_EXTENSIONS)})"

@@ -30,8 +30,6 @@ from pipeline.lists import (
     result_name_problem,
 )
 
-log = logging.getLogger(__name__)
-
 TOPK = 5
 
 

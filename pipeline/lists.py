@@ -32,7 +32,9 @@ def preview(items: Sequence, k: int = 5) -> str:
     return ", ".join(map(str, items[:k])) + (" ..." if len(items) > k else "")
 
 
-def _read_lines(path: PathLike) -> list[str]:
+def read_lines(path: PathLike) -> list[str]:
+    """The lines of a UTF-8 text file (BOM and any line endings accepted); ListError naming the
+    file, and the line of the first bad byte, when it cannot be read."""
     try:
         with open(path, encoding="utf-8-sig", newline=None) as f:
             return f.read().splitlines()
@@ -170,7 +172,7 @@ def parse_class_list(lines: Iterable[str], source: str = "<memory>") -> ClassLis
 
 def read_class_list(path: PathLike) -> ClassList:
     """Read a class list: ``<Domain>_<name> <id>`` lines, ids exactly 0..C-1, names unique."""
-    return parse_class_list(_read_lines(path), os.fspath(path))
+    return parse_class_list(read_lines(path), os.fspath(path))
 
 
 def _short(xs: Sequence[int], k: int = 8) -> str:
@@ -288,7 +290,7 @@ def read_labeled_list(
 ) -> LabeledList:
     """Read a ``<image path> <label>`` list such as train.txt: labels must be ids of ``classes``
     (when given), paths inside the data folder ``root`` (without a root: no '..')."""
-    return parse_labeled_list(_read_lines(path), os.fspath(path), classes, root)
+    return parse_labeled_list(read_lines(path), os.fspath(path), classes, root)
 
 
 def write_labeled_list(path: PathLike, items: LabeledList) -> None:

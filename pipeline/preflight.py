@@ -25,10 +25,9 @@ from pipeline.env import WEIGHT_FILES, ConfigError, Env
 from pipeline.heads import HeadError, classes_fingerprint, head_path, read_json_artefact
 from pipeline.lists import ClassList, read_class_list, read_labeled_list, seen_class_ids
 from pipeline.settings import Settings
+from pipeline.submission import TOPK
 
 log = logging.getLogger(__name__)
-
-TOP_K = 5  # class ids per line of result.txt
 
 # Written by train.py once its checks pass, before it touches any artefact, and removed after
 # train.json (its last step): test.py refuses to run while it exists, since heads/ and expert/
@@ -150,10 +149,10 @@ def _lock(env: Env, script: str) -> int:
 
 def _class_list(env: Env) -> ClassList:
     classes = read_class_list(env.classes)
-    if classes.num_classes < TOP_K:
+    if classes.num_classes < TOPK:
         raise PreflightError(
             f"{env.classes}: {classes.num_classes} classes, but every line of result.txt names "
-            f"{TOP_K} distinct class ids: use a class list of at least {TOP_K} classes (CLASSES)"
+            f"{TOPK} distinct class ids: use a class list of at least {TOPK} classes (CLASSES)"
         )
     return classes
 
@@ -163,11 +162,11 @@ def _seen_classes(env: Env, classes: ClassList) -> None:
     if not path.is_file():
         return  # reported by the training itself, with what to run
     seen = seen_class_ids(read_labeled_list(path, classes, env.data_dir), classes).size
-    if seen < TOP_K:
+    if seen < TOPK:
         raise PreflightError(
             f"{path}: only {seen} classes have training images, but stage 2 answers from the "
-            f"classes with training images and result.txt needs {TOP_K} per image: add "
-            f"images of at least {TOP_K} classes to TRAIN_LIST, then re-run python process.py"
+            f"classes with training images and result.txt needs {TOPK} per image: add "
+            f"images of at least {TOPK} classes to TRAIN_LIST, then re-run python process.py"
         )
 
 

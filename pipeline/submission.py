@@ -1,22 +1,13 @@
-"""The submission file ``result.txt``: writing, reading and validating it.
-
-Format: one line per test image, in the test folder's natural order::
-
-    image_1.jpg 371 332 350 358 360
-
-the file name, then five distinct class ids, best first, separated by single spaces.
-
-Command line: ``python -m pipeline.submission RESULT --test-dir DIR --classes FILE`` prints the
-problems and exits with status 1 when there are any.
-"""
+"""The submission file ``result.txt`` (format and command line: docs/DATA.md): writing, reading
+and validating it, and ``warnings.txt``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -27,20 +18,16 @@ from pipeline.lists import (
     PathLike,
     list_test_images,
     read_class_list,
+    read_lines,
     result_name_problem,
 )
 
-TOPK = 5
+TOPK = 5  # class ids per line
 
 
 def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> None:
-    """Write ``result.txt`` atomically: ``names[i]`` followed by the ``top5_ids[i]`` row.
-
-    ``top5_ids``: integer [n, 5], best first, distinct within a row. Raises ValueError when the
-    shapes disagree, a row has repeated ids or a name cannot be written (whitespace, not UTF-8:
-    the rule list_test_images applies to the test folder), so a malformed file is never
-    written.
-    """
+    """Write ``result.txt`` atomically: ``names[i]`` and the ``top5_ids[i]`` row (integer [n, 5],
+    best first). ValueError for anything that would make a malformed file."""
     ids = np.asarray(top5_ids)
     if ids.ndim != 2 or ids.shape != (len(names), TOPK):
         raise ValueError(f"top5_ids has shape {ids.shape}, expected ({len(names)}, {TOPK})")
@@ -67,11 +54,7 @@ def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> 
 def read_result(path: PathLike) -> dict[str, list[int]]:
     """Parse a result file into {image name: ids}; ListError naming the line on a bad line."""
     out: dict[str, list[int]] = {}
-    try:
-        text = open(path, encoding="utf-8-sig").read()
-    except FileNotFoundError:
-        raise ListError(f"{path}: file not found") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(read_lines(path), 1):
         parts = line.split()
         if not parts:
             continue
@@ -83,12 +66,8 @@ def read_result(path: PathLike) -> dict[str, list[int]]:
 
 
 def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int) -> list[str]:
-    """Every problem of a result file, as messages naming the line (empty list: valid).
-
-    Checks: readable UTF-8; each line is a name and five integer ids separated by single spaces;
-    ids are distinct and in 0..num_classes-1; every test image appears exactly once and nothing
-    else; lines follow the order of ``test_names``.
-    """
+    """Every problem of a result file (the list is in docs/DATA.md), as messages naming the
+    line; empty when the file is valid."""
     problems: list[str] = []
     try:
         with open(path, "rb") as f:
@@ -149,14 +128,10 @@ def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int)
 
 
 def write_warnings(path: PathLike, entries: Sequence[tuple[str, str]]) -> None:
-    """Write ``warnings.txt`` atomically: one ``<image name>\\t<reason>`` line per test image
-    that could not be decoded but still got a prediction (from a placeholder). With no entries
-    the file is removed, so a stale one never outlives the problem."""
+    """Write ``warnings.txt`` atomically: ``<image name>\\t<reason>`` per undecodable test image.
+    Without entries the file is removed, so a stale one never outlives the problem."""
     if not entries:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        Path(path).unlink(missing_ok=True)
         return
     head = "# test images that could not be decoded; each still has a prediction in result.txt\n"
     body = "".join(f"{name}\t{' '.join(reason.split())}\n" for name, reason in entries)

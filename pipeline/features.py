@@ -241,15 +241,10 @@ class FeatureCache:
         progress: bool = True,
         seed: int = 0,
     ) -> list[FeatureSet]:
-        """Features of ``paths`` for every encoder and view, one FeatureSet per encoder, from the
-        cache or computed. ``seed`` draws the "aug" view (pipeline.images.augment) and is part of
-        its key.
-
-        All encoders share ``preprocess``: each image is decoded once and every batch goes
-        through every encoder whose entries miss it (a Jittor call holds the GIL, so on a GPU a
-        second decoding pass would be time the encoders wait). Undecodable images are encoded
-        as a grey placeholder and listed in ``FeatureSet.failed``. FeatureError when an encoder
-        returns non-finite values or a wrong shape.
+        """One FeatureSet per encoder: the features of ``paths`` for every view, from the cache
+        or computed (``seed`` draws the "aug" view and is part of its key). The encoders share
+        ``preprocess`` and one decoding pass: a Jittor call holds the GIL, so on a GPU a second
+        pass would be time the encoders wait. FeatureError for non-finite or misshapen output.
         """
         views = tuple(dict.fromkeys(views))
         check_views(views)

@@ -8,7 +8,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -86,10 +86,6 @@ class ClassList:
     domains: tuple[str, ...]  # e.g. "Thu-dog"
     clean_names: tuple[str, ...]  # e.g. "Shiba Dog" (for text prompts)
     source: str = "<memory>"
-    _index: dict = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.names)})
 
     def __len__(self) -> int:
         return len(self.names)
@@ -122,8 +118,8 @@ class ClassList:
 
     def id_of(self, raw_name: str) -> int:
         try:
-            return self._index[raw_name]
-        except KeyError:
+            return self.names.index(raw_name)
+        except ValueError:
             raise ListError(f"{self.source}: no class named {raw_name!r}") from None
 
     def check_label(self, label: int, where: str) -> None:
@@ -242,9 +238,7 @@ def parse_labeled_list(
     root: Optional[PathLike] = None,
 ) -> LabeledList:
     """Parse ``<path> <label>`` lines (see ``read_labeled_list``)."""
-    paths: list[str] = []
-    labels: list[int] = []
-    seen: dict[str, tuple[int, int]] = {}  # path -> (label, line)
+    seen: dict[str, tuple[int, int]] = {}  # path -> (label, line), in list order
     duplicates: list[int] = []
     for lineno, line in enumerate(lines, 1):
         parts = _split_line(line)
@@ -273,8 +267,6 @@ def parse_labeled_list(
             duplicates.append(lineno)
             continue
         seen[path] = (label, lineno)
-        paths.append(path)
-        labels.append(label)
     if duplicates:
         log.warning(
             "%s: %d duplicate line(s) ignored (same image and label), first on line %d",
@@ -282,7 +274,8 @@ def parse_labeled_list(
             len(duplicates),
             duplicates[0],
         )
-    return LabeledList(tuple(paths), np.asarray(labels, np.int64), source)
+    labels = np.asarray([label for label, _ in seen.values()], np.int64)
+    return LabeledList(tuple(seen), labels, source)
 
 
 def read_labeled_list(

@@ -188,6 +188,7 @@ def _weights_needed(script: str, env: Env, settings: Settings, classes: ClassLis
 
 
 def _weight_files(env: Env, needed: set[str]) -> None:
+    # Every file given is checked, needed or not, so swapped variables are caught in any run.
     for name, w in WEIGHT_FILES.items():
         path = env.weights[name]
         if not path.is_file():

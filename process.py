@@ -21,13 +21,7 @@ from pipeline import preflight
 from pipeline.env import ConfigError, Env, add_env_arguments
 from pipeline.lists import ListError, read_class_list, read_labeled_list
 from pipeline.settings import Settings, SettingsError
-from pipeline.split import (
-    SplitError,
-    make_checker,
-    select_shots,
-    split_from_shot_list,
-    write_split,
-)
+from pipeline.split import SplitError, make_checker, select_shots, split_from_shot_list, write_split
 
 log = logging.getLogger("process")
 

@@ -194,12 +194,6 @@ def _decode_chunk(
     return out
 
 
-def _placeholder(preprocess: Preprocess, views: Sequence[str]) -> tuple[np.ndarray, ...]:
-    # Mid-grey: carries no class evidence, but gives the image a finite feature and a prediction.
-    grey = Image.new("RGB", (256, 256), (128, 128, 128))
-    return _preprocess_views(grey, preprocess, views)
-
-
 def _stack(arrays: list, views: Sequence[str], b0: int, b1: int, first: str) -> dict:
     if not arrays:
         return {v: np.zeros((0, 3, 0, 0), np.float32) for v in views}
@@ -280,8 +274,9 @@ def iter_batches(
                         on_error(b0 + j, err or "")
                     if not fill_failed:
                         continue
-                    if placeholder is None:
-                        placeholder = _placeholder(preprocess, views)
+                    if placeholder is None:  # mid-grey: no class evidence, but a finite feature
+                        grey = Image.new("RGB", (256, 256), (128, 128, 128))
+                        placeholder = _preprocess_views(grey, preprocess, views)
                     arr = placeholder
                 idx.append(b0 + j)
                 arrays.append(arr)

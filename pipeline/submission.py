@@ -70,8 +70,7 @@ def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int)
     line; empty when the file is valid."""
     problems: list[str] = []
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = Path(path).read_bytes()
     except OSError as e:
         return [f"{path}: cannot read ({e})"]
     try:

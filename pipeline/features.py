@@ -263,12 +263,9 @@ class FeatureCache:
         for enc in encoders:
             parts = {str(k): str(v) for k, v in sorted(enc.key_parts.items())}
             for v in views:
-                key = {
-                    **common,
-                    "parts": parts,
-                    "view": v,
-                    **({"seed": seed} if v == "aug" else {}),
-                }
+                key = {**common, "parts": parts, "view": v}
+                if v == "aug":
+                    key["seed"] = seed
                 entries.append(_Entry(self.root, enc, v, key, self.chunk_size))
         todo = [e for e in entries if e.missing()]
         if todo:

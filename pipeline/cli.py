@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any, Callable
 
 from pipeline import preflight
@@ -73,8 +74,6 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
     needs (pipeline.preflight), run ``work``; bad input exits 2 with one line."""
     setup_logging(args.verbose)
     if args.device:
-        import os
-
         os.environ["FEWSHOT_DEVICE"] = args.device
     try:
         from models.runtime import requested_device
@@ -86,9 +85,8 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
         with preflight.checked(script, env, settings):
             work(env, settings)
     except KeyboardInterrupt:
-        # Only before Jittor is imported: Jittor then handles SIGINT itself with a quick exit
-        # (status 1, no finally blocks). Either way nothing finished is lost: every file is
-        # written atomically and the feature cache keeps its completed chunks.
+        # Only before Jittor is imported (then SIGINT is its quick exit, status 1); either way
+        # files are written atomically and the feature cache keeps its completed chunks.
         log.error(
             "interrupted: finished work is kept (feature cache, saved heads); re-run to resume"
         )

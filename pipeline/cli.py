@@ -7,24 +7,21 @@ import logging
 import os
 from typing import Any, Callable
 
+from models.runtime import DeviceError, requested_device
+from models.weights import WeightsError
 from pipeline import preflight
-from pipeline.env import Env, add_env_arguments
-from pipeline.settings import Settings
+from pipeline.env import ConfigError, Env, add_env_arguments
+from pipeline.features import FeatureError
+from pipeline.images import ImageError
+from pipeline.lists import ListError
+from pipeline.settings import Settings, SettingsError
+from pipeline.split import SplitError
 
 log = logging.getLogger("pipeline")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing step: reported in one line, no traceback."""
-    from models.runtime import DeviceError
-    from models.weights import WeightsError
-    from pipeline.env import ConfigError
-    from pipeline.features import FeatureError
-    from pipeline.images import ImageError
-    from pipeline.lists import ListError
-    from pipeline.settings import SettingsError
-    from pipeline.split import SplitError
-
     return (
         FileNotFoundError,
         FloatingPointError,
@@ -76,8 +73,6 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
     if args.device:
         os.environ["FEWSHOT_DEVICE"] = args.device
     try:
-        from models.runtime import requested_device
-
         requested_device()  # an unknown FEWSHOT_DEVICE is reported before anything runs
         env = Env.from_env(vars(args))
         settings = Settings.load(args.settings, base=_trained_settings(env, script))

@@ -64,11 +64,9 @@ class DomainExpert:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits [n, K] over ``class_ids`` from pooled features [n, D]."""
-        x = np.asarray(features, np.float32)
-        if x.ndim != 2 or x.shape[1] != self.head_weight.shape[1]:
-            raise ValueError(
-                f"expected features [n, {self.head_weight.shape[1]}], got shape {x.shape}"
-            )
+        x, d = np.asarray(features, np.float32), self.head_weight.shape[1]
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"expected features [n, {d}], got shape {x.shape}")
         return (x @ self.head_weight.T + self.head_bias).astype(np.float32)
 
     def num_parameters(self) -> int:

@@ -268,25 +268,21 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
 # ------------------------------------------------------------------------------ photo dataset
 
 
-def _photo_like(rng: np.random.Generator, w: int, h: int, tint: np.ndarray) -> np.ndarray:
-    """A uint8 [h, w, 3] image that compresses like a photo: smooth waves, a tint and noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    f = rng.uniform(0.004, 0.04, 3).astype(np.float32)
-    ph = rng.uniform(0, 6.3, 3).astype(np.float32)
-    img = np.stack([np.sin(f[c] * (xx + (c + 1) * yy) + ph[c]) for c in range(3)], -1)
-    img = img * 70 + 255 * tint.astype(np.float32)
-    img += rng.normal(0, 10, (h, w, 3)).astype(np.float32)
-    return img.clip(0, 255).astype(np.uint8)
-
-
 def _write_photo(task: tuple[str, tuple[int, int], list[float], list[int]]) -> None:
-    """Worker: one photo-like JPEG, its size and pixels drawn from its own seed."""
+    """Worker: one JPEG that compresses like a photo (smooth waves, a tint and noise), its size
+    and pixels drawn from its own seed."""
     path, long_side, tint, seed = task
     rng = np.random.default_rng(seed)
     long = int(rng.integers(long_side[0], long_side[1] + 1))
     short = int(long * rng.uniform(0.6, 1.0))
     w, h = (long, short) if rng.random() < 0.7 else (short, long)
-    Image.fromarray(_photo_like(rng, w, h, np.asarray(tint))).save(path, quality=90)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = rng.uniform(0.004, 0.04, 3).astype(np.float32)
+    ph = rng.uniform(0, 6.3, 3).astype(np.float32)
+    img = np.stack([np.sin(f[c] * (xx + (c + 1) * yy) + ph[c]) for c in range(3)], -1)
+    img = img * 70 + 255 * np.asarray(tint).astype(np.float32)
+    img += rng.normal(0, 10, (h, w, 3)).astype(np.float32)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
 def photo_dataset(

@@ -303,21 +303,11 @@ def train_expert(
     )
     feats = _view_features(backbone, resized, train_tf, views, seed, feature_batch)
     t_feat = time.time() - t0
+    hyper = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
+    rule = dict(schedule=schedule, t_max=t_max, eta_min=eta_min, select=select)
+    val = np.asarray(val_features, np.float32)
     best, history, best_epoch = fit_head(
-        feats,
-        y_train,
-        np.asarray(val_features, np.float32),
-        y_val,
-        len(class_ids),
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        seed=seed,
-        schedule=schedule,
-        t_max=t_max,
-        eta_min=eta_min,
-        select=select,
+        feats, y_train, val, y_val, len(class_ids), **hyper, seed=seed, **rule
     )
     info = {
         "version": ARTEFACT_VERSION,
@@ -328,10 +318,7 @@ def train_expert(
             "config": backbone.info["config"],
         },
         "settings": {
-            "epochs": epochs,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "batch_size": batch_size,
+            **hyper,
             "views": views,
             "seed": seed,
             "schedule": f"{schedule} per epoch, T_max {t_max or epochs}, eta_min {eta_min}",

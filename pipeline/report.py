@@ -46,14 +46,12 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def _bar_plot(path: Path, groups: dict[str, dict], title: str, keys=("top1", "top5")) -> None:
+def _bar_plot(path: Path, groups: dict[str, dict], title: str) -> None:
     names = list(groups)
     x = np.arange(len(names))
-    width = 0.8 / len(keys)
     fig, ax = _pyplot().subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.2))
-    for i, key in enumerate(keys):
-        vals = [np.nan_to_num(groups[n][key]) for n in names]
-        ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, label=key)
+    for i, key in enumerate(("top1", "top5")):
+        ax.bar(x + (i - 0.5) * 0.4, [np.nan_to_num(groups[n][key]) for n in names], 0.4, label=key)
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_title(title)

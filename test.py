@@ -1,13 +1,10 @@
 """Step 3 of 3: the cascade on the test images -> ``$OUT_DIR/result.txt``.
 
-Stage 1, InMaP over all classes (CLIP backbones fused), answers the images whose top class has no
-training image; stage 2, LP++ (fused), classifies the rest; stage 3, the ConvNeXt-V2 expert,
-re-ranks images predicted as dogs. The submission is written atomically and validated; images that
-could not be decoded still get a line and are listed in ``$OUT_DIR/warnings.txt``.
-
-``--eval`` runs the same cascade on the labelled validation list instead and writes a report
-(top-1/top-5 overall, per domain and per stage, routing quality, stage-1 variants, timings and
-parameter count) to ``$OUT_DIR/report/report.md``.
+Stage 1 (InMaP over all classes) answers the images whose top class has no training image, stage 2
+(the seen-class head) the rest, stage 3 (the ConvNeXt-V2 expert) re-ranks those predicted as dogs.
+The submission is written atomically and validated; undecodable images still get a line and are
+listed in ``$OUT_DIR/warnings.txt``. ``--eval`` writes ``$OUT_DIR/report/report.md`` instead: the
+predicted board score and the cascade on the labelled validation list.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""Step 2 of 3: train the heads of the cascade.
+"""Step 2 of 3: train the cascade and choose its configuration.
 
-For each CLIP backbone (ViT-B/32 and RN101 by default): the text classifier over all classes
-(domain-aware prompts) and an LP++ probe over the seen classes, selected on the validation list;
-the ConvNeXt-V2 expert for one domain (the dog breeds); with pseudo-unseen classes in the split,
-the choice of the stage-1 (InMaP) variant. Reads the lists of process.py, writes ``$OUT_DIR/heads``,
-``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``. Image features are cached under
-``$OUT_DIR/cache``: an interrupted run resumes where it stopped.
+Per CLIP backbone the text classifiers and the seen-class heads, the ConvNeXt-V2 expert for one
+domain (the dog breeds), and every open choice of the cascade made on the board-shaped validation
+(docs/METHODS.md). Reads the lists of process.py, writes ``$OUT_DIR/heads``, ``$OUT_DIR/expert``
+and ``$OUT_DIR/train.json``. Features are cached under ``$OUT_DIR/cache``: a re-run resumes.
 """
 
 from __future__ import annotations

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any, Callable
 
+from models.runtime import DeviceError, requested_device
+from models.weights import WeightsError
 from pipeline import preflight
-from pipeline.env import Env, add_env_arguments
-from pipeline.settings import Settings
+from pipeline.env import ConfigError, Env, add_env_arguments
+from pipeline.features import FeatureError
+from pipeline.images import ImageError
+from pipeline.lists import ListError
+from pipeline.settings import Settings, SettingsError
+from pipeline.split import SplitError
 
 log = logging.getLogger("pipeline")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing step: reported in one line, no traceback."""
-    from models.runtime import DeviceError
-    from models.weights import WeightsError
-    from pipeline.env import ConfigError
-    from pipeline.features import FeatureError
-    from pipeline.images import ImageError
-    from pipeline.lists import ListError
-    from pipeline.settings import SettingsError
-    from pipeline.split import SplitError
-
     return (
         FileNotFoundError,
         FloatingPointError,
@@ -73,12 +71,8 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
     needs (pipeline.preflight), run ``work``; bad input exits 2 with one line."""
     setup_logging(args.verbose)
     if args.device:
-        import os
-
         os.environ["FEWSHOT_DEVICE"] = args.device
     try:
-        from models.runtime import requested_device
-
         requested_device()  # an unknown FEWSHOT_DEVICE is reported before anything runs
         env = Env.from_env(vars(args))
         settings = Settings.load(args.settings, base=_trained_settings(env, script))
@@ -86,9 +80,8 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
         with preflight.checked(script, env, settings):
             work(env, settings)
     except KeyboardInterrupt:
-        # Only before Jittor is imported: Jittor then handles SIGINT itself with a quick exit
-        # (status 1, no finally blocks). Either way nothing finished is lost: every file is
-        # written atomically and the feature cache keeps its completed chunks.
+        # Only before Jittor is imported (then SIGINT is its quick exit, status 1); either way
+        # files are written atomically and the feature cache keeps its completed chunks.
         log.error(
             "interrupted: finished work is kept (feature cache, saved heads); re-run to resume"
         )

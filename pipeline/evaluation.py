@@ -1,12 +1,11 @@
-"""``test.py --eval``: the evaluation report in ``$OUT_DIR/report/``: the board score train.py's
-board-shaped validation predicts, with every candidate of every choice and the winner; the
-trained cascade on all validation images (per domain, per stage, routing); the seen-class heads
-alone; timings, parameter count and device."""
+"""``test.py --eval``: the report in ``$OUT_DIR/report/`` (pipeline.report) of train.py's predicted
+board score and candidates, and of the trained cascade and its seen-class heads on validation."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -61,32 +60,24 @@ def evaluate(env: Env, settings: Settings) -> Path:
     mask = np.isin(y, seen)
 
     def acc(scores: np.ndarray) -> dict:
-        return accuracy(topk(scores, 5, seen), y[mask]).as_dict()
+        return asdict(accuracy(topk(scores, 5, seen), y[mask]))
 
     heads = {f"zero-shot {b}": acc(zero_shot_logits(X[b][mask], T[b][:, seen])) for b in X}
     if choice.seen_head != "amu":
-        Xs = {b: v[mask] for b, v in X.items()}
-        heads[f"{choice.seen_head} (chosen head)"] = acc(
-            head_scores(models, Xs, settings.lpp_fusion)
-        )
+        scores = head_scores(models, {b: v[mask] for b, v in X.items()}, settings.lpp_fusion)
+        heads[f"{choice.seen_head} (chosen head)"] = acc(scores)
     metrics["seen_heads"] = heads
-    device = ws.record()["device"]
     notes = [
         "The heads chose their epochs on these validation images, so the plain validation "
         "above is optimistic; the board-shaped prediction scores other images than those.",
-        f"Device: {device['device']}.",
+        f"Device: {ws.record()['device']['device']}.",
     ]
-    path = write_report(
-        env.out_dir / "report",
-        metrics,
-        dict(ws.timings),
-        parameter_counts(ws, expert),
-        board=record,
-        notes=notes,
-    )
+    out = env.out_dir / "report"
+    counts = parameter_counts(ws, expert)
+    path = write_report(out, metrics, dict(ws.timings), counts, board=record, notes=notes)
     o, p = metrics["overall"], record["predicted_top1"]
     log.info("validation top-1 %.4f top-5 %.4f (%d images)", o["top1"], o["top5"], o["n"])
     log.info("predicted board top-1 %.4f (%.4f-%.4f)", p["value"], p["low"], p["high"])
     log.info("report: %s", path)
-    (env.out_dir / "report" / "cascade.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "cascade.json").write_text(json.dumps(record, indent=1) + "\n")
     return path

@@ -1,24 +1,12 @@
-"""A domain expert (ALGORITHMS.md section 7): a frozen ConvNeXt-V2 with a fresh linear head over
-the classes of one domain of the class list (the challenge: the 130 dog breeds of ``Thu-dog``),
-trained on the few-shot images of those classes. The cascade hands it the images whose stage-2
-answer is one of its classes.
+"""The domain expert: a frozen ConvNeXt-V2 with a linear head over the classes of one domain (the
+challenge: the dog breeds of ``Thu-dog``); docs/CONVNEXT.md section 3 has its options, training,
+selection rule and artefact format.
 
-Three concerns, apart:
-
-- **the artefact** (:class:`DomainExpert`): class ids, head, evaluation size and the identity of
-  the backbone file; ``expert.safetensors`` (the head, no pickle) and ``expert.json`` (written
-  last: its presence marks a complete expert). Loading refuses another backbone file.
-- **inference**: the head on pooled backbone features. The backbone is frozen, so those come from
-  the feature cache like CLIP's (the caller's job; ``DomainExpert.preprocess`` is the view).
-- **training** (:func:`train_expert`): each training image gets ``views`` seeded augmented views
-  (Resize -> RandomCrop -> flip), encoded once; then one epoch loop (:func:`fit_head`) trains
-  the head on those cached features: every epoch shows each image once, through one of its
-  views (each in turn, in a seeded order per image), AdamW (lr 1e-3, weight decay 0.01), a
-  per-epoch cosine schedule, batch 32, 31 epochs, and keeps the epoch with the best validation
-  accuracy (ties: lower validation loss, then the earlier epoch). The test set is never seen.
-  The challenge solution's recipe (settings/challenge.yaml): bilinear resizing, weight decay
-  0, Jittor's restarting cosine (T_max 15, eta_min 1e-5), the last epoch kept, and 31 views
-  (one fresh view per epoch: the backbone is frozen, so this is its on-the-fly augmentation).
+- :class:`DomainExpert`, the artefact: ``expert.safetensors`` (the head) and ``expert.json``
+  (written last: marks a complete expert); loading refuses another backbone file. Its input
+  features come from the feature cache (``preprocess`` is the view).
+- :func:`train_expert`: ``views`` seeded augmented views per training image, encoded once;
+  :func:`fit_head` trains the head on them, every epoch showing each image through one view.
 """
 
 from __future__ import annotations
@@ -49,11 +37,8 @@ INFO_FILE = "expert.json"
 
 
 class DomainExpert:
-    """A linear head over ``class_ids`` on the pooled features of one ConvNeXt-V2 file.
-
-    ``preprocess``: the deterministic evaluation view (square bicubic resize to ``eval_size``)
-    whose features :meth:`logits` expects.
-    """
+    """A linear head over ``class_ids`` on the pooled features of one ConvNeXt-V2 file, whose
+    evaluation view (square resize to ``eval_size``) is ``preprocess``."""
 
     def __init__(
         self,
@@ -68,28 +53,20 @@ class DomainExpert:
         self.head_weight = np.asarray(head_weight, np.float32)
         self.head_bias = np.asarray(head_bias, np.float32)
         self.class_ids = np.asarray(class_ids, np.int64)
-        if self.head_weight.shape[0] != len(self.class_ids) or self.head_bias.shape != (
-            len(self.class_ids),
-        ):
+        k = len(self.class_ids)
+        if self.head_weight.shape[0] != k or self.head_bias.shape != (k,):
             raise ValueError(
-                f"head {self.head_weight.shape} / {self.head_bias.shape} does not fit "
-                f"{len(self.class_ids)} classes"
+                f"head {self.head_weight.shape} / {self.head_bias.shape} does not fit {k} classes"
             )
         self.backbone_fingerprint = backbone_fingerprint
         self.preprocess = convnext.EvalTransform(eval_size, resample)
         self.info = info or {}
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_ids)
-
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits [n, K] over ``class_ids`` from pooled features [n, D]."""
-        x = np.asarray(features, np.float32)
-        if x.ndim != 2 or x.shape[1] != self.head_weight.shape[1]:
-            raise ValueError(
-                f"expected features [n, {self.head_weight.shape[1]}], got shape {x.shape}"
-            )
+        x, d = np.asarray(features, np.float32), self.head_weight.shape[1]
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"expected features [n, {d}], got shape {x.shape}")
         return (x @ self.head_weight.T + self.head_bias).astype(np.float32)
 
     def num_parameters(self) -> int:
@@ -98,7 +75,7 @@ class DomainExpert:
     def save(self, out_dir: str | os.PathLike) -> None:
         out_dir = Path(out_dir)
         tensors = {"head.weight": self.head_weight, "head.bias": self.head_bias}
-        config = {"num_classes": self.num_classes, "num_features": self.head_weight.shape[1]}
+        config = {"num_classes": len(self.class_ids), "num_features": self.head_weight.shape[1]}
         weights.save(out_dir / WEIGHTS_FILE, tensors, family=EXPERT_FAMILY, config=config)
         write_json_atomic(out_dir / INFO_FILE, self.info)  # last: marks a complete expert
 
@@ -143,8 +120,8 @@ class DomainExpert:
 def _decode_train(
     items: Sequence[tuple[str, int]], transform: convnext.TrainTransform
 ) -> tuple[list[Image.Image], list[int], list[str]]:
-    """Decode and resize (the deterministic first step of the training transform) every training
-    image, keeping only the small resized copy; undecodable ones are skipped with a warning."""
+    """Every training image decoded and resized (the transform's deterministic first step), with
+    its label; undecodable ones are skipped with a warning and listed."""
     images, labels, skipped = [], [], []
     for path, label in tqdm(items, desc="decode train", unit="img", leave=False):
         try:
@@ -195,8 +172,7 @@ def _head(num_features: int, num_classes: int, seed: int):
 
 
 def selection_key(record: dict[str, float]) -> tuple[float, float]:
-    """Epochs compare by validation accuracy, then by lower validation loss; the first of
-    equals is kept (the loop replaces the best only on a strictly greater key)."""
+    """Higher validation accuracy, then lower loss; fit_head keeps the first of equal keys."""
     return (record["val_acc"], -record["val_loss"])
 
 
@@ -217,11 +193,10 @@ def fit_head(
     eta_min: float = 0.0,
     select: str = "best",
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int]:
-    """Train a linear head on cached view features ``feats`` [n, views, D] with labels [n]
-    (0..num_classes-1). ``schedule``: "cosine" (torch's) or "jittor-cosine" (Jittor's, one
-    epoch behind and restarting; fewshot._optim), T_max = ``t_max`` or ``epochs``. Returns (head
-    tensors of the selected epoch, per-epoch history, selected epoch, 1-based); with ``select``
-    "last", or without validation images, the last epoch is kept."""
+    """Train a linear head on view features ``feats`` [n, views, D] with labels [n]; ``schedule``
+    "cosine" (torch's) or "jittor-cosine" (fewshot._optim), T_max ``t_max`` or ``epochs``.
+    Returns (head tensors, per-epoch history, 1-based epoch) of the selected epoch (the last with
+    ``select="last"`` or without validation images)."""
     from fewshot._optim import cosine_lr, jittor_cosine_lr
     from fewshot._tensor import as_numpy, cross_entropy, one_hot
     from models.runtime import jittor
@@ -292,10 +267,8 @@ def train_expert(
     eta_min: float = 0.0,
     select: str = "best",
 ) -> DomainExpert:
-    """Train the expert on ``(image path, class id)`` items; ``val_features`` [m, D] are the
-    backbone's features of validation images (evaluation view) whose class ids are
-    ``val_class_ids``. Every id must be one of ``class_ids`` (the output order). Undecodable
-    training images are skipped with a warning; a class left without one is an error."""
+    """The expert over ``class_ids`` (output order), trained on ``(image path, class id)`` items
+    and selected on ``val_features`` [m, D] (evaluation view) of ``val_class_ids``."""
     if epochs < 1 or batch_size < 1 or views < 1 or feature_batch < 1:
         raise ValueError("epochs, batch_size, views and feature_batch must be >= 1")
     class_ids = [int(c) for c in class_ids]
@@ -330,21 +303,11 @@ def train_expert(
     )
     feats = _view_features(backbone, resized, train_tf, views, seed, feature_batch)
     t_feat = time.time() - t0
+    hyper = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
+    rule = dict(schedule=schedule, t_max=t_max, eta_min=eta_min, select=select)
+    val = np.asarray(val_features, np.float32)
     best, history, best_epoch = fit_head(
-        feats,
-        y_train,
-        np.asarray(val_features, np.float32),
-        y_val,
-        len(class_ids),
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        seed=seed,
-        schedule=schedule,
-        t_max=t_max,
-        eta_min=eta_min,
-        select=select,
+        feats, y_train, val, y_val, len(class_ids), **hyper, seed=seed, **rule
     )
     info = {
         "version": ARTEFACT_VERSION,
@@ -355,10 +318,7 @@ def train_expert(
             "config": backbone.info["config"],
         },
         "settings": {
-            "epochs": epochs,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "batch_size": batch_size,
+            **hyper,
             "views": views,
             "seed": seed,
             "schedule": f"{schedule} per epoch, T_max {t_max or epochs}, eta_min {eta_min}",

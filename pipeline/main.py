@@ -1,10 +1,9 @@
 """The main command (``bash scripts/run.sh``): process -> train.sh -> test.sh -> evaluation.
 
 With ``DATA_DIR`` set it runs on the real data and the converted weights named by ``CLIP_VIT``,
-``CLIP_RN`` and ``CONVNEXT``. Without it, it runs the demo: a generated dataset in the challenge
-layout (several domains, an unseen car domain, a dog domain, some awkward image files) and small
-random-weight checkpoints written in the upstream formats and converted with convert.py, all under
-``$OUT_DIR`` (default ``out/demo``). The steps are the same scripts a user runs by hand.
+``CLIP_RN`` and ``CONVNEXT``. Without it, it runs the demo (docs/DATA.md): a generated dataset and
+small random-weight checkpoints in the upstream formats, converted with convert.py, all under
+``$OUT_DIR`` (default ``out/demo``). The steps are the scripts a user runs by hand.
 """
 
 from __future__ import annotations
@@ -41,11 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--steps",
-        default=",".join(STEPS),
-        help=f"comma-separated subset of {','.join(STEPS)} (default: all)",
-    )
+    steps_help = f"comma-separated subset of {','.join(STEPS)} (default: all)"
+    ap.add_argument("--steps", default=",".join(STEPS), help=steps_help)
     args = ap.parse_args(argv)
     setup_logging()
     steps = [s for s in args.steps.split(",") if s]

@@ -26,50 +26,47 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _routing_table(routing: dict[str, dict]) -> str:
-    return _table(
-        ["stage", "routed", "owned", "precision", "recall"],
-        [[s, v["routed"], v["owned"], v["precision"], v["recall"]] for s, v in routing.items()],
-    )
+def _accuracy_table(first: str, count: str, groups: dict[str, dict]) -> str:
+    rows = [[k, v["n"], v["top1"], v["top5"]] for k, v in groups.items()]
+    return _table([first, count, "top-1", "top-5"], rows)
 
 
-def _bar_plot(path: Path, groups: dict[str, dict], title: str, keys=("top1", "top5")) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def _bar_plot(path: Path, groups: dict[str, dict], title: str) -> None:
     names = list(groups)
     x = np.arange(len(names))
-    width = 0.8 / len(keys)
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.2))
-    for i, key in enumerate(keys):
-        vals = [np.nan_to_num(groups[n][key]) for n in names]
-        ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, label=key)
+    fig, ax = _pyplot().subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.2))
+    for i, key in enumerate(("top1", "top5")):
+        ax.bar(x + (i - 0.5) * 0.4, [np.nan_to_num(groups[n][key]) for n in names], 0.4, label=key)
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _timing_plot(path: Path, timings: dict[str, float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(timings)
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [timings[n] for n in names])
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title("wall time per stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _board_section(board: dict) -> list[str]:
@@ -86,16 +83,9 @@ def _board_section(board: dict) -> list[str]:
     ]
     b = board["breakdown"]
     md.append(_table(["domain", "predicted top-1"], [[k, v] for k, v in b["per_domain"].items()]))
-    md += [""]
-    md.append(
-        _table(
-            ["stage", "share of images", "predicted top-1"],
-            [
-                [k, v["share"], v["top1"] if v["top1"] is not None else float("nan")]
-                for k, v in b["per_stage"].items()
-            ],
-        )  # fmt: skip
-    )
+    stages = b["per_stage"].items()
+    rows = [[k, v["share"], float("nan") if v["top1"] is None else v["top1"]] for k, v in stages]
+    md += ["", _table(["stage", "share of images", "predicted top-1"], rows)]
     if board["candidates"]:
         md += ["", "## Candidates", ""]
         md += [
@@ -139,34 +129,19 @@ def write_report(
         md += _board_section(board) + [""]
     md += ["## Validation images", ""]
     md += [f"Validation images: {o['n']}. Top-1 **{_fmt(o['top1'])}**, top-5 {_fmt(o['top5'])}."]
-    md += [""]
-    md += ["### Per domain", ""]
-    md.append(
-        _table(
-            ["domain", "images", "top-1", "top-5"],
-            [[d, v["n"], v["top1"], v["top5"]] for d, v in metrics["per_domain"].items()],
-        )
-    )
+    md += ["", "### Per domain", "", _accuracy_table("domain", "images", metrics["per_domain"])]
     md += ["", "![per domain](per_domain.png)", "", "### Per stage", ""]
-    md.append(
-        _table(
-            ["stage", "images answered", "top-1", "top-5"],
-            [[s, v["n"], v["top1"], v["top5"]] for s, v in metrics["per_stage"].items()],
-        )
-    )
+    md.append(_accuracy_table("stage", "images answered", metrics["per_stage"]))
     md += ["", "Routing (precision: routed images whose true class the stage owns; recall: images"]
     md += ["of owned classes that were routed there):", ""]
-    md.append(_routing_table(metrics["routing"]))
+    routing = metrics["routing"].items()
+    rows = [[s, v["routed"], v["owned"], v["precision"], v["recall"]] for s, v in routing]
+    md.append(_table(["stage", "routed", "owned", "precision", "recall"], rows))
     _bar_plot(out / "per_domain.png", metrics["per_domain"], "accuracy per domain")
     if metrics.get("seen_heads"):
         md += ["", "### Seen-class heads", ""]
         md += ["Each head alone on the validation images of the seen classes (no routing):", ""]
-        md.append(
-            _table(
-                ["head", "images", "top-1", "top-5"],
-                [[k, v["n"], v["top1"], v["top5"]] for k, v in metrics["seen_heads"].items()],
-            )
-        )
+        md.append(_accuracy_table("head", "images", metrics["seen_heads"]))
     md += ["", "## Timings", ""]
     md.append(_table(["stage", "seconds"], [[k, round(v, 3)] for k, v in timings.items()]))
     _timing_plot(out / "timings.png", timings)
@@ -176,13 +151,8 @@ def write_report(
     md += ["", f"Total parameters loaded: **{total:,}** ({total / 1e6:.1f} M)."]
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {"metrics": metrics, "timings": timings, "params": params, "board": board},
-            indent=2,
-            default=float,
-        )
-    )
+    everything = {"metrics": metrics, "timings": timings, "params": params, "board": board}
+    (out / "metrics.json").write_text(json.dumps(everything, indent=2, default=float))
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path

@@ -1,18 +1,11 @@
-"""Method settings of the cascade: which method each stage runs, and its hyperparameters.
+"""Method settings: which method each stage runs, and its hyperparameters, every value checked.
 
-Paths and sizes come from pipeline.env (environment variables); *what the pipeline does* comes
-from here: the defaults below, then a YAML file (``--settings FILE`` or ``$SETTINGS``) that
-overrides any field. ``settings/default.yaml`` lists the defaults; ``settings/challenge.yaml``
-is the challenge solution's recipe, value for value (docs/METHODS.md).
-
-The cascade's CHOICES (flip averaging, stage-1 prompts and variant, the seen-class head and its
-training views, the expert's integration, TransCLIP) default to ``null``: train.sh's
-board-shaped validation picks each one, starting from the challenge solution's choice and
-replacing it only when another wins by more than the standard error (pipeline.selection).
-A value in a settings file pins the choice.
-
-Which classes are "unseen" (no training image) comes from the training list, and which belong to the
-expert from ``expert_domain`` and the class list; nothing is tied to class ids.
+The defaults below, then a YAML file (``--settings FILE`` or ``$SETTINGS``) overriding any field:
+``settings/default.yaml`` writes the defaults out with what each means, ``settings/challenge.yaml``
+is the challenge solution's recipe (docs/METHODS.md). The cascade's choices (CHOICE_OPTIONS)
+default to null: train.sh's board-shaped validation picks each (pipeline.selection); a value pins
+it. Paths and sizes come from pipeline.env. Nothing is tied to class ids: the unseen classes come
+from the training list, the expert's from ``expert_domain`` and the class list.
 """
 
 from __future__ import annotations
@@ -47,12 +40,10 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that selects or tunes a method. See the module docstring for overriding."""
+    """Everything that selects or tunes a method (settings/default.yaml says what each means)."""
 
-    # CLIP backbones, by name (pipeline.env.WEIGHT_FILES); the prompts of the stage-2 text
-    # classifiers (and of stage 1 with inmap_prompts: templates); class-name edits for prompts.
-    backbones: tuple[str, ...] = ("vit", "rn")
-    templates: str = "domain"  # see fewshot.templates.TEMPLATE_SETS
+    backbones: tuple[str, ...] = ("vit", "rn")  # pipeline.env.WEIGHT_FILES
+    templates: str = "domain"  # stage-2 prompts (and stage 1's with inmap_prompts: templates)
     descriptions: Optional[str] = None  # JSON {class name: [sentences]} for "descriptions"
     name_edits: dict[str, str] = field(default_factory=dict)  # raw class name -> prompt name
     shot_list: Optional[str] = None  # process.py: use this 4-shot list instead of choosing
@@ -70,8 +61,7 @@ class Settings:
     unseen_stage: bool = True
     inmap_fusion: dict[str, float] = field(default_factory=lambda: {"vit": 0.5, "rn": 0.5})
 
-    # Stage 2: a head over the seen classes per backbone, logits fused. LP++ defaults are the
-    # official ones (fewshot.lpp.OFFICIAL); settings/challenge.yaml has the challenge's.
+    # Stage 2: a head over the seen classes per backbone, logits fused; LP++'s official defaults.
     lpp_fusion: dict[str, float] = field(default_factory=lambda: {"vit": 0.6, "rn": 0.4})
     lpp_epochs: int = 300
     lpp_learn_alpha: bool = True
@@ -79,9 +69,7 @@ class Settings:
     lpp_t_max: dict[str, int] = field(default_factory=dict)  # per backbone (default: epochs)
     lpp_strict_best: bool = False
     lpp_bias_init: str = "zero"  # zero | uniform
-    # AMU-Tuning (ConvNeXt-V2 auxiliary features) is a seen_head candidate only when true: it
-    # needs ConvNeXt features of every shot and validation image.
-    amu: bool = False
+    amu: bool = False  # AMU a seen_head candidate: ConvNeXt features of every shot and val image
 
     # Stage 3: the ConvNeXt-V2 expert over the classes of one domain (None: no expert).
     expert_domain: Optional[str] = "Thu-dog"
@@ -111,8 +99,7 @@ class Settings:
         base: Optional[Settings] = None,
         **overrides: Any,
     ) -> Settings:
-        """Defaults (or ``base``), then the YAML file (``path`` or ``$SETTINGS``), then
-        ``overrides``."""
+        """Defaults (or ``base``), then the YAML file (``path`` or $SETTINGS), then overrides."""
         values: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}
         path = path or os.environ.get("SETTINGS") or None
         if path:
@@ -120,24 +107,8 @@ class Settings:
 
             try:
                 loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-            except FileNotFoundError:
-                raise SettingsError(f"settings file not found: {path}") from None
-            except IsADirectoryError:
-                raise SettingsError(
-                    f"{path}: is a folder, not a YAML file (set SETTINGS or --settings to a file)"
-                ) from None
-            except UnicodeDecodeError as e:
-                raise SettingsError(
-                    f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"
-                ) from None
-            except OSError as e:
-                raise SettingsError(
-                    f"{path}: cannot read the settings file ({e.strerror})"
-                ) from None
-            except yaml.YAMLError as e:
-                raise SettingsError(
-                    f"{path}: not valid YAML ({' '.join(str(e).split())})"
-                ) from None
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                raise SettingsError(_unreadable(path, e)) from None
             if not isinstance(loaded, dict):
                 raise SettingsError(f"{path}: expected a mapping of setting: value")
             values.update(loaded)
@@ -175,10 +146,9 @@ class Settings:
             if getattr(self, name) not in choices:
                 raise error(name, f"expected one of {', '.join(map(str, choices))}")
         for name, options in CHOICE_OPTIONS.items():
-            value = getattr(self, name)
-            if value is not None and value not in options:
-                options_text = ", ".join(map(str, options))
-                raise error(name, f"expected one of {options_text} or null (validation chooses)")
+            if getattr(self, name) not in (*options, None):
+                text = ", ".join(map(str, options))
+                raise error(name, f"expected one of {text} or null (validation chooses)")
         if self.seen_head == "amu" and not self.amu:
             raise error("seen_head", "amu needs amu: true")
         if self.val_unseen_share is not None and self.val_unseen_share >= 1:
@@ -204,10 +174,8 @@ class Settings:
                 raise error(name, "expected weights with a positive sum")
         if self.templates == "descriptions":
             if self.descriptions is None:
-                raise SettingsError(
-                    f"{source}: descriptions: templates: descriptions needs a JSON file "
-                    "{class name: [sentences]} in descriptions"
-                )
+                what = "templates: descriptions needs a JSON file {class name: [sentences]}"
+                raise error("descriptions", what)
             from fewshot.templates import load_descriptions
 
             try:
@@ -215,10 +183,8 @@ class Settings:
             except ValueError as e:
                 raise SettingsError(f"{source}: descriptions: {' '.join(str(e).split())}") from None
         elif self.descriptions is not None:
-            raise error(
-                "descriptions",
-                "is only read with templates: descriptions (set that too, or remove this)",
-            )
+            what = "is only read with templates: descriptions (set that too, or remove this)"
+            raise error("descriptions", what)
 
 
 # Choices and lower bounds of the fields that have them (None, where allowed, passes).
@@ -231,18 +197,11 @@ CHOICES = {
     "expert_select": ("best", "last"),
 }
 MINIMUM = {
-    "lpp_epochs": 1,
-    "expert_epochs": 1,
-    "expert_views": 1,
-    # ConvNeXt-V2 downsamples by 32 in all: smaller images leave nothing to classify.
-    "expert_eval_size": 32,
-    "expert_train_resize": 32,
-    "expert_train_crop": 32,
-    "expert_weight_decay": 0,
-    "expert_t_max": 1,
-    "expert_eta_min": 0,
+    **dict.fromkeys(("lpp_epochs", "expert_epochs", "expert_views", "expert_t_max"), 1),
     "val_folds": 1,
-    "val_unseen_share": 0,
+    # ConvNeXt-V2 downsamples by 32 in all: smaller images leave nothing to classify.
+    **dict.fromkeys(("expert_eval_size", "expert_train_resize", "expert_train_crop"), 32),
+    **dict.fromkeys(("expert_weight_decay", "expert_eta_min", "val_unseen_share"), 0),
 }
 # How a field's value must be written, for the messages (by field; then by annotation).
 _EXPECTED = {
@@ -273,20 +232,13 @@ def _check_type(source: str, name: str, value: Any, hint: Any) -> Any:
         expected = _EXPECTED.get(name) or _DESCRIBE.get(hint, str(hint))
     if optional:
         expected += " or null"
-    note = (
-        " (a string: write true or false without quotes)"
-        if hint is bool and isinstance(value, str)
-        else ""
-    )
+    note = ""
+    if hint is bool and isinstance(value, str):
+        note = " (a string: write true or false without quotes)"
     raise SettingsError(f"{source}: {name}: expected {expected}, got {value!r}{note}")
 
 
-_DESCRIBE = {
-    bool: "true or false",
-    int: "a whole number",
-    float: "a number",
-    str: "a string",
-}
+_DESCRIBE = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
 
 def _is_number(v: Any) -> bool:
@@ -296,14 +248,12 @@ def _is_number(v: Any) -> bool:
 def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
     """(whether ``value`` is of type ``hint``, the value normalised)."""
     origin = typing.get_origin(hint)
-    if hint is bool:
-        return isinstance(value, bool), value
+    if hint in (bool, str):
+        return isinstance(value, hint), value
     if hint is int:  # bool is an int to Python, not here; nor is 2.0
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is float:
         return _is_number(value), float(value) if _is_number(value) else value
-    if hint is str:
-        return isinstance(value, str), value
     if origin is tuple:  # tuple[str, ...]
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         return ok, tuple(value) if ok else value
@@ -314,3 +264,16 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
         )
         return ok, {k: _matches(v, inner)[1] for k, v in value.items()} if ok else value
     raise TypeError(f"no type check for {hint!r}")  # a new field needs one here
+
+
+def _unreadable(path: str | os.PathLike, e: Exception) -> str:
+    """The one-line message for a settings file that cannot be read or parsed."""
+    if isinstance(e, FileNotFoundError):
+        return f"settings file not found: {path}"
+    if isinstance(e, IsADirectoryError):
+        return f"{path}: is a folder, not a YAML file (set SETTINGS or --settings to a file)"
+    if isinstance(e, UnicodeDecodeError):
+        return f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, OSError):
+        return f"{path}: cannot read the settings file ({e.strerror})"
+    return f"{path}: not valid YAML ({' '.join(str(e).split())})"

@@ -1,30 +1,13 @@
-"""Synthetic data for the demo, the benchmarks and the tests, in the challenge layout, and
-random-weight checkpoints in the upstream formats, sized "demo" (seconds on a CPU) or "full".
+"""Synthetic data in the challenge layout (demo, benchmarks, tests) and random-weight checkpoints
+in the upstream formats; ``python -m pipeline.synthetic --help`` writes either.
 
-``ensure_demo``: a small dataset of drawn shapes::
+``ensure_demo``: the demo dataset of drawn shapes (docs/DATA.md, "Demo dataset")::
 
     classes_b.txt          <Domain>_<name> <id>, no trailing newline (like classes.txt)
     train.txt, TrainSet/   TrainSet/<Domain>/<folder>/<n>.jpg <label>
     TestSet/image_<n>.jpg  shuffled over all classes, unseen ones included
     test_labels.txt        image_<n>.jpg <label>: the answers, for evaluation only
     DEMO.json              the generation parameters, written last (marks a complete set)
-
-Five domains as on board B, the last (Stanford-Cars) without training images. Each class has a
-shape, a palette and a striped texture drawn with random position, scale, rotation and noise;
-the dog classes share shape and palette and differ only in stripe angle and a small hue shift
-(fine-grained, as in the challenge). Deterministic in ``seed``; about a second. ``nasty=True``
-stores a few test images as greyscale and CMYK JPEG, palette PNG with transparency, 16-bit PNG,
-EXIF-rotated JPEG and one truncated JPEG (undecodable: it must still get an answer).
-
-``photo_dataset``: the same layout over a real class list (board B's by default) with
-photo-sized JPEGs, for the benchmarks (decoding and encoding cost, not accuracy).
-
-``write_weights(folder, size)``: CLIP ViT and ModifiedResNet as OpenAI TorchScript archives and
-ConvNeXt-V2 as the official ``{'model': state_dict}`` file, random, converted with convert.py as
-a user converts the released files, under the names ``pipeline.env`` expects. "demo": small
-members of the families at 224 px; "full": ViT-B/32, RN101, ConvNeXt-V2-base. Needs torch, as
-convert.py does, except ``direct`` (converted files at once). ``python -m pipeline.synthetic
---help`` writes either from the command line.
 """
 
 from __future__ import annotations
@@ -39,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -67,7 +49,20 @@ DOMAINS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 UNSEEN_DOMAINS = ("Stanford-Cars",)
 FINE_GRAINED_DOMAINS = ("Thu-dog",)
-SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon")
+# Inside-tests of the unit-size shapes in their own (rotated, scaled) frame: x, y, radius, angle.
+_MASKS = {
+    "circle": lambda x, y, r, t: r < 1,
+    "square": lambda x, y, r, t: np.maximum(abs(x), abs(y)) < 0.8,
+    "triangle": lambda x, y, r, t: (y > -0.6) & (1.732 * abs(x) + y < 0.9),
+    "star": lambda x, y, r, t: r < 0.55 + 0.4 * np.cos(5 * t) ** 2,
+    "ring": lambda x, y, r, t: (r < 1) & (r > 0.55),
+    "cross": lambda x, y, r, t: (
+        ((abs(x) < 0.3) | (abs(y) < 0.3)) & (np.maximum(abs(x), abs(y)) < 1)
+    ),
+    "diamond": lambda x, y, r, t: abs(x) + abs(y) < 1,
+    "hexagon": lambda x, y, r, t: np.maximum(abs(x) * 0.866 + abs(y) * 0.5, abs(y)) < 0.85,
+}
+SHAPES = tuple(_MASKS)
 NASTY_KINDS = ("grey", "cmyk", "palette_alpha", "grey16", "exif_rotated", "truncated")
 
 
@@ -97,8 +92,7 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 
 def _styles(num_classes: int, domains: list[str]) -> list[_Style]:
-    """One visual identity per class; distinct for ordinary classes, near each other for the
-    fine-grained domain."""
+    """One visual identity per class: distinct, or near each other in the fine-grained domain."""
     styles = []
     ordinary = 0
     fine = 0
@@ -106,53 +100,17 @@ def _styles(num_classes: int, domains: list[str]) -> list[_Style]:
         if domains[c] in FINE_GRAINED_DOMAINS:
             # Same blob and brown family: only the stripe angle and a small hue shift differ.
             hue = 0.07 + 0.012 * (fine % 3)
-            styles.append(
-                _Style(
-                    "circle",
-                    (_hsv(hue, 0.65, 0.55), _hsv(hue, 0.35, 0.9)),
-                    3.0,
-                    np.pi * fine / 6,
-                    1.5,
-                )
-            )
+            colours = (_hsv(hue, 0.65, 0.55), _hsv(hue, 0.35, 0.9))
+            styles.append(_Style("circle", colours, 3.0, np.pi * fine / 6, 1.5))
             fine += 1
             continue
         i = ordinary
         ordinary += 1
         hue = (i * 0.381966) % 1.0  # golden-ratio hue steps keep neighbours apart
-        styles.append(
-            _Style(
-                SHAPES[i % len(SHAPES)],
-                (_hsv(hue, 0.85, 0.9), _hsv(hue + 0.5, 0.6, 0.35 + 0.3 * ((i // 8) % 2))),
-                (1.5, 3.0, 5.0)[(i // 3) % 3],
-                np.pi * ((i * 5) % 8) / 8,
-                1.0,
-            )
-        )
+        colours = (_hsv(hue, 0.85, 0.9), _hsv(hue + 0.5, 0.6, 0.35 + 0.3 * ((i // 8) % 2)))
+        freq, angle = (1.5, 3.0, 5.0)[(i // 3) % 3], np.pi * ((i * 5) % 8) / 8
+        styles.append(_Style(SHAPES[i % len(SHAPES)], colours, freq, angle, 1.0))
     return styles
-
-
-def _mask(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Inside-test of a unit-size shape in its own (already rotated, scaled) frame."""
-    r = np.hypot(x, y)
-    t = np.arctan2(y, x)
-    if shape == "circle":
-        return r < 1
-    if shape == "square":
-        return np.maximum(abs(x), abs(y)) < 0.8
-    if shape == "triangle":
-        return (y > -0.6) & (1.732 * abs(x) + y < 0.9)
-    if shape == "star":
-        return r < 0.55 + 0.4 * np.cos(5 * t) ** 2
-    if shape == "ring":
-        return (r < 1) & (r > 0.55)
-    if shape == "cross":
-        return ((abs(x) < 0.3) | (abs(y) < 0.3)) & (np.maximum(abs(x), abs(y)) < 1)
-    if shape == "diamond":
-        return abs(x) + abs(y) < 1
-    if shape == "hexagon":
-        return np.maximum(abs(x) * 0.866 + abs(y) * 0.5, abs(y)) < 0.85
-    raise ValueError(shape)
 
 
 def _render(style: _Style, rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -173,7 +131,8 @@ def _render(style: _Style, rng: np.random.Generator, w: int, h: int) -> np.ndarr
     a = rng.uniform(-0.44, 0.44)
     u = ((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / s
     v = (-(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)) / s
-    inside = _mask(style.shape, u / style.elong, v)
+    x = u / style.elong
+    inside = _MASKS[style.shape](x, v, np.hypot(x, v), np.arctan2(v, x))
     phase = rng.uniform(0, 2 * np.pi)
     stripes = np.sin(
         2 * np.pi * style.freq * (u * np.cos(style.angle) + v * np.sin(style.angle)) + phase
@@ -193,40 +152,30 @@ def _jpeg(arr: np.ndarray) -> bytes:
 
 
 def _nasty(kind: str, arr: np.ndarray) -> tuple[str, bytes]:
-    """(extension, file bytes) of ``arr`` in an awkward encoding."""
+    """(extension, file bytes) of ``arr`` in an awkward encoding (one of NASTY_KINDS)."""
+    if kind == "truncated":
+        data = _jpeg(arr)
+        return ".jpg", data[: len(data) // 2]
     im = Image.fromarray(arr)
     buf = io.BytesIO()
-    if kind == "grey":
-        im.convert("L").save(buf, "JPEG", quality=90)
-    elif kind == "cmyk":
-        im.convert("CMYK").save(buf, "JPEG", quality=90)
-    elif kind == "palette_alpha":
+    if kind == "palette_alpha":
         p = im.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
-        # Make the top-left corner's palette entry transparent (background pixels).
-        p.info["transparency"] = p.getpixel((0, 0))
-        p.save(buf, "PNG", transparency=p.info["transparency"])
-        return ".png", buf.getvalue()
+        p.save(buf, "PNG", transparency=p.getpixel((0, 0)))  # the background's entry
     elif kind == "grey16":
-        g = np.asarray(im.convert("L"), np.uint16) * 257
-        Image.fromarray(g).save(buf, "PNG")
-        return ".png", buf.getvalue()
+        Image.fromarray(np.asarray(im.convert("L"), np.uint16) * 257).save(buf, "PNG")
     elif kind == "exif_rotated":
-        # Stored rotated by 90 degrees with orientation 6 ("rotate 90 CW to display"): a
-        # decoder that ignores EXIF sees the image on its side.
+        # Stored on its side with orientation 6 ("rotate 90 CW to display"): a decoder that
+        # ignores EXIF sees it rotated.
         exif = Image.Exif()
         exif[0x0112] = 6
         im.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=90, exif=exif)
-    elif kind == "truncated":
-        data = _jpeg(arr)
-        return ".jpg", data[: len(data) // 2]
     else:
-        raise ValueError(kind)
-    return ".jpg", buf.getvalue()
+        im.convert({"grey": "L", "cmyk": "CMYK"}[kind]).save(buf, "JPEG", quality=90)
+    return (".png" if kind in ("palette_alpha", "grey16") else ".jpg"), buf.getvalue()
 
 
 def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> dict:
-    """Write the demo dataset into ``out_dir`` (created; must not exist or be empty).
-    Returns the summary also stored in DEMO.json."""
+    """Write the demo dataset into a new or empty ``out_dir``; returns DEMO.json's summary."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: not empty; the demo generator only writes fresh folders")
@@ -286,12 +235,9 @@ def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> d
 
 
 def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> Path:
-    """The demo dataset at ``out_dir``, generated if absent or made with other parameters.
-
-    Generation goes to a temporary sibling folder renamed into place, so an interrupted run
-    never leaves a half-written dataset. A folder without DEMO.json is never touched (it may be
-    real data): FileExistsError.
-    """
+    """The demo dataset at ``out_dir``, generated (in a temporary sibling renamed into place) if
+    absent or made with other parameters. A folder without DEMO.json is never touched (it may be
+    real data): FileExistsError."""
     out = Path(out_dir)
     marker = out / "DEMO.json"
     if marker.is_file():
@@ -305,16 +251,14 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not a demo dataset (no DEMO.json); kept")
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed run with this pid
     try:
         summary = generate(tmp, params)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "demo dataset in %s: %s", out, {k: summary[k] for k in ("train_images", "test_images")}
     )
@@ -324,25 +268,21 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
 # ------------------------------------------------------------------------------ photo dataset
 
 
-def _photo_like(rng: np.random.Generator, w: int, h: int, tint: np.ndarray) -> np.ndarray:
-    """A uint8 [h, w, 3] image that compresses like a photo: smooth waves, a tint and noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    f = rng.uniform(0.004, 0.04, 3).astype(np.float32)
-    ph = rng.uniform(0, 6.3, 3).astype(np.float32)
-    img = np.stack([np.sin(f[c] * (xx + (c + 1) * yy) + ph[c]) for c in range(3)], -1)
-    img = img * 70 + 255 * tint.astype(np.float32)
-    img += rng.normal(0, 10, (h, w, 3)).astype(np.float32)
-    return img.clip(0, 255).astype(np.uint8)
-
-
 def _write_photo(task: tuple[str, tuple[int, int], list[float], list[int]]) -> None:
-    """Worker: one photo-like JPEG, its size and pixels drawn from its own seed."""
+    """Worker: one JPEG that compresses like a photo (smooth waves, a tint and noise), its size
+    and pixels drawn from its own seed."""
     path, long_side, tint, seed = task
     rng = np.random.default_rng(seed)
     long = int(rng.integers(long_side[0], long_side[1] + 1))
     short = int(long * rng.uniform(0.6, 1.0))
     w, h = (long, short) if rng.random() < 0.7 else (short, long)
-    Image.fromarray(_photo_like(rng, w, h, np.asarray(tint))).save(path, quality=90)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = rng.uniform(0.004, 0.04, 3).astype(np.float32)
+    ph = rng.uniform(0, 6.3, 3).astype(np.float32)
+    img = np.stack([np.sin(f[c] * (xx + (c + 1) * yy) + ph[c]) for c in range(3)], -1)
+    img = img * 70 + 255 * np.asarray(tint).astype(np.float32)
+    img += rng.normal(0, 10, (h, w, 3)).astype(np.float32)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
 def photo_dataset(
@@ -351,18 +291,14 @@ def photo_dataset(
     *,
     train_per_class: int = 24,
     test_images: int = 4305,
-    unseen_domains: Sequence[str] = UNSEEN_DOMAINS,
     long_side: tuple[int, int] = (300, 640),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """A dataset in the challenge layout over a real class list: ``classes_b.txt``,
-    ``train.txt`` + ``TrainSet/`` (``train_per_class`` JPEGs per class outside
-    ``unseen_domains``) and ``TestSet/image_<n>.jpg`` (``test_images`` JPEGs, labels drawn
-    uniformly over all classes, answers in ``test_labels.txt``). Images are photo-sized JPEGs
-    (long side drawn from ``long_side``), each class with its own tint. Every image has its own
-    seed, so the files are the same whatever the number of processes writing them. A complete
-    folder (``PHOTOS.json`` matching the parameters) is reused.
-    """
+    """The demo's layout over a real class list with photo-sized JPEGs (long side drawn from
+    ``long_side``, a tint per class), for the benchmarks: ``train_per_class`` images per class
+    outside UNSEEN_DOMAINS, ``test_images`` labelled uniformly over all classes. Each image has
+    its own seed (the same files whatever the number of processes); a complete folder
+    (``PHOTOS.json`` matching the parameters) is reused."""
     from pipeline.lists import read_class_list
 
     folder = Path(folder)
@@ -370,7 +306,7 @@ def photo_dataset(
         "classes": str(Path(classes_file).resolve()),
         "train_per_class": train_per_class,
         "test_images": test_images,
-        "unseen_domains": list(unseen_domains),
+        "unseen_domains": list(UNSEEN_DOMAINS),
         "long_side": list(long_side),
         "seed": seed,
         "version": 2,
@@ -387,7 +323,7 @@ def photo_dataset(
     tints = rng.uniform(0.2, 0.8, (classes.num_classes, 3)).tolist()
     tasks, train_lines = [], []
     for c, dom in enumerate(classes.domains):
-        if dom in unseen_domains:
+        if dom in UNSEEN_DOMAINS:
             continue
         sub = folder / "TrainSet" / (dom or "misc") / f"c{c:04d}"
         sub.mkdir(parents=True, exist_ok=True)
@@ -443,11 +379,11 @@ def clip_state(config: dict, seed: int) -> dict[str, np.ndarray]:
 def write_weights(
     folder: str | os.PathLike, size: str = "demo", seed: int = 0, direct: bool = False
 ) -> dict[str, Path]:
-    """Random-weight checkpoints in the upstream formats under ``folder/upstream``, converted
-    with convert.py (as a user runs it) to the default file names of ``pipeline.env`` in
-    ``folder``; existing files are kept. ``direct``: the same random weights (CLIP's not rounded
-    to float16) saved as converted files at once, with no torch and no upstream file (for a GPU
-    machine without torch). Returns {"vit", "rn", "convnext"} -> converted file."""
+    """Random-weight checkpoints in the upstream formats (OpenAI TorchScript archives, ConvNeXt-V2's
+    ``{'model': state_dict}``) under ``folder/upstream``, converted with convert.py as a user
+    does, to ``pipeline.env``'s default names in ``folder``; existing files are kept. Needs
+    torch, except ``direct``: the same weights (CLIP's not rounded to float16) saved converted at
+    once (a GPU machine without torch). Returns {"vit", "rn", "convnext"} -> converted file."""
     if not direct:
         import torch  # noqa: F401  - before Jittor: their MKL runtimes clash the other way round
     from models import convnext

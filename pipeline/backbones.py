@@ -1,9 +1,6 @@
-"""The frozen encoders of the pipeline, as feature-cache encoders: CLIP backbones (image features
-and text classifiers) and ConvNeXt-V2 (pooled features, for the expert and AMU-Tuning).
-
-A model is loaded only when something is not in the cache, so a second run of test.sh touches
-neither the image nor the text encoder.
-"""
+"""The frozen encoders as feature-cache encoders: CLIP backbones (image features, text
+classifiers) and ConvNeXt-V2 (pooled features, for the expert and AMU-Tuning). A model loads only
+when something is not cached, so a second run of test.sh loads neither image nor text encoder."""
 
 from __future__ import annotations
 

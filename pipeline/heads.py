@@ -1,8 +1,6 @@
-"""Trained heads on disk: safetensors for arrays, JSON (in the header) for everything else.
-
-Each head records the class list it was trained for (a fingerprint of the names) and the weights
-of the backbone whose features it expects, so that test.py refuses a head that no longer fits.
-"""
+"""Trained heads on disk: safetensors for arrays, JSON (in the header) for the rest, with the
+class list (a fingerprint of the names) and the backbone weights a head was trained with, so
+that test.py refuses a head that no longer fits."""
 
 from __future__ import annotations
 

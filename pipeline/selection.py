@@ -174,8 +174,7 @@ class Search:
         return validation.predict(top1, self.unseen, self.share, self.n_test, self.seed)
 
     def search(self) -> dict[str, Any]:
-        """The chosen configuration, every candidate's estimate, the chosen one's prediction and
-        breakdown (JSON-ready)."""
+        """The chosen configuration, its prediction and every candidate's (JSON-ready)."""
         current = Choice.challenge().pinned(self.s)
         candidates = []
         for name, options in CHOICE_OPTIONS.items():

@@ -1,6 +1,5 @@
 """What train.py, test.py and the evaluation share: the configuration, the class list, the
-feature cache and the encoders, and the trained artefacts on disk.
-"""
+feature cache and the encoders, and the trained artefacts on disk."""
 
 from __future__ import annotations
 

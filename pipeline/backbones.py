@@ -1,9 +1,6 @@
-"""The frozen encoders of the pipeline, as feature-cache encoders: CLIP backbones (image features
-and text classifiers) and ConvNeXt-V2 (pooled features, for the expert and AMU-Tuning).
-
-A model is loaded only when something is not in the cache, so a second run of test.sh touches
-neither the image nor the text encoder.
-"""
+"""The frozen encoders as feature-cache encoders: CLIP backbones (image features, text
+classifiers) and ConvNeXt-V2 (pooled features, for the expert and AMU-Tuning). A model loads only
+when something is not cached, so a second run of test.sh loads neither image nor text encoder."""
 
 from __future__ import annotations
 
@@ -111,15 +108,11 @@ class ClipBackbone(_LazyEncoder):
 
         return clip.load(self.path)[0]
 
-    def key_parts(self) -> dict[str, str]:
-        return {"backbone": f"clip-{self.name}", "weights": self.fingerprint()}
-
     def encoder(self, label: str) -> Encoder:
         """This backbone's image tower as a feature-cache encoder."""
+        parts = {"backbone": f"clip-{self.name}", "weights": self.fingerprint()}
         return Encoder(
-            self.key_parts(),
-            lambda b: self._run(self.model.encode_image, b),
-            f"{label}-{self.name}",
+            parts, lambda b: self._run(self.model.encode_image, b), f"{label}-{self.name}"
         )
 
     def text_classifier(
@@ -178,8 +171,8 @@ class ConvNeXtBackbone(_LazyEncoder):
         return self._run(self.model.forward_features, batch)
 
     def encoder(self, label: str, preprocess_id: str) -> Encoder:
-        """A feature-cache encoder (the preprocessing is part of the cache key anyway; it is
-        also named here so that entries of different sizes get different labels)."""
+        """A feature-cache encoder; ``preprocess_id`` tells entries of different sizes apart in
+        their labels (the cache key has the preprocessing anyway)."""
         parts = {"backbone": "convnextv2", "weights": self.fingerprint()}
         return Encoder(parts, self.features, f"{label}-convnext-{preprocess_id}")
 

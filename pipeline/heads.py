@@ -1,8 +1,6 @@
-"""Trained heads on disk: safetensors for arrays, JSON (in the header) for everything else.
-
-Each head records the class list it was trained for (a fingerprint of the names) and the weights
-of the backbone whose features it expects, so that test.py refuses a head that no longer fits.
-"""
+"""Trained heads on disk: safetensors for arrays, JSON (in the header) for the rest, with the
+class list (a fingerprint of the names) and the backbone weights a head was trained with, so
+that test.py refuses a head that no longer fits."""
 
 from __future__ import annotations
 
@@ -27,8 +25,8 @@ def classes_fingerprint(names) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
-def head_path(heads_dir: str | os.PathLike, method: str, backbone: str, tag: str = "") -> Path:
-    return Path(heads_dir) / f"{method}_{backbone}{'_' + tag if tag else ''}.safetensors"
+def head_path(heads_dir: str | os.PathLike, method: str, backbone: str) -> Path:
+    return Path(heads_dir) / f"{method}_{backbone}.safetensors"
 
 
 def save_head(path: Path, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
@@ -51,9 +49,8 @@ def load_head(path: Path, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray]
 
 
 def read_json_artefact(path: str | os.PathLike, remedy: str = "re-run bash train.sh") -> dict:
-    """A JSON object that train.py (or process.py) wrote, e.g. heads/stage1.json; a missing,
-    unreadable or corrupted file (an interrupted copy, a full disk, an edit) is a one-line
-    HeadError naming it and ``remedy``."""
+    """A JSON object that train.py or process.py wrote; a missing, unreadable or corrupted file is
+    a one-line HeadError naming it and ``remedy``."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -89,8 +86,7 @@ def _model_class(method: str):
 def save_models(
     heads_dir: Path, models: dict[str, dict[str, Any]], info: dict[str, dict[str, Any]]
 ) -> None:
-    """Save a fitted seen-class head (method -> backbone -> model, pipeline.scores.fit_head);
-    ``info[backbone]`` is recorded with each model (what it was trained with)."""
+    """Save a fitted seen-class head (pipeline.scores.fit_head), ``info[backbone]`` with each."""
     for method, by_backbone in models.items():
         for b, model in by_backbone.items():
             save_head(
@@ -101,8 +97,8 @@ def save_models(
 def load_models(
     heads_dir: Path, methods: tuple[str, ...], expect: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """The saved models of ``methods`` for every backbone of ``expect`` (backbone -> what its
-    models must have been trained with); returns (method -> backbone -> model, their infos)."""
+    """(method -> backbone -> model, their infos) of ``methods`` for every backbone of
+    ``expect`` (backbone -> what its models must have been trained with)."""
     from dataclasses import fields
 
     models: dict[str, dict[str, Any]] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +14,8 @@ from models.fileio import write_text_atomic
 from pipeline.backbones import combine_views
 from pipeline.cascade import STAGE_NAMES, CascadeResult
 from pipeline.env import Env
-from pipeline.lists import list_test_images
-from pipeline.scores import head_scores, run_stages, stage1_scores
+from pipeline.lists import LabeledList, list_test_images
+from pipeline.scores import Choice, run_stages, trained_scores
 from pipeline.settings import Settings
 from pipeline.submission import validate_result, write_result, write_warnings
 from pipeline.workspace import Workspace
@@ -30,36 +30,16 @@ def stage_counts(result: CascadeResult) -> dict[str, int]:
 def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult, tuple, Any]:
     """The trained cascade on ``paths``: (result, undecodable images, the choice)."""
     choice, models, seen, _ = ws.load_cascade()
-    s = ws.settings
-    views = ("orig", "flip") if choice.flip_tta else ("orig",)
-    sets, failed = ws.clip_views(paths, label, views)
+    s, C = ws.settings, ws.classes.num_classes
+    sets, failed = ws.clip_views(paths, label, ("orig", "flip") if choice.flip_tta else ("orig",))
     X = {b: combine_views(fs, choice.flip_tta) for b, fs in sets.items()}
-    aux: Optional[np.ndarray] = None
-    if choice.seen_head == "amu":
-        from models.convnext import preprocess
-
-        pre = preprocess(s.expert_eval_size, s.expert_resample)
-        aux, _ = ws.convnext_features(paths, label, pre, normalize=True)
-    with ws.timed("stage 2 (seen-class head)"):
-        seen_scores = head_scores(models, X, s.lpp_fusion, aux)
-    stage1 = None
-    C = ws.classes.num_classes
-    if s.unseen_stage and np.setdiff1d(np.arange(C), seen).size:
-        T = ws.text_classifiers("bare" if choice.inmap_prompts == "bare" else "templates")
-        log.info("stage 1: InMaP %s on %d images", choice.stage1, len(paths))
-        with ws.timed("stage 1 (InMaP)"):
-            stage1 = stage1_scores(X, T, choice.stage1, s.inmap_fusion)
-    if choice.transclip != "off":
-        with ws.timed("TransCLIP"):
-            stage1, seen_scores = _transclip(ws, choice, X, stage1, seen_scores, seen)
+    aux = ws.aux_features(paths, label) if choice.seen_head == "amu" else None
+    stage1, seen_scores = trained_scores(
+        choice, s, X, models, seen, C, ws.text_classifiers,
+        lambda: _transclip_sets(ws, choice, seen), aux, ws.timed,
+    )  # fmt: skip
     with ws.timed("load expert"):
         expert = ws.load_expert()
-    if expert is None:
-        return (
-            run_stages(choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen),
-            failed,
-            choice,
-        )
 
     def expert_logits(rows: np.ndarray) -> np.ndarray:
         with ws.timed("stage 3 (expert)"):
@@ -68,37 +48,29 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
             )
             return expert.logits(feats)
 
+    ids = None if expert is None else expert.class_ids
     result = run_stages(
-        choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen, expert.class_ids,
-        expert_logits,
-    )  # fmt: skip
+        choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen, ids, expert_logits
+    )
     return result, failed, choice
 
 
-def _transclip(ws: Workspace, choice, X, stage1, seen_scores, seen):
-    """Stage scores with TransCLIP over all classes: the shots (the head's training view) as
-    support, the validation images choosing gamma; their features come from train.py's cache."""
-    from pipeline.scores import apply_transclip
+def _transclip_sets(ws: Workspace, choice: Choice, seen: np.ndarray) -> tuple[tuple, tuple]:
+    """TransCLIP's support (the shots in the head's training view) and validation images (they
+    choose gamma), of the seen classes, from train.py's feature cache."""
+    env = ws.env
+    aug = choice.lpp_views == "aug"
 
-    env, C = ws.env, ws.classes.num_classes
+    def features(items: LabeledList, label: str, flip: bool, view: str) -> tuple:
+        sets, keep = ws.list_views(items, label, (view, "flip") if flip else (view,))
+        y = items.labels[keep]
+        m = np.isin(y, seen)
+        return {b: combine_views(fs, flip, view)[m] for b, fs in sets.items()}, y[m]
+
     shots = ws.read_list(env.train_shots_list, "4-shot training")
     val = ws.read_list(env.val_list, "validation")
-    aug = choice.lpp_views == "aug"
-    flip = ("orig", "flip") if choice.flip_tta else ("orig",)
-    tr, keep_tr = ws.list_views(shots, "train", ("aug",) if aug else flip)
-    va, keep_va = ws.list_views(val, "val", flip)
-    Xs = {
-        b: combine_views(fs, not aug and choice.flip_tta, "aug" if aug else "orig")
-        for b, fs in tr.items()
-    }
-    Xv = {b: combine_views(fs, choice.flip_tta) for b, fs in va.items()}
-    ys, yv = shots.labels[keep_tr], val.labels[keep_va]
-    ms, mv = np.isin(ys, seen), np.isin(yv, seen)
-    return apply_transclip(
-        choice.transclip, X, ws.text_classifiers("templates"),
-        ({b: v[ms] for b, v in Xs.items()}, ys[ms]), ({b: v[mv] for b, v in Xv.items()}, yv[mv]),
-        stage1, seen_scores, np.arange(C), seen, ws.settings.inmap_fusion,
-    )  # fmt: skip
+    support = features(shots, "train", not aug and choice.flip_tta, "aug" if aug else "orig")
+    return support, features(val, "val", choice.flip_tta, "orig")
 
 
 def predict(env: Env, settings: Settings) -> Path:

@@ -1,16 +1,13 @@
-"""The cascade on features: stage-1 scores (InMaP per backbone over the class columns, fused),
-the seen-class heads of stage 2 (LP++, Tip-Adapter-F, AMU-Tuning, or LP++ and Tip-Adapter-F
-together) and the routing with the expert, for one configuration of the cascade's choices.
-
-Pure functions of arrays and fitted models: train.py's validation runs them on validation
-batches, test.py on the test set.
-"""
+"""The cascade on features for one configuration of its choices (``Choice``): stage-1 scores
+(InMaP per backbone, fused), the seen-class heads of stage 2, TransCLIP and the routing with the
+expert. Pure functions of arrays and fitted models, for train.py's validation and test.py."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, ContextManager, Optional
 
 import numpy as np
 
@@ -19,9 +16,8 @@ from pipeline.settings import CHOICE_OPTIONS, Settings
 
 log = logging.getLogger(__name__)
 
-# Stage-1 candidates: the official algorithm's uniform class marginal (gamma 0) fights the class
-# imbalance between seen and unseen images; gamma 0.5 / 1 follow the pseudo-label marginal
-# instead (ALGORITHMS.md, section 2); "challenge" is the challenge solution's variant.
+# Stage 1's InMaP variants: gamma 0 is the official uniform class marginal, which fights the
+# seen/unseen imbalance; 0.5 / 1 follow the pseudo-label marginal (docs/METHODS.md).
 STAGE1_CANDIDATES: dict[str, tuple[str, dict[str, float]]] = {
     "challenge": ("challenge", {}),
     "official-gamma0": ("official", {"gamma": 0.0}),
@@ -50,10 +46,8 @@ class Choice:
 
     def pinned(self, settings: Settings) -> Choice:
         """This choice with every field that ``settings`` pins set to the pinned value."""
-        fixed = {
-            k: getattr(settings, k) for k in CHOICE_OPTIONS if getattr(settings, k) is not None
-        }
-        return Choice(**{**asdict(self), **fixed})
+        pins = {k: getattr(settings, k) for k in CHOICE_OPTIONS}
+        return replace(self, **{k: v for k, v in pins.items() if v is not None})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,10 +93,9 @@ def fit_head(
     aux: Optional[tuple[np.ndarray, Optional[np.ndarray]]] = None,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Fit the seen-class head ``kind`` on training features X (by backbone) with labels y
-    (columns of T, which holds only the seen classes); ``val`` = (features, labels) selects
-    epochs and hyperparameters; ``aux`` = (ConvNeXt features of the shots, of val) for AMU.
-    Returns method -> backbone -> fitted model."""
+    """Fit the seen-class head ``kind`` (method -> backbone -> model) on features X by backbone
+    with labels y, columns of T (the seen classes); ``val`` = (features, labels) selects epochs
+    and hyperparameters; ``aux`` = ConvNeXt features (of the shots, of val) for AMU."""
     from fewshot.amu import AMUTuning
     from fewshot.lpp import LPPlusPlus
     from fewshot.tip_adapter import TipAdapterF
@@ -126,9 +119,8 @@ def head_scores(
     fusion: dict[str, float],
     aux: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Fused logits [n, S] of a fitted head: per backbone the method's logits (two methods:
-    the sum of their log-softmaxes, a product of experts), then the weighted sum over
-    backbones."""
+    """Fused logits [n, S] of a fitted head over backbones; two methods add their log-softmaxes
+    (a product of experts)."""
     from fewshot._tensor import as_numpy, jt, log_softmax
 
     def one(method: str, b: str) -> np.ndarray:
@@ -147,24 +139,19 @@ def head_scores(
 # ------------------------------------------------------------------------------ TransCLIP
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    return np.exp(log_softmax_np(x))
-
-
 def cascade_distribution(
     stage1: Optional[np.ndarray], seen_scores: np.ndarray, cols: np.ndarray, seen: np.ndarray
 ) -> np.ndarray:
-    """The soft version of the cascade's routing, [n, len(cols)]: stage 1's probability that an
-    image is unseen splits the mass; the unseen classes share it as stage 1 ranks them, the seen
-    classes the rest as stage 2 ranks them (stage-1 scores as CLIP logits, x100)."""
+    """The cascade's soft routing [n, len(cols)]: stage 1's unseen mass split as stage 1 ranks
+    the unseen classes, the rest as stage 2 ranks the seen ones (stage 1 as CLIP logits, x100)."""
     n = len(seen_scores)
     out = np.zeros((n, len(cols)), np.float64)
     at = np.searchsorted(cols, seen)
-    p2 = _softmax(seen_scores.astype(np.float64))
+    p2 = np.exp(log_softmax_np(seen_scores.astype(np.float64)))
     if stage1 is None:
         out[:, at] = p2
         return out
-    p1 = _softmax(100.0 * stage1.astype(np.float64))
+    p1 = np.exp(log_softmax_np(100.0 * stage1.astype(np.float64)))
     is_unseen = ~np.isin(cols, seen)
     p_unseen = p1[:, is_unseen].sum(1, keepdims=True)
     out[:, is_unseen] = p1[:, is_unseen]
@@ -184,12 +171,9 @@ def apply_transclip(
     seen: np.ndarray,
     fusion: dict[str, float],
 ) -> tuple[Optional[np.ndarray], np.ndarray]:
-    """(stage-1 scores, stage-2 scores) with TransCLIP over the class columns ``cols``
-    (fewshot.transclip): "after" refines the cascade's soft routing (cascade_distribution) and
-    answers both stages; "stage2" only the seen classes (stage 1 routes as before); "alone" starts
-    from zero-shot CLIP instead. T: text classifiers [d, len(cols)]; support: the shots
-    (features, column indices); val: labelled images choosing gamma (with the zero-shot start,
-    as the released solver does). Per backbone, log-assignments fused with ``fusion``."""
+    """(stage-1, stage-2 scores) with TransCLIP over the class columns ``cols``, mode as in
+    docs/METHODS.md. T [d, len(cols)]; support: the shots (features, column indices); val:
+    labelled images choosing gamma (from the zero-shot start, as the released solver does)."""
     from fewshot.transclip import OFFICIAL, choose_gamma, transclip
 
     n = len(seen_scores)
@@ -213,6 +197,43 @@ def apply_transclip(
 # ------------------------------------------------------------------------------ the cascade
 
 
+def _untimed(step: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+def trained_scores(
+    choice: Choice,
+    settings: Settings,
+    X: dict[str, np.ndarray],
+    models: dict[str, dict[str, Any]],
+    seen: np.ndarray,
+    num_classes: int,
+    text: Callable[[str], dict[str, np.ndarray]],
+    transclip_sets: Callable[[], tuple[tuple, tuple]],
+    aux: Optional[np.ndarray] = None,
+    timed: Callable[[str], ContextManager] = _untimed,
+) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """(stage-1, stage-2) scores of the cascade ``choice`` with the head ``models`` trained on
+    all ``seen`` classes, over all classes (as test.py): ``text(prompts)`` gives the text
+    classifiers [d, C], ``transclip_sets()`` TransCLIP's (support, val) of the seen classes."""
+    with timed("stage 2 (seen-class head)"):
+        seen_scores = head_scores(models, X, settings.lpp_fusion, aux)
+    stage1, cols = None, np.arange(num_classes)
+    if settings.unseen_stage and np.setdiff1d(cols, seen).size:
+        T = text("bare" if choice.inmap_prompts == "bare" else "templates")
+        log.info("stage 1: InMaP %s on %d images", choice.stage1, len(seen_scores))
+        with timed("stage 1 (InMaP)"):
+            stage1 = stage1_scores(X, T, choice.stage1, settings.inmap_fusion)
+    if choice.transclip == "off":
+        return stage1, seen_scores
+    with timed("TransCLIP"):
+        support, val = transclip_sets()
+        return apply_transclip(
+            choice.transclip, X, text("templates"), support, val, stage1, seen_scores, cols, seen,
+            settings.inmap_fusion,
+        )  # fmt: skip
+
+
 def log_softmax_np(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -228,10 +249,9 @@ def run_stages(
     expert_ids: Optional[np.ndarray] = None,
     expert_logits: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> CascadeResult:
-    """Route and answer: ``stage1`` [n, len(cols)] scores over the class ids ``cols`` (None:
-    no stage 1), ``seen_scores`` [n, len(seen)]; the expert's logits over ``expert_ids`` are
-    asked for the routed rows only. With ``choice.expert_integration == "fusion"`` the expert's
-    log-softmax is added to stage 2's over the expert's classes."""
+    """Route and answer: ``stage1`` [n, len(cols)] over the class ids ``cols`` (None: no stage 1),
+    ``seen_scores`` [n, len(seen)]; ``expert_logits(rows)`` over ``expert_ids`` is asked for the
+    routed rows only (with "fusion", added to stage 2's as log-softmaxes)."""
     n = len(seen_scores)
     C = int(max(cols.max(), seen.max())) + 1
     unseen = np.setdiff1d(cols, seen)

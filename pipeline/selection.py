@@ -1,12 +1,5 @@
-"""Every choice of the cascade made on the board-shaped validation (pipeline.validation).
-
-The search starts from the challenge solution's choices (``Choice.challenge``, with what the
-settings pin) and visits the open choices one after the other (pipeline.settings.CHOICE_OPTIONS
-order): every option of the choice is run on the same validation batches, and an option
-replaces the current one only when its paired gain in predicted top-1 exceeds the gain's
-standard error, so noise does not pick. Each fold trains its own seen-class heads without its
-held-out block; heads, stage-1 scores and whole runs are computed once and reused.
-"""
+"""Every choice of the cascade, made on the board-shaped validation (pipeline.validation): the
+search and its rules are described in docs/METHODS.md ("How train.sh chooses")."""
 
 from __future__ import annotations
 
@@ -32,8 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ValidationData:
-    """Everything the search needs, in memory. Feature dicts are by backbone; ``train`` and
-    ``val`` by flip averaging (False/True); ``train_aug`` the shots' augmented view."""
+    """The search's inputs: features by backbone, ``train``/``val`` also by flip averaging."""
 
     domains: np.ndarray  # [C] domain of every class id
     seen: np.ndarray
@@ -45,18 +37,17 @@ class ValidationData:
     val_y: np.ndarray
     text: dict[str, dict[str, np.ndarray]]  # prompt set ("bare", "templates") -> T [d, C]
     expert_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    # [n_val, K] expert logits where known (rows of expert classes), else zeros: a non-expert
-    # image routed to the expert is wrong whatever the expert says
+    # [n_val, K] on the rows of expert classes, else zeros: a non-expert image routed to the
+    # expert is wrong whatever the expert says
     expert_logits: Optional[np.ndarray] = None
     aux: Optional[tuple[np.ndarray, np.ndarray]] = None  # ConvNeXt features (shots, val)
 
 
 @dataclass
 class Run:
-    """One cascade configuration on every fold: per-image correctness and answering stage."""
+    """One configuration on every fold: per-image top-1 correctness and answering stage."""
 
     top1: list[np.ndarray]
-    top5: list[np.ndarray]
     stage: list[np.ndarray]
 
 
@@ -70,7 +61,7 @@ class Search:
         seed: int,
     ):
         """``share``: the expected unseen share of the test set."""
-        self.d, self.s, self.n_test, self.seed = data, settings, n_test, seed
+        self.d, self.s, self.share, self.n_test, self.seed = data, settings, share, n_test, seed
         self.fit_rows, self.score_rows = validation.split_fit_score(data.val_y)
         if not self.score_rows.size:
             log.warning(
@@ -80,7 +71,6 @@ class Search:
             self.score_rows = self.fit_rows
         self.cols = data.seen  # real unseen classes have no validation image: left out
         self._memo: dict[tuple, Any] = {}
-        self.share = share
         rows = self.score_rows
         folds = validation.make_folds(
             data.val_y[rows], data.domains, data.seen, len(data.unseen), data.expert_ids,
@@ -88,6 +78,7 @@ class Search:
         )  # fmt: skip
         # Fold rows index the score rows; from here on they index the validation list.
         self.folds = [replace(f, rows=rows[f.rows]) for f in folds]
+        self.unseen = [f.unseen for f in self.folds]
 
     def _once(self, key: tuple, compute):
         if key not in self._memo:
@@ -95,8 +86,8 @@ class Search:
         return self._memo[key]
 
     def shots(self, held: np.ndarray, choice: Choice):
-        """(training features of the seen classes but ``held`` in the choice's view, their
-        mask, validation fit rows of those classes, those class ids)."""
+        """(shots of the seen classes but ``held`` in the choice's view, their mask, the fit rows
+        of those classes, those class ids)."""
         d = self.d
         seen_f = np.setdiff1d(d.seen, held)
         shots = d.train_aug if choice.lpp_views == "aug" else d.train[choice.flip_tta]
@@ -105,7 +96,7 @@ class Search:
         return {b: v[m] for b, v in shots.items()}, m, fit_rows, seen_f
 
     def heads(self, held: np.ndarray, choice: Choice):
-        """Seen-class head trained without the classes ``held`` (a fold's block, or none)."""
+        """The seen-class head trained without the classes ``held``, and its class ids."""
         d = self.d
         X, m, fit_rows, seen_f = self.shots(held, choice)
         index = np.full(len(d.domains), -1, np.int64)
@@ -137,28 +128,22 @@ class Search:
         return self._once(("stage1", f, choice.flip_tta, prompts, choice.stage1), compute)
 
     def run(self, choice: Choice) -> Run:
-        """The cascade ``choice`` on every fold.
-
-        Held-out images go through the fold's cascade (heads without the block). A seen image
-        is routed the same way, but if stage 1 keeps it, it is answered as on the test set:
-        by the head of ALL seen classes (the fold's head, with fewer classes to tell apart,
-        would flatter it), whose training never saw this validation image either."""
+        """The cascade ``choice`` on every fold; seen images that stage 1 keeps are answered by
+        the head of all seen classes, as on the test set (docs/METHODS.md)."""
         from pipeline.cascade import UNSEEN
 
         def compute():
-            d, out = self.d, Run([], [], [])
+            d, out = self.d, Run([], [])
             for f, fold in enumerate(self.folds):
                 y = d.val_y[fold.rows]
                 r = self._answer(choice, fold, fold.held_out, self.stage1(f, choice))
-                top1, top5, stage = r.top1 == y, (r.top5 == y[:, None]).any(1), r.stage
+                top1, stage = r.top1 == y, r.stage
                 if fold.held_out.size and choice.transclip == "off":
                     full = self._answer(choice, fold, np.zeros(0, np.int64), None)
                     kept = ~fold.unseen & (r.stage != UNSEEN)
                     top1 = np.where(kept, full.top1 == y, top1)
-                    top5 = np.where(kept, (full.top5 == y[:, None]).any(1), top5)
                     stage = np.where(kept, full.stage, stage)
                 out.top1.append(top1)
-                out.top5.append(top5)
                 out.stage.append(stage)
             return out
 
@@ -166,49 +151,31 @@ class Search:
 
     def _answer(self, choice: Choice, fold: validation.Fold, held: np.ndarray, s1):
         """The cascade on a fold's rows with the head trained without ``held``."""
-        d = self.d
+        d, cols = self.d, self.cols
         models, seen = self.heads(held, choice)
-        Xs = {b: v[fold.rows] for b, v in d.val[choice.flip_tta].items()}
+        val = d.val[choice.flip_tta]
+        X = {b: v[fold.rows] for b, v in val.items()}
         aux = None if d.aux is None else d.aux[1][fold.rows]
-        s2 = head_scores(models, Xs, self.s.lpp_fusion, aux)
-        if choice.transclip != "off":
-            s1, s2 = self.transclip(held, choice, fold.rows, s1, s2, seen)
-        if d.expert_logits is None:
-            return run_stages(choice, self.s.lpp_fusion, s1, self.cols, s2, seen)
-        logits = d.expert_logits[fold.rows]
-        return run_stages(
-            choice, self.s.lpp_fusion, s1, self.cols, s2, seen, d.expert_ids, logits.__getitem__
-        )
-
-    def transclip(self, held: np.ndarray, choice: Choice, rows, s1, s2, seen_f):
-        """Stage scores of a fold's rows with TransCLIP (the shots of the classes but ``held`` as
-        support, their fit rows choosing gamma)."""
-        d = self.d
-        X, m, fit_rows, _ = self.shots(held, choice)
-        cols = self.cols
-        val = (
-            {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()},
-            np.searchsorted(cols, d.val_y[fit_rows]),
-        )
-        return apply_transclip(
-            choice.transclip,
-            {b: v[rows] for b, v in d.val[choice.flip_tta].items()},
-            {b: t[:, cols] for b, t in d.text["templates"].items()},
-            (X, np.searchsorted(cols, d.train_y[m])),
-            val, s1, s2, cols, seen_f, self.s.inmap_fusion,
-        )  # fmt: skip
+        s2 = head_scores(models, X, self.s.lpp_fusion, aux)
+        if choice.transclip != "off":  # the shots as support, their classes' fit rows for gamma
+            shots, m, fit_rows, _ = self.shots(held, choice)
+            T = {b: t[:, cols] for b, t in d.text["templates"].items()}
+            Xf = {b: v[fit_rows] for b, v in val.items()}
+            s1, s2 = apply_transclip(
+                choice.transclip, X, T, (shots, np.searchsorted(cols, d.train_y[m])),
+                (Xf, np.searchsorted(cols, d.val_y[fit_rows])), s1, s2, cols, seen,
+                self.s.inmap_fusion,
+            )  # fmt: skip
+        logits = None if d.expert_logits is None else d.expert_logits[fold.rows].__getitem__
+        return run_stages(choice, self.s.lpp_fusion, s1, cols, s2, seen, d.expert_ids, logits)
 
     def estimate(self, choice: Choice) -> dict[str, float]:
-        run = self.run(choice)
-        return validation.predict(
-            run.top1, [f.unseen for f in self.folds], self.share, self.n_test, self.seed
-        )
+        top1 = self.run(choice).top1
+        return validation.predict(top1, self.unseen, self.share, self.n_test, self.seed)
 
     def search(self) -> dict[str, Any]:
-        """The chosen configuration, every candidate's estimate and the chosen one's
-        prediction with its breakdown (JSON-ready)."""
+        """The chosen configuration, its prediction and every candidate's (JSON-ready)."""
         current = Choice.challenge().pinned(self.s)
-        unseen = [f.unseen for f in self.folds]
         candidates = []
         for name, options in CHOICE_OPTIONS.items():
             if getattr(self.s, name) is not None:
@@ -219,7 +186,7 @@ class Search:
             for option in options:
                 cand = replace(current, **{name: option})
                 gain, se = validation.paired_gain(
-                    self.run(cand).top1, base.top1, unseen, self.share, self.seed
+                    self.run(cand).top1, base.top1, self.unseen, self.share, self.seed
                 )
                 row = {"choice": name, "option": option, "estimate": self.estimate(cand)}
                 row.update(gain=gain, se=se, baseline=option == getattr(current, name))
@@ -252,8 +219,8 @@ class Search:
         }
 
     def breakdown(self, choice: Choice) -> dict[str, Any]:
-        """Predicted top-1 per domain of the true class (held-out images count as the unseen
-        domain) and per answering stage, with the share of images each stage answers."""
+        """Predicted top-1 per domain of the true class (held-out images: the unseen domain) and
+        per answering stage, with the share of images each stage answers."""
         from pipeline.cascade import STAGE_NAMES
 
         run = self.run(choice)

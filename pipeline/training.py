@@ -1,12 +1,7 @@
 """train.py's work: the text classifiers, the domain expert, the board-shaped validation that
 makes every choice of the cascade (pipeline.selection), and the seen-class heads of the chosen
-configuration.
-
-Everything lands in ``$OUT_DIR/heads`` (safetensors + JSON, and ``cascade.json``: the choices
-and the predicted board score) and ``$OUT_DIR/expert``; a summary in ``$OUT_DIR/train.json``.
-Image features come from the feature cache, so re-running train.sh after an interruption
-recomputes nothing that was finished.
-"""
+configuration, into ``$OUT_DIR/heads`` (with ``cascade.json``: the choices and the predicted
+board score), ``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``."""
 
 from __future__ import annotations
 
@@ -81,18 +76,18 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
             ws, train_list, val_paths, yval, expert_ids
         )
     aux = None
-    if settings.amu:
-        aux = _aux_features(ws, [train_list.resolve(env.data_dir)[i] for i in keep_tr], val_paths)
+    if settings.amu:  # AMU-Tuning's auxiliary features
+        train_paths = [train_list.resolve(env.data_dir)[i] for i in keep_tr]
+        aux = ws.aux_features(train_paths, "train"), ws.aux_features(val_paths, "val")
 
-    n_test, share = _test_set_facts(ws, text, settings, seen)
+    n_test, share = _test_set_facts(ws, text, unseen)
+    train_aug = {b: combine_views(s, False, "aug") for b, s in train_sets.items()} if aug else None
     data = ValidationData(
         domains=ws.classes.domain_array,
         seen=seen,
         unseen=unseen,
         train={f: {b: combine_views(s, f) for b, s in train_sets.items()} for f in flips},
-        train_aug={b: combine_views(s, False, "aug") for b, s in train_sets.items()}
-        if aug
-        else None,
+        train_aug=train_aug,
         train_y=ytr,
         val={f: {b: combine_views(s, f) for b, s in val_sets.items()} for f in flips},
         val_y=yval,
@@ -115,7 +110,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
         index = np.full(C, -1, np.int64)
         index[seen] = np.arange(seen.size)
         T = {b: t[:, seen] for b, t in text["templates"].items()}
-        val = ({b: v for b, v in data.val[choice.flip_tta].items()}, index[yval])
+        val = (data.val[choice.flip_tta], index[yval])
         models = fit_head(choice.seen_head, settings, shots, index[ytr], T, val, aux, env.seed)
     trained_with = {k: result["choice"][k] for k in ("flip_tta", "lpp_views", "seen_head")}
     info = {
@@ -143,28 +138,25 @@ def _domain_class_ids(ws: Workspace, domain: str | None, seen: np.ndarray) -> np
     return np.intersect1d(ws.classes.ids_in_domain(domain), seen)
 
 
-def _test_set_facts(
-    ws: Workspace, text: dict, settings: Settings, seen: np.ndarray
-) -> tuple[Optional[int], float]:
-    """(test images, expected unseen share). The share is the settings', or the share of test
-    images that stage 1 (the challenge solution's, or as pinned) routes to unseen classes;
-    without a test folder: None, and validation.DEFAULT_UNSEEN_SHARE."""
-    C = ws.classes.num_classes
-    unseen = np.setdiff1d(np.arange(C), seen)
+def _test_set_facts(ws: Workspace, text: dict, unseen: np.ndarray) -> tuple[Optional[int], float]:
+    """(test images, expected unseen share): the settings' share, or the share of test images
+    that stage 1 (the challenge solution's, or as pinned) routes to unseen classes; without a
+    test folder: None, and validation.DEFAULT_UNSEEN_SHARE."""
+    settings = ws.settings
     try:
         names = list_test_images(ws.env.test_dir)
     except ListError:
         names = []
+    n_test = len(names) or None
     if not unseen.size:
-        return len(names) or None, 0.0
-    if settings.val_unseen_share is not None or not names or not settings.unseen_stage:
-        share = settings.val_unseen_share
-        share = validation.DEFAULT_UNSEEN_SHARE if share is None else share
-        return len(names) or None, share
+        return n_test, 0.0
+    if settings.val_unseen_share is not None:
+        return n_test, settings.val_unseen_share
+    if not names or not settings.unseen_stage:
+        return n_test, validation.DEFAULT_UNSEEN_SHARE
     choice = Choice.challenge().pinned(settings)
-    views = ("orig", "flip") if choice.flip_tta else ("orig",)
     paths = [str(ws.env.test_dir / n) for n in names]
-    sets, _ = ws.clip_views(paths, "test", views)
+    sets, _ = ws.clip_views(paths, "test", ("orig", "flip") if choice.flip_tta else ("orig",))
     X = {b: combine_views(s, choice.flip_tta) for b, s in sets.items()}
     prompts = "bare" if choice.inmap_prompts == "bare" and "bare" in text else "templates"
     with ws.timed("stage 1 on the test set"):
@@ -175,18 +167,8 @@ def _test_set_facts(
     )
     if share <= 0:
         log.warning("stage 1 routes no test image: validating with the default unseen share")
-        return len(names), validation.DEFAULT_UNSEEN_SHARE
-    return len(names), share
-
-
-def _aux_features(ws: Workspace, train_paths: list[str], val_paths: list[str]):
-    """ConvNeXt-V2 features (the expert's evaluation view), for AMU-Tuning."""
-    from models.convnext import preprocess
-
-    pre = preprocess(ws.settings.expert_eval_size, ws.settings.expert_resample)
-    tr, _ = ws.convnext_features(train_paths, "train", pre, normalize=True)
-    va, _ = ws.convnext_features(val_paths, "val", pre, normalize=True)
-    return tr, va
+        return n_test, validation.DEFAULT_UNSEEN_SHARE
+    return n_test, share
 
 
 def train_expert_stage(
@@ -204,11 +186,8 @@ def train_expert_stage(
 
     s, env = ws.settings, ws.env
     mine = set(expert_ids.tolist())
-    items = [
-        (p, int(y))
-        for p, y in zip(train_list.resolve(env.data_dir), train_list.labels)
-        if y in mine
-    ]
+    shots = zip(train_list.resolve(env.data_dir), train_list.labels)
+    items = [(p, int(y)) for p, y in shots if y in mine]
     rows = np.flatnonzero(np.isin(yval, expert_ids))
     logits = np.zeros((len(yval), expert_ids.size), np.float32)
     with ws.timed("expert"):

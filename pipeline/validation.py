@@ -1,26 +1,6 @@
-"""The board-shaped validation: labelled validation batches that look like the test set, and the
-board score they predict.
-
-The test set of board B mixes images of seen classes with about 28% images of unseen classes (a
-whole domain, cars, with no training image), and the transductive stages see it whole. Plain
-validation has no unseen image at all. Here each of ``folds`` folds holds out a BLOCK of seen
-classes of one domain (as many as there are real unseen classes, keeping at least one class of
-the domain seen): their shots are withheld from the heads trained for the fold, so they play the
-unseen classes, and their validation images are mixed with images of the other seen classes in
-the share expected on the test set. The real unseen classes (no validation image) are left out
-of the class columns while scoring. Folds take their blocks from different domains in turn
-(never the expert's: the expert is trained on all its classes).
-
-Validation images are split per class into two halves: ``fit`` rows select epochs and
-hyperparameters of the heads, ``score`` rows make the batches, so the predicted score is not
-the score the heads were selected on.
-
-The predicted board score of a cascade is, per fold, ``share * top-1 on held-out images +
-(1 - share) * top-1 on seen images``, averaged over folds. Its interval is a bootstrap over
-folds and over the images of each fold's batch, with the test set's own sampling added (each
-replicate draws a board of ``n_test`` images from a binomial), so it says where the number the
-board will show is expected to fall.
-"""
+"""The board-shaped validation (docs/METHODS.md): folds that hold out a block of seen classes of
+one domain to play the unseen ones, fit/score halves of the validation images, and the predicted
+board score with its bootstrap interval."""
 
 from __future__ import annotations
 
@@ -34,16 +14,12 @@ N_BOOT = 2000
 
 @dataclass(frozen=True)
 class Fold:
-    """One validation batch. ``rows`` index the validation list; ``unseen[i]`` is True where the
-    class of ``rows[i]`` is held out; ``held_out`` are the class ids playing the unseen ones."""
+    """One validation batch: ``held_out`` class ids play the unseen ones; ``unseen[i]`` marks the
+    rows (validation list indices) of held-out classes."""
 
     held_out: np.ndarray
     rows: np.ndarray
     unseen: np.ndarray
-
-    @property
-    def seen_rows(self) -> np.ndarray:
-        return self.rows[~self.unseen]
 
 
 def split_fit_score(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +45,10 @@ def make_folds(
     batch: int,
     seed: int,
 ) -> list[Fold]:
-    """Board-shaped batches over validation rows with class ids ``labels`` (score rows only).
-
-    domains [C]: the domain of every class id; seen: the class ids with shots; num_unseen: how
-    many real unseen classes there are (the block size); exclude: class ids never held out (the
-    expert's). Without real unseen classes (or share 0) there is one fold holding nothing out.
-    ``batch`` caps a batch at the test set's size.
-    """
+    """Board-shaped batches over rows of class ids ``labels``. domains [C]: each class id's domain;
+    num_unseen: the block size; exclude: class ids never held out (the expert's: it trains on all
+    its classes); ``batch``: the most rows a batch has. Without unseen classes (or share 0): one
+    fold holding nothing out."""
     labels = np.asarray(labels, np.int64)
     rng = np.random.default_rng([seed, 17])
     candidates = [
@@ -110,11 +83,13 @@ def make_folds(
     return out
 
 
-def fold_score(values: np.ndarray, unseen: np.ndarray, share: float) -> float:
-    """The board-shaped mean of per-image ``values`` of one fold (share-weighted)."""
-    if not unseen.any():
-        return float(values.mean())
-    return float(share * values[unseen].mean() + (1 - share) * values[~unseen].mean())
+def mean_score(values: list[np.ndarray], unseen: list[np.ndarray], share: float) -> float:
+    """The folds' mean of per-image ``values``, held-out and seen images weighted by the share."""
+    per_fold = [
+        share * v[u].mean() + (1 - share) * v[~u].mean() if u.any() else v.mean()
+        for v, u in zip(values, unseen)
+    ]
+    return float(np.mean(per_fold))
 
 
 def bootstrap(
@@ -154,7 +129,7 @@ def predict(
 ) -> dict[str, float]:
     """The predicted board top-1 {"value", "low", "high"} (95% interval) of per-fold
     correctness arrays, for a board of ``n_test`` images (None: the score itself)."""
-    value = float(np.mean([fold_score(c, u, share) for c, u in zip(correct, unseen)]))
+    value = mean_score(correct, unseen, share)
     reps = bootstrap(correct, unseen, share, seed=seed, n_test=n_test)
     low, high = np.percentile(reps, [2.5, 97.5])
     return {"value": value, "low": float(min(low, value)), "high": float(max(high, value))}
@@ -166,5 +141,5 @@ def paired_gain(
     """(mean gain of ``a`` over ``b``, its standard error) from per-image correctness on the
     same batches: the bootstrap of the paired differences."""
     diff = [x.astype(np.float64) - y for x, y in zip(a, b)]
-    gain = float(np.mean([fold_score(d, u, share) for d, u in zip(diff, unseen)]))
-    return gain, float(bootstrap(diff, unseen, share, seed=seed, n_boot=500).std())
+    se = bootstrap(diff, unseen, share, seed=seed, n_boot=500).std()
+    return mean_score(diff, unseen, share), float(se)

@@ -1,6 +1,5 @@
 """What train.py, test.py and the evaluation share: the configuration, the class list, the
-feature cache and the encoders, and the trained artefacts on disk.
-"""
+feature cache and the encoders, and the trained artefacts on disk."""
 
 from __future__ import annotations
 
@@ -66,8 +65,7 @@ class Workspace:
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
-        """Add the wall time of the block to ``timings[name]``, and the time it spent loading
-        models to ``loads_in[name]``."""
+        """Add the block's wall time to ``timings[name]``, its model loading to ``loads_in``."""
         t, loaded = time.time(), sum(self._load_seconds().values())
         try:
             yield
@@ -78,10 +76,8 @@ class Workspace:
                 self.loads_in[name] = self.loads_in.get(name, 0.0) + inside
 
     def record(self) -> dict[str, Any]:
-        """What a run reports in train.json / test.json: the device and CUDA libraries, wall
-        time per step (model loads included in the step that needed them, and listed apart: per
-        model, and per step for the steps that loaded one), and the peak memory. Steps may nest
-        ("features val-expert convnext" runs inside "expert")."""
+        """What train.json / test.json report: the device, wall time per step (steps may nest;
+        model loads count in the step that needed them, and are listed apart), peak memory."""
         import resource
 
         from models.runtime import device_record
@@ -117,12 +113,8 @@ class Workspace:
     def clip_views(
         self, paths: Sequence[str], label: str, views: Sequence[str]
     ) -> tuple[dict[str, FeatureSet], tuple[int, ...]]:
-        """Raw features of ``paths`` in ``views`` ("orig", "flip", "aug") from every backbone,
-        and the undecodable images (placeholder rows).
-
-        Backbones with the same preprocessing (ViT-B/32 and RN101 both take 224 px) share one
-        decoding pass; each keeps its own cache entries.
-        """
+        """Raw features of ``paths`` in ``views`` from every backbone, and the undecodable images
+        (placeholder rows). Backbones of one input size share a decoding pass."""
         groups: dict[str, list[ClipBackbone]] = {}
         for bb in self.backbones.values():
             groups.setdefault(bb.preprocess.describe(), []).append(bb)
@@ -145,8 +137,7 @@ class Workspace:
     def list_views(
         self, items: LabeledList, label: str, views: Sequence[str]
     ) -> tuple[dict[str, FeatureSet], np.ndarray]:
-        """``clip_views`` of a labelled list with the undecodable images dropped (with a
-        warning); returns (feature sets by backbone, kept row indices)."""
+        """``clip_views`` of a labelled list without its undecodable images: (sets, kept rows)."""
         sets, failed = self.clip_views(items.resolve(self.env.data_dir), label, views)
         keep = np.setdiff1d(np.arange(len(items)), failed)
         if failed:
@@ -158,10 +149,9 @@ class Workspace:
         return kept, keep
 
     def convnext_features(
-        self, paths: Sequence[str], label: str, preprocess: Any, normalize: bool = False
+        self, paths: Sequence[str], label: str, preprocess: Any
     ) -> tuple[np.ndarray, tuple[int, ...]]:
-        """Pooled ConvNeXt-V2 features [n, D] of ``paths`` with ``preprocess`` (cached), and the
-        undecodable images; L2-normalised rows with ``normalize``."""
+        """Pooled ConvNeXt-V2 features [n, D] of ``paths`` (cached), and the undecodable images."""
         enc = self.convnext.encoder(label, str(preprocess.size))
         with self.timed(f"features {label} convnext"):
             (fs,) = self.cache.get(
@@ -171,7 +161,15 @@ class Workspace:
                 batch_size=max(1, self.env.batch_size // 4),
                 workers=self.env.workers,
             )
-        return (l2_normalize(fs["orig"]) if normalize else fs["orig"]), fs.failed
+        return fs["orig"], fs.failed
+
+    def aux_features(self, paths: Sequence[str], label: str) -> np.ndarray:
+        """AMU-Tuning's auxiliary features: ConvNeXt-V2's in the expert's evaluation view,
+        L2-normalised."""
+        from models.convnext import preprocess
+
+        pre = preprocess(self.settings.expert_eval_size, self.settings.expert_resample)
+        return l2_normalize(self.convnext_features(paths, label, pre)[0])
 
     # ------------------------------------------------------------------ trained heads
     def head_expect(self, name: str) -> dict[str, str]:
@@ -184,9 +182,8 @@ class Workspace:
     def load_cascade(
         self, expect: Optional[dict[str, dict[str, str]]] = None
     ) -> tuple[Any, dict[str, dict[str, Any]], np.ndarray, dict[str, Any]]:
-        """train.py's choices (with what the settings pin now), the seen-class head and its
-        seen class ids, and the record of heads/cascade.json. ``expect``: backbone -> what its
-        head must have been trained with (default: this workspace's class list and weights)."""
+        """train.py's choices (with the settings' pins), the seen-class head, its class ids and
+        heads/cascade.json. ``expect``: backbone -> what its head must have been trained with."""
         from pipeline.heads import HeadError, load_models, read_json_artefact
         from pipeline.scores import CHOICE_FILE, HEAD_METHODS, Choice
 

@@ -121,10 +121,10 @@ def validation_data(p: dict[str, Any]):
 def board_top1(p: dict[str, Any], choice, settings, seed: int = 0) -> float:
     """What test.py measures on the planted test set: the cascade of ``choice`` with the
     seen-class head fitted on every seen class (as pipeline.training and pipeline.predict)."""
-    from pipeline.scores import apply_transclip, fit_head, head_scores, run_stages, stage1_scores
+    from pipeline.scores import fit_head, run_stages, trained_scores
 
     seen, y, C = p["seen"], p["y"], len(p["domains"])
-    flip, cols = choice.flip_tta, np.arange(C)
+    flip = choice.flip_tta
     aug = choice.lpp_views == "aug"
     shots = views(p, "train", False, "aug") if aug else views(p, "train", flip)
     index = np.full(C, -1, np.int64)
@@ -132,17 +132,12 @@ def board_top1(p: dict[str, Any], choice, settings, seed: int = 0) -> float:
     T = {b: t[:, seen] for b, t in p["text"]["templates"].items()}
     val = (views(p, "val", flip), index[y["val"]])
     models = fit_head(choice.seen_head, settings, shots, index[y["train"]], T, val, None, seed)
-    X = views(p, "test", flip)
-    s2 = head_scores(models, X, settings.lpp_fusion)
-    prompts = "bare" if choice.inmap_prompts == "bare" else "templates"
-    s1 = stage1_scores(X, p["text"][prompts], choice.stage1, settings.inmap_fusion)
-    if choice.transclip != "off":
-        s1, s2 = apply_transclip(
-            choice.transclip, X, p["text"]["templates"], (shots, y["train"]),
-            (val[0], y["val"]), s1, s2, cols, seen, settings.inmap_fusion,
-        )  # fmt: skip
+    s1, s2 = trained_scores(
+        choice, settings, views(p, "test", flip), models, seen, C, p["text"].__getitem__,
+        lambda: ((shots, y["train"]), (val[0], y["val"])),
+    )  # fmt: skip
     expert = None if p["expert"] is None else p["expert"]["test"].__getitem__
-    r = run_stages(choice, settings.lpp_fusion, s1, cols, s2, seen, p["expert_ids"], expert)
+    r = run_stages(choice, settings.lpp_fusion, s1, np.arange(C), s2, seen, p["expert_ids"], expert)
     return float(np.mean(r.top1 == y["test"]))
 
 

@@ -11,8 +11,7 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The official ConvNeXt-V2 evaluation resizes bicubic; the challenge solution used Jittor's
-# transform.Resize, whose default is bilinear (train_dog.py, test.py).
+# bicubic: the official evaluation's; bilinear: the challenge solution's (docs/CONVNEXT.md).
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 

@@ -241,11 +241,8 @@ def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
         changed = patch_jittor()
         if changed:
             say(f"patched the venv's Jittor for CUDA 13 ({len(changed)} files; docs/GPU.md)")
-    key = hashlib.sha256(
-        json.dumps(
-            [gpus, driver, values, notes, jittor_cuda13.is_patched(jittor_cuda13.jittor_dir())]
-        ).encode()
-    ).hexdigest()[:16]
+    inputs = [gpus, driver, values, notes, jittor_cuda13.is_patched(jittor_cuda13.jittor_dir())]
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
     summary = (
         f"{gpus[0]}, driver CUDA {driver[0]}.{driver[1]}, nvcc {nvcc_ver[0]}.{nvcc_ver[1]}, "
         + ", ".join(f"{k} {'yes' if v == 'yes' else 'no'}" for k, v in notes.items())

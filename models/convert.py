@@ -2,8 +2,9 @@
 
 The only module that reads torch formats or pickles; torch is imported inside the functions,
 before any family module (which may import Jittor). The formats, the restricted unpickler and
-the error messages are described in docs/CONVERSION.md. Each family module in :data:`FAMILIES`
-has ``matches``, ``prepare_state_dict`` and ``infer_config``.
+the error messages: docs/CONVERSION.md. Each module in :data:`FAMILIES` has ``matches``,
+``prepare_state_dict`` and ``infer_config``. The ``write_*`` functions write the upstream
+formats (the random checkpoints of the demo and the tests).
 """
 
 from __future__ import annotations
@@ -46,10 +47,6 @@ _UNSAFE_ADVICE = "convert only files downloaded from the official URLs (see READ
 
 class ConversionError(WeightsError):
     """The source file is missing, unreadable, unsafe, or not a supported checkpoint."""
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
 
 
 def detect_format(path: Union[str, os.PathLike]) -> str:
@@ -258,10 +255,6 @@ def read_state_dict(path: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]
     return _unwrap(_read_jittor_pickle(path), path), fmt
 
 
-# --------------------------------------------------------------------------------------------
-# Families and conversion
-
-
 def family_module(family: str):
     """The module of a family in :data:`FAMILIES` (imported on first use)."""
     if family not in FAMILIES:
@@ -352,10 +345,6 @@ def _check_not_same_file(src: Path, dst: Path) -> None:
             f"{dst}: is the source file itself ({src}); converting would overwrite the "
             f"download: give another destination, e.g. out/weights/{src.stem}.safetensors"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Writers of the upstream formats (demo checkpoints and tests)
 
 
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ __device__ __forceinline__ unsigned int jt_fewshot_lane_id() {{
 _COMPAT_INCLUDE = "#include <jt_cuda13_compat.h>\n"
 _CUB_PY = "#include <{jt.compile_extern.cub_home}cub/cub.cuh>\n"
 
-# (relative path, [(old, new, expected count)]); the first edit of each file carries the marker.
+# (relative path, [(old, new, expected count)]); each patched file ends with a marker line.
 EDITS: list[tuple[str, list[tuple[str, str, int]]]] = [
     (
         "extern/cuda/inc/helper_cuda.h",

@@ -1,24 +1,10 @@
-"""Upstream checkpoints -> the project's float32 safetensors (see models/weights.py).
+"""Upstream checkpoints -> the project's float32 safetensors (models/weights.py).
 
-The only module of the project that reads torch formats or pickles. torch is imported inside the
-functions (never at import time), and before any family module, which may import Jittor.
-
-Source formats, told apart by their bytes (:func:`detect_format`):
-
-- ``torchscript``: OpenAI's released CLIP files (``ViT-B-32.pt``, ``RN101.pt``): a zip with
-  ``code/`` and ``constants.pkl``; fp16 weights plus the buffers ``input_resolution``,
-  ``context_length`` and ``vocab_size``, which become config. Read with ``torch.jit.load``,
-  which compiles the archive's TorchScript: trusted files only (a warning is logged).
-- ``torch-zip`` / ``torch-legacy``: ``torch.save`` files (e.g. ConvNeXt-V2's
-  ``convnextv2_base_1k_224_ema.pt`` = ``{'model': state_dict}``), read with
-  ``torch.load(weights_only=True)``; ``{'model': sd}`` / ``{'state_dict': sd}`` are unwrapped and a
-  DDP ``module.`` prefix stripped.
-- ``jittor-pickle``: JCLIP's ``ViT-B-32.pkl``, written by ``jt.save`` (a protocol-4 pickle of a
-  dict of torch tensors, then its SHA-1 and the 8 bytes ``HCAJSLHD``). Read with a restricted
-  unpickler that resolves only the globals such a file needs and refuses any other.
-
-Families are found through :data:`FAMILIES`: each module has ``matches(sd)``, ``infer_config(sd)``
-and optionally ``prepare_state_dict(sd)``.
+The only module that reads torch formats or pickles; torch is imported inside the functions,
+before any family module (which may import Jittor). The formats, the restricted unpickler and
+the error messages: docs/CONVERSION.md. Each module in :data:`FAMILIES` has ``matches``,
+``prepare_state_dict`` and ``infer_config``. The ``write_*`` functions write the upstream
+formats (the random checkpoints of the demo and the tests).
 """
 
 from __future__ import annotations
@@ -42,18 +28,13 @@ from models.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
-# family -> module with matches / infer_config / prepare_state_dict (imported lazily).
-FAMILIES = {
-    "clip": "models.clip.config",
-    "convnextv2": "models.convnext.config",
-}
+FAMILIES = {"clip": "models.clip.config", "convnextv2": "models.convnext.config"}
 
-JITTOR_PICKLE_MAGIC = b"HCAJSLHD"
+JITTOR_PICKLE_MAGIC = b"HCAJSLHD"  # the last 8 bytes of a jt.save file
 # First bytes of torch's legacy (non-zip) format: a pickled magic number 0x1950a86a20f9469cfc6c.
 _TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
-# OpenAI's convert_weights casts these to fp16: conv/linear weights and biases, attention
-# projections, and the two projection matrices. LayerNorm, BatchNorm, embeddings stay fp32.
+# What OpenAI's convert_weights casts to fp16 (with visual.proj and text_projection).
 _FP16_SUFFIXES = (
     "conv1.weight", "conv2.weight", "conv3.weight", "downsample.0.weight",
     "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
@@ -61,17 +42,11 @@ _FP16_SUFFIXES = (
     "c_proj.weight", "c_proj.bias", "c_fc.weight", "c_fc.bias",
 )  # fmt: skip
 
-
-# What a refused (possibly malicious) pickle's message tells the user to do.
 _UNSAFE_ADVICE = "convert only files downloaded from the official URLs (see README.md)"
 
 
 class ConversionError(WeightsError):
     """The source file is missing, unreadable, unsafe, or not a supported checkpoint."""
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
 
 
 def detect_format(path: Union[str, os.PathLike]) -> str:
@@ -105,8 +80,7 @@ def detect_format(path: Union[str, os.PathLike]) -> str:
         return "jittor-pickle"
     if head.startswith(_TORCH_LEGACY_PREFIX):
         return "torch-legacy"
-    if head[:1] == b"\x80":
-        # A bare pickle (protocol 2+) without jt.save's checksum: read the same restricted way.
+    if head[:1] == b"\x80":  # a bare pickle without jt.save's checksum: read the same way
         return "jittor-pickle"
     if len(head) >= 8 and int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
         return "safetensors"
@@ -117,8 +91,7 @@ def detect_format(path: Union[str, os.PathLike]) -> str:
 
 
 def _tensor_to_numpy(t: Any) -> np.ndarray:
-    """A torch tensor (any dtype, incl. fp16/bf16) or array as an owned numpy array; floats in
-    float32, integers unchanged."""
+    """A torch tensor (fp16/bf16 included) or array as an owned array; floats become float32."""
     if hasattr(t, "detach"):
         t = t.detach().cpu()
         if t.is_floating_point():
@@ -131,6 +104,12 @@ def _tensor_to_numpy(t: Any) -> np.ndarray:
 def _dtype_name(t: Any) -> str:
     d = getattr(t, "dtype", None)
     return str(d).replace("torch.", "") if d is not None else type(t).__name__
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (torch's span several), at most 300 characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _read_torchscript(path: Path) -> dict[str, Any]:
@@ -156,8 +135,8 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message spans lines and advises retrying with weights_only=False, which
-        # would run whatever the pickle asks for: only the global it names is passed on.
+        # torch's message advises weights_only=False, which would run whatever the pickle asks
+        # for: pass on only the global it names.
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"asks for {found.group(1)}" if found else "holds objects other than tensors"
         raise ConversionError(
@@ -174,25 +153,17 @@ def _read_torch(path: Path) -> Any:
         ) from e
 
 
-def _one_line(e: BaseException) -> str:
-    """An exception's message on one line (torch's span several), at most 300 characters."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
     """An unpickler that resolves only the globals a pickled dict of tensors/arrays needs."""
     import torch
     import torch._utils
 
     def load_storage(b: bytes):
-        # torch pickles a storage as torch.storage._load_from_bytes(<torch.save bytes>), which
-        # would call torch.load(weights_only=False); the bytes hold only a storage, so the safe
-        # loader reads them.
+        # torch.storage._load_from_bytes would call torch.load(weights_only=False); the bytes
+        # hold only a storage, which the safe loader reads.
         return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
 
-    def jittor_var(array, *args):
-        # jittor.Var pickles as jittor_core.Var(<numpy array>, ...): keep the array.
+    def jittor_var(array, *args):  # jittor.Var pickles as jittor_core.Var(<numpy array>, ...)
         return np.asarray(array)
 
     allowed = {
@@ -227,7 +198,7 @@ def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
 
 def _read_jittor_pickle(path: Path) -> Any:
     data = path.read_bytes()
-    if data.endswith(JITTOR_PICKLE_MAGIC):
+    if data.endswith(JITTOR_PICKLE_MAGIC):  # pickle, its SHA-1 (20 bytes), the magic
         body, checksum = data[:-28], data[-28:-8]
         if hashlib.sha1(body).digest() != checksum:
             raise ConversionError(f"{path}: checksum mismatch: truncated or corrupt Jittor pickle")
@@ -240,8 +211,12 @@ def _read_jittor_pickle(path: Path) -> Any:
         raise ConversionError(f"{path}: truncated or corrupt pickle ({_one_line(e)})") from e
 
 
+def _is_tensor(v: Any) -> bool:
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, Mapping)
+
+
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
-    """The state dict inside a checkpoint object: {'model'|'state_dict': sd} unwrapped, a
+    """The state dict in a checkpoint: {'state_dict'|'model'|'model_ema': sd} unwrapped, a
     ``module.`` prefix stripped, non-tensor entries dropped (with a warning)."""
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
@@ -262,10 +237,6 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
     return sd
 
 
-def _is_tensor(v: Any) -> bool:
-    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, Mapping)
-
-
 def read_state_dict(path: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]:
     """(state dict of torch tensors / arrays, source format) of an upstream checkpoint."""
     path = Path(path)
@@ -278,16 +249,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]
         what = f"an already converted {info['family']} file" if info else "a safetensors file"
         raise ConversionError(f"{path}: {what}; convert the original checkpoint instead")
     if fmt == "torchscript":
-        import torch  # noqa: F401  (torch before any Jittor import)
-
         return _read_torchscript(path), fmt
     if fmt in ("torch-zip", "torch-legacy"):
         return _unwrap(_read_torch(path), path), fmt
     return _unwrap(_read_jittor_pickle(path), path), fmt
-
-
-# --------------------------------------------------------------------------------------------
-# Families and conversion
 
 
 def family_module(family: str):
@@ -300,12 +265,7 @@ def family_module(family: str):
 def detect_family(state_dict: Mapping[str, Any], path: Union[str, os.PathLike] = "") -> str:
     """The first family of :data:`FAMILIES` whose ``matches`` accepts the state dict."""
     for family in FAMILIES:
-        try:
-            module = family_module(family)
-        except ImportError as e:
-            log.debug("family %s unavailable: %s", family, e)
-            continue
-        if module.matches(state_dict):
+        if family_module(family).matches(state_dict):
             return family
     keys = sorted(state_dict)
     raise ConversionError(
@@ -315,15 +275,10 @@ def detect_family(state_dict: Mapping[str, Any], path: Union[str, os.PathLike] =
 
 
 def convert(
-    src: Union[str, os.PathLike],
-    dst: Union[str, os.PathLike],
-    family: str = "auto",
+    src: Union[str, os.PathLike], dst: Union[str, os.PathLike], family: str = "auto"
 ) -> dict[str, Any]:
-    """Convert ``src`` to float32 safetensors at ``dst``; returns what was found and written.
-
-    The result (also logged): source format, family, architecture, config, parameter count,
-    source dtypes.
-    """
+    """Convert ``src`` to float32 safetensors at ``dst``; returns (and logs) what was found:
+    source format, family, architecture, config, parameter count, source dtypes."""
     src, dst = Path(src), Path(dst)
     _check_not_same_file(src, dst)
     raw, fmt = read_state_dict(src)
@@ -339,7 +294,12 @@ def convert(
     family, config, sd = save_converted(sd, dst, source, family, str(src))
     n_params = int(sum(np.asarray(v).size for v in sd.values()))
     arch = config.get("architecture") or config.get("variant") or "custom"
-    summary = {
+    dtype_list = ", ".join(f"{d} x{n}" for d, n in sorted(dtypes.items()))
+    log.info(
+        f"{src.name}: {fmt}, family {family}, architecture {arch}, {n_params:,} parameters in "
+        f"{len(sd)} tensors, source dtypes {dtype_list} -> {dst}"
+    )
+    return {
         "src": str(src),
         "dst": str(dst),
         "format": fmt,
@@ -350,35 +310,22 @@ def convert(
         "tensors": len(sd),
         "source_dtypes": dict(dtypes),
     }
-    log.info(
-        "%s: %s, family %s, architecture %s, %s parameters in %d tensors, source dtypes %s -> %s",
-        src.name,
-        fmt,
-        family,
-        arch,
-        f"{n_params:,}",
-        len(sd),
-        ", ".join(f"{d} x{n}" for d, n in sorted(dtypes.items())),
-        dst,
-    )
-    return summary
 
 
 def save_converted(
     sd: dict[str, np.ndarray], dst: Union[str, os.PathLike], source: dict[str, Any],
     family: str = "auto", name: str = "state dict",
 ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
-    """What :func:`convert` does once the tensors are read: the family (detected unless given),
-    its preparation and inferred config, the converted file at ``dst``; also how random weights
-    are saved without torch (``pipeline.synthetic``). Returns (family, config, prepared sd)."""
+    """:func:`convert` once the tensors are read (also how ``pipeline.synthetic`` saves random
+    weights without torch): the family (detected unless given), its preparation and config, the
+    file at ``dst``. Returns (family, config, prepared sd)."""
     if family == "auto":
         family = detect_family(sd, name)
     module = family_module(family)
     if not module.matches(sd):
         raise ConversionError(f"{name}: does not look like a {family} checkpoint")
     try:
-        if hasattr(module, "prepare_state_dict"):
-            sd = module.prepare_state_dict(sd)
+        sd = module.prepare_state_dict(sd)
         config = module.infer_config(sd)
     except (ValueError, KeyError, WeightsError) as e:
         raise ConversionError(f"{name}: {family} checkpoint not understood: {e}") from e
@@ -387,11 +334,11 @@ def save_converted(
 
 
 def _check_not_same_file(src: Path, dst: Path) -> None:
-    """Refuse a destination that is the source file (same spelling or not, through a symbolic
-    or hard link): writing it would replace the download with its conversion."""
+    """Refuse a destination that is the source (through any link): it would replace the
+    download with its conversion."""
     try:
         same = os.path.samefile(src, dst)
-    except OSError:  # either one does not exist (yet): not the same file
+    except OSError:  # either one does not exist (yet)
         same = False
     if same:
         raise ConversionError(
@@ -400,13 +347,8 @@ def _check_not_same_file(src: Path, dst: Path) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Writers of the upstream formats (demo checkpoints and tests)
-
-
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
-    """numpy -> torch, in the upstream shapes: CLIP's ``logit_scale`` is 0-d in OpenAI's files,
-    while Jittor (no 0-d arrays) hands it over as [1]."""
+    """numpy -> torch; CLIP's ``logit_scale`` back to 0-d (Jittor, without 0-d, hands it as [1])."""
     import torch
 
     out = {}
@@ -418,6 +360,12 @@ def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _parent(path: Union[str, os.PathLike]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_openai_archive(
     state: Mapping[str, np.ndarray],
     path: Union[str, os.PathLike],
@@ -426,22 +374,18 @@ def write_openai_archive(
     vocab_size: int,
     half: bool = True,
 ) -> Path:
-    """A TorchScript archive with OpenAI's CLIP key layout: the weights (fp16 where OpenAI's
-    convert_weights makes them fp16, when ``half``) and the three int64 buffers.
-
-    The archive holds a scripted container module (no forward): enough for :func:`convert`,
-    which only reads the state dict, as it does of OpenAI's traced models.
-    """
+    """A TorchScript archive in OpenAI's CLIP layout: the weights (fp16 where OpenAI's are, when
+    ``half``) and the three int64 buffers, in a scripted container module without forward,
+    which :func:`convert` reads like OpenAI's traced models."""
     import torch
 
     root = torch.nn.Module()
-    tensors = _to_torch(state)
     buffers = {
         "input_resolution": torch.tensor(int(input_resolution)),
         "context_length": torch.tensor(int(context_length)),
         "vocab_size": torch.tensor(int(vocab_size)),
     }
-    for name, t in {**tensors, **buffers}.items():
+    for name, t in {**_to_torch(state), **buffers}.items():
         *parents, leaf = name.split(".")
         module = root
         for p in parents:
@@ -450,16 +394,12 @@ def write_openai_archive(
             module = getattr(module, p)
         if name in buffers or "running_" in leaf or leaf == "num_batches_tracked":
             module.register_buffer(leaf, t)
-        else:
-            if (
-                half
-                and t.is_floating_point()
-                and (name.endswith(_FP16_SUFFIXES) or name in ("text_projection", "visual.proj"))
-            ):
-                t = t.half()
-            module.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        fp16 = name.endswith(_FP16_SUFFIXES) or name in ("text_projection", "visual.proj")
+        if half and t.is_floating_point() and fp16:
+            t = t.half()
+        module.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+    path = _parent(path)
     torch.jit.script(root).save(str(path))
     return path
 
@@ -467,23 +407,20 @@ def write_openai_archive(
 def write_torch_checkpoint(
     state: Mapping[str, np.ndarray], path: Union[str, os.PathLike], wrap: Optional[str] = "model"
 ) -> Path:
-    """``torch.save`` of the state dict, wrapped as ``{wrap: sd}`` (as ConvNeXt-V2's official
-    files) or bare when ``wrap`` is None."""
+    """``torch.save`` of ``{wrap: sd}`` (as ConvNeXt-V2's official files), or of sd when None."""
     import torch
 
     sd = collections.OrderedDict(_to_torch(state))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _parent(path)
     torch.save({wrap: sd} if wrap else sd, str(path))
     return path
 
 
 def write_jclip_pkl(state: Mapping[str, np.ndarray], path: Union[str, os.PathLike]) -> Path:
-    """JCLIP's ``ViT-B-32.pkl`` layout: ``jt.save`` of an OrderedDict of float32 torch tensors
-    (JCLIP calls ``.float()`` on every entry, integer buffers included), byte for byte."""
+    """JCLIP's ``ViT-B-32.pkl``, byte for byte: ``jt.save`` of an OrderedDict of float32 torch
+    tensors (JCLIP calls ``.float()`` on every entry, integer buffers included)."""
     sd = collections.OrderedDict((k, v.float()) for k, v in _to_torch(state).items())
     data = pickle.dumps(sd, 4)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _parent(path)
     path.write_bytes(data + hashlib.sha1(data).digest() + JITTOR_PICKLE_MAGIC)
     return path

@@ -1,9 +1,7 @@
 """Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never half.
 
-Every file the project writes (converted weights, lists, the feature cache, heads, result.txt)
-goes through here: the data goes to a temporary file in the same folder, is flushed to disk, then
-renamed over the target. New files get the mode a plain open() gives them (0666 minus the
-umask).
+Every file the project writes goes through here: a temporary file in the same folder, flushed to
+disk, then renamed over the target. New files get the mode a plain open() gives them.
 """
 
 from __future__ import annotations
@@ -35,11 +33,8 @@ def write_atomic(path: PathLike, write: Callable[[IO[bytes]], Any]) -> None:
 
 
 def create_temp(folder: PathLike, prefix: str) -> tuple[int, str]:
-    """(fd, path) of a new, empty ``<prefix><random>.tmp`` in ``folder``, open for writing.
-
-    Created like a plain open() creates a file (mode 0666 minus the umask), not 0600 as
-    ``tempfile.mkstemp`` makes it: the renamed file keeps this mode.
-    """
+    """(fd, path) of a new ``<prefix><random>.tmp`` in ``folder``, open for writing, with mode
+    0666 minus the umask like a plain open() (``tempfile.mkstemp`` makes it 0600)."""
     for _ in range(100):
         tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}.tmp")
         try:

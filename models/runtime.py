@@ -1,18 +1,10 @@
-"""Jittor start-up shared by every entry point: the device, quiet logs, and what was loaded.
+"""Jittor start-up for every entry point: the device, quiet logs, what was loaded (docs/GPU.md).
 
-Import :func:`jittor` from here instead of ``import jittor`` at module top, so that modules stay
-importable (and cheap) for code paths that never touch Jittor, and the device is chosen once,
-before any model is built (``nn.Conv2d`` picks a CUDA-only depthwise kernel at construction).
-
-- ``FEWSHOT_DEVICE`` (``auto``, ``cuda``, ``cpu``) or an explicit ``jittor(device)`` chooses the
-  device on the first call; later calls without a device keep it. With ``cpu`` Jittor is imported
-  with ``nvcc_path=""``, so it never probes for CUDA.
-- Jittor's info-level chatter (every compile) is dropped, its warnings and errors go to Python
-  logging. Jittor's own ``log_silent=1`` would also drop its errors, and it turns Jittor's fatal
-  log into a silent return, so a missing cuBLAS or cuDNN would go unnoticed; the same control
-  flow is kept (Jittor continues without the library) but the message is logged.
-- The start-up logs one line naming the device and the CUDA libraries Jittor loaded;
-  :func:`device_record` returns the same facts as a JSON-ready dict.
+Import :func:`jittor` from here, not ``import jittor`` at module top: modules stay cheap where
+Jittor is never used, and the device is chosen once, before any model is built (``nn.Conv2d``
+picks a CUDA-only depthwise kernel at construction). Jittor's info logs (every compile) are
+dropped and its warnings and errors logged; its own ``log_silent=1`` would drop the errors too
+and turn its fatal log into a silent return, hiding e.g. a missing cuBLAS or cuDNN.
 """
 
 from __future__ import annotations
@@ -58,19 +50,16 @@ def _jittor_log(level: str, verbose: int, *msg: Any) -> None:
 
 
 def _import_jittor(cpu_only: bool):
-    if cpu_only:
-        # Jittor otherwise looks for nvcc, asks nvidia-smi for the driver and may download CUDA.
+    if cpu_only:  # else Jittor looks for nvcc, asks nvidia-smi and may download CUDA
         os.environ["nvcc_path"] = ""
-    # Jittor imports torch at start-up when it is installed (a workaround for their MKL
-    # clash); train/test never need torch, and importing it costs seconds and memory.
-    # Code that needs both imports torch first, which avoids the clash anyway.
+    # Jittor imports torch when installed (against their MKL clash): seconds and memory that
+    # train/test never need; code that needs both imports torch first.
     os.environ.setdefault("FIX_TORCH_ERROR", "0")
-    # A user's own log_silent or log_v is left alone; ours (marked, as child processes inherit
-    # it) is set again, so that every process replaces Jittor's Python-side logger.
+    # A user's own log_silent or log_v is left alone; ours is marked (children inherit it), so
+    # every process replaces Jittor's Python-side logger.
     ours = os.environ.get("FEWSHOT_QUIET_JITTOR") == "1"
     if ("log_silent" not in os.environ or ours) and "log_v" not in os.environ:
-        # log_silent=1 keeps the C++ side's info and warnings quiet (its errors still show) and
-        # the compile progress bars off; the Python side's logger is replaced (see above).
+        # The C++ side's info and warnings and the progress bars off; its errors still show.
         os.environ["log_silent"] = "1"
         os.environ["FEWSHOT_QUIET_JITTOR"] = "1"
         import jittor_utils
@@ -82,12 +71,9 @@ def _import_jittor(cpu_only: bool):
 
 
 def jittor(device: str | None = None):
-    """Import Jittor once and select the device; returns the ``jittor`` module.
-
-    device: "cuda", "cpu" or "auto" (CUDA when Jittor has it). None uses ``$FEWSHOT_DEVICE``
-    on the first call and keeps the device already chosen afterwards. Raises DeviceError for
-    an unknown device or "cuda" without a usable CUDA.
-    """
+    """Import Jittor once and select the device ("cuda", "cpu", "auto": CUDA when Jittor has
+    it; None: ``$FEWSHOT_DEVICE`` on the first call, then the device chosen). Returns the module;
+    DeviceError for an unknown device or "cuda" without a usable CUDA."""
     global _jt, _requested, _device
     if device is None and _device is not None:
         return _jt
@@ -108,11 +94,6 @@ def jittor(device: str | None = None):
     elif previous != _device:
         log.info("switched from %s to %s (build models after this)", previous, _device)
     return _jt
-
-
-def on_gpu() -> bool:
-    """True when Jittor runs on CUDA."""
-    return _jt is not None and bool(_jt.flags.use_cuda)
 
 
 def _gpu_name() -> str:
@@ -150,12 +131,9 @@ def _cuda_facts() -> dict[str, Any] | None:
 
 
 def device_record() -> dict[str, Any]:
-    """What this process computes on, JSON-ready (for train.json, test.json and the report).
-
-    ``device`` is "cpu" or "cuda:<GPU name>"; ``cuda`` holds the toolkit and which libraries
-    Jittor loaded (None without CUDA); ``problems`` lists Jittor's warnings at import and the
-    set-up's reason for not using a listed GPU.
-    """
+    """What this process computes on, JSON-ready (train.json, test.json, the report): ``device``
+    "cpu" or "cuda:<GPU name>", ``cuda`` the toolkit and libraries (None without CUDA),
+    ``problems`` Jittor's import warnings and the set-up's reason for not using a GPU."""
     jt = jittor()
     cuda = _cuda_facts()
     device = f"cuda:{cuda['gpu']}" if _device == "cuda" and cuda else "cpu"

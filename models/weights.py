@@ -1,13 +1,7 @@
-"""Converted weights: float32 safetensors with the architecture in the header.
-
-Every network of the project loads from these files only; they need neither torch nor pickle.
-`convert.py` writes them from the upstream checkpoints (see models/convert.py). The safetensors
-header metadata (string to string) holds:
-
-- ``fewshot.family``: "clip" or "convnextv2"
-- ``fewshot.config``: JSON of the architecture, as inferred from the state dict
-- ``fewshot.source``: JSON describing what was converted (file name, source format, dtype)
-- ``fewshot.version``: the layout version of this file format
+"""Converted weights: float32 safetensors with the architecture in the header, read without
+torch or pickle (convert.py writes them, see docs/CONVERSION.md). Header metadata (strings):
+``fewshot.family`` ("clip", "convnextv2", ...), ``fewshot.config`` (JSON of the architecture),
+``fewshot.source`` (JSON of what was converted), ``fewshot.version`` (this layout's version).
 """
 
 from __future__ import annotations
@@ -15,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.fileio import create_temp
+from models.fileio import write_atomic
 
 FORMAT_VERSION = "1"
 
@@ -54,33 +47,21 @@ def save(
     source: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``tensors`` as float32 safetensors (integer arrays keep their dtype), atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save as serialise
 
-    path = Path(path)
     arrays = {}
     for name, value in tensors.items():
         a = np.asarray(value)
-        if a.dtype.kind == "f":
-            a = a.astype(np.float32)
-        arrays[name] = np.ascontiguousarray(a)
+        arrays[name] = np.ascontiguousarray(a.astype(np.float32) if a.dtype.kind == "f" else a)
     metadata = {
         "fewshot.family": family,
         "fewshot.config": json.dumps(config, sort_keys=True),
         "fewshot.source": json.dumps(source or {}, sort_keys=True),
         "fewshot.version": FORMAT_VERSION,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp(path.parent, path.name + ".")
-    mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 minus the umask
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata=metadata)
-        os.chmod(tmp, mode)  # safetensors (0.8) writes its files 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    data = serialise(arrays, metadata=metadata)
+    write_atomic(path, lambda f: f.write(data))
+    return Path(path)
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -137,19 +118,16 @@ def _check_exists(path: str | os.PathLike, family: str | None) -> Path:
     )
 
 
-def fingerprint(path: str | os.PathLike, full: bool = False, block: int = 1 << 20) -> str:
-    """Identity of a file: sha256 of its size and its first and last ``block`` bytes, or of the
-    whole file with ``full`` (the provenance that convert.py records of a download).
-
-    The cheap form tells converted files apart without reading hundreds of MB: their header,
-    which comes first, records the sha256 of the upstream file they were converted from.
-    """
+def fingerprint(path: str | os.PathLike, full: bool = False) -> str:
+    """sha256 of a file's size and first and last MiB (enough for converted files: their header
+    records the upstream file's sha256), or with ``full`` of the whole file (a download's)."""
     path = Path(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise WeightsError(f"{path}: file not found") from None
     h = hashlib.sha256()
+    block = 1 << 20
     with open(path, "rb") as f:
         if full:
             while chunk := f.read(block):
@@ -164,12 +142,9 @@ def fingerprint(path: str | os.PathLike, full: bool = False, block: int = 1 << 2
 
 
 def load_state(model: Any, tensors: Mapping[str, Any], source: str = "state dict") -> None:
-    """Copy ``tensors`` (name -> array) into a Jittor ``model``'s state, strictly.
-
-    Names must be exactly the model's state-dict keys and shapes must agree (a 0-d array fits a
-    Jittor shape [1]: Jittor has no 0-d Vars, e.g. CLIP's ``logit_scale``). Raises WeightsError
-    listing every missing key, unexpected key and shape mismatch.
-    """
+    """Copy ``tensors`` (name -> array) into a Jittor ``model``'s state, strictly: a WeightsError
+    lists every missing and unexpected key and shape mismatch. A 0-d array fits a Jittor shape
+    [1] (Jittor has no 0-d Vars; CLIP's ``logit_scale``)."""
     from models.runtime import jittor
 
     jt = jittor()

@@ -2,21 +2,12 @@
 
     python scripts/cuda_setup.py ENV_FILE
 
-scripts/setup.sh runs this only when ``nvidia-smi -L`` lists a GPU and FEWSHOT_DEVICE is not
-``cpu``. It never downloads anything. It checks, in order: the driver (libcuda.so.1 loads and
-sees a device), a CUDA toolkit no newer than the driver (``$FEWSHOT_NVCC``, ``nvcc`` on PATH,
-/usr/local/cuda*, /opt/cuda, /usr/bin; one with include/ beside its bin/), its libcudart, a host
-compiler that nvcc accepts (an older ``g++-N`` when the default is too new), then notes cuBLAS
-and cuDNN as Jittor 1.3.11 searches them (fixed folders, exact names; cuDNN 8 only). With
-CUDA 13 it applies scripts/jittor_cuda13.py to the venv's Jittor. Finally a tiny CUDA
-computation runs through models.runtime in a child process (this is also Jittor's first CUDA
-build: minutes, once).
-
-ENV_FILE receives shell exports that scripts/env.sh sources: ``nvcc_path`` (and ``cc_path``,
-``use_cutt``, ``use_cutlass``) when the GPU works; ``nvcc_path=""`` and ``FEWSHOT_CUDA_PROBLEM``
-when it does not, so Jittor stays on the CPU and never tries to download CUDA. Exit status 0,
-or 1 when FEWSHOT_DEVICE=cuda asked for a GPU that cannot be used. Messages go to stderr,
-one line each. The check is skipped when nothing it depends on changed since the last success.
+Runs only when ``nvidia-smi -L`` lists a GPU and FEWSHOT_DEVICE is not ``cpu``; never downloads
+anything. The checks in order (driver, toolkit, host compiler, cuBLAS/cuDNN, cutt, the CUDA 13
+patch, a tiny CUDA computation in a child process), the exports written to ENV_FILE for
+scripts/env.sh and the messages (stderr, one line each): docs/GPU.md. Exit status 1 only when
+FEWSHOT_DEVICE=cuda asked for a GPU that cannot be used. Nothing is re-checked when no input
+changed since the last success.
 """
 
 from __future__ import annotations
@@ -31,7 +22,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,10 +217,7 @@ def check(env: dict[str, str], log_path: Path) -> dict:
 def write_env(path: Path, values: dict[str, str], comment: str) -> None:
     text = f"# {comment}\n" + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    jittor_cuda13.write_atomic(path, text)
 
 
 def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
@@ -254,9 +241,8 @@ def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
         changed = patch_jittor()
         if changed:
             say(f"patched the venv's Jittor for CUDA 13 ({len(changed)} files; docs/GPU.md)")
-    key = hashlib.sha256(
-        json.dumps([gpus, driver, values, notes, jittor_cuda13.is_patched(jittor_root())]).encode()
-    ).hexdigest()[:16]
+    inputs = [gpus, driver, values, notes, jittor_cuda13.is_patched(jittor_cuda13.jittor_dir())]
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
     summary = (
         f"{gpus[0]}, driver CUDA {driver[0]}.{driver[1]}, nvcc {nvcc_ver[0]}.{nvcc_ver[1]}, "
         + ", ".join(f"{k} {'yes' if v == 'yes' else 'no'}" for k, v in notes.items())
@@ -275,13 +261,9 @@ def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
     return values
 
 
-def jittor_root() -> Path:
-    return jittor_cuda13.jittor_dir()
-
-
 def patch_jittor() -> list[str]:
     try:
-        return jittor_cuda13.apply(jittor_root())
+        return jittor_cuda13.apply(jittor_cuda13.jittor_dir())
     except ValueError as e:
         raise Unusable(
             f"the CUDA 13 patch does not fit this Jittor ({e})", "use jittor==1.3.11.0"

@@ -3,24 +3,12 @@
     python scripts/jittor_concurrent.py [SITE_PACKAGES_DIR]   # default: the installed jittor's
     python scripts/jittor_concurrent.py --check [DIR]         # exit 1 when the patch is missing
 
-Every ``import jittor`` first runs ``jittor_utils.home()``, which reads
-``~/.cache/jittor/config.json`` and, when the JITTOR_HOME recorded there is not the current one,
-rewrites it in place (``open(..., "w")`` then ``json.dump``), outside any lock. A process that
-reads it between another's truncation and its write gets an empty file, and its import dies
-with ``json.decoder.JSONDecodeError: Expecting value``: 14 of 120 imports failed with four
-processes on two JITTOR_HOMEs (docs/RELIABILITY.md), and two runs started together on a fresh
-machine (config.json still names the default home) can meet it too. The patch writes a temporary
-file and renames it over config.json, and treats an unreadable config.json as empty (as a
-missing one is). Nothing of Jittor's compiled cache depends on this file, so no kernel is
-rebuilt.
-
-Kernels themselves are safe without a patch: Jittor compiles and loads every kernel while holding
-an fcntl lock on ``<cache>/../jittor.lock`` (src/lock.cc, op_compiler.cc), see
-docs/RELIABILITY.md for what was tried.
-
-Same conventions as scripts/jittor_cuda13.py: each edit replaces an exact text of Jittor
-1.3.11, the file ends with a marker comment, a second run changes nothing, and sources that
-differ are refused (exit 2) untouched.
+Every ``import jittor`` runs ``jittor_utils.home()``, which rewrites ``~/.cache/jittor/config.json``
+in place, unlocked, when it names another JITTOR_HOME: a process reading it meanwhile dies with a
+JSONDecodeError (measured, and why kernels need no patch: docs/RELIABILITY.md). The patch writes
+a temporary file and renames it over config.json, and reads an unreadable one as empty (as a
+missing one); nothing compiled depends on the file, so no kernel is rebuilt. Conventions as in
+scripts/jittor_cuda13.py: exact texts, a marker, idempotent, other sources refused (exit 2).
 """
 
 from __future__ import annotations
@@ -30,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jittor_cuda13 import _write_atomic, jittor_dir  # noqa: E402
+from jittor_cuda13 import jittor_dir, patched_text, write_atomic  # noqa: E402
 
 MARK = "fewshot-concurrent"
 FILE = "jittor_utils/__init__.py"
@@ -78,19 +66,10 @@ def is_patched(site: Path) -> bool:
 def apply(site: Path) -> list[str]:
     """Patch ``site/jittor_utils/__init__.py``; returns the files changed (none when done)."""
     path = site / FILE
-    text = path.read_text()
-    if MARK in text:
+    if MARK in path.read_text():
         return []
-    for old, new in EDITS:
-        if text.count(old) != 1:
-            raise ValueError(
-                f"{path}: expected 1 occurrence of {old.strip().splitlines()[0]!r}, found "
-                f"{text.count(old)} (not Jittor 1.3.11's sources?)"
-            )
-        text = text.replace(old, new)
-    _write_atomic(
-        path, text + f"# {MARK}: patched by jittor-fewshot's scripts/jittor_concurrent.py\n"
-    )
+    edits = [(old, new, 1) for old, new in EDITS]
+    write_atomic(path, patched_text(path, edits, MARK, "jittor_concurrent.py"))
     return [FILE]
 
 

@@ -3,23 +3,9 @@
     python scripts/jittor_cuda13.py [JITTOR_PACKAGE_DIR]   # default: the installed jittor
     python scripts/jittor_cuda13.py --check [DIR]          # exit 1 when the patch is missing
 
-Jittor 1.3.11 predates CUDA 13, and its CUDA build breaks there in two ways:
-
-1. ``extern/cuda/inc/helper_cuda.h`` reads ``cudaDeviceProp::computeMode`` and ``::clockRate``,
-   which CUDA 13 removed; every core file that includes it fails to compile. The patch reads
-   the same values with ``cudaDeviceGetAttribute`` when ``CUDART_VERSION >= 13000`` and keeps
-   the original field reads for older CUDA.
-2. CUDA 13's CUB/Thrust (CCCL 3) require C++17 and dropped ``cub::Max``, ``cub::LaneId``,
-   ``cub::CountingInputIterator`` and ``cub::TransformInputIterator``, while Jittor hands nvcc
-   ``-std=c++14`` and uses those names: CUB ops (where, argmax, cumsum), the CUDA softmax and
-   the depthwise convolution's backward fail to compile. The patch gives nvcc ``-std=c++17``
-   when nvcc is 13 or newer (host C++ files keep C++14) and spells those names through a new
-   header, ``extern/cuda/inc/jt_cuda13_compat.h``, that picks the CCCL 3 equivalent when
-   ``CUB_VERSION >= 300000`` and the old name otherwise.
-
-Each edit replaces an exact text of Jittor 1.3.11 and each file ends with a marker comment, so
-running this again changes nothing, and a Jittor whose sources differ is refused (exit 2)
-rather than half patched. Files are rewritten atomically; ``__pycache__`` is left to Python.
+What CUDA 13 breaks in Jittor 1.3.11 and what each edit does: docs/GPU.md. Each edit replaces
+an exact text of Jittor 1.3.11 and each file ends with a marker comment, so a second run changes
+nothing and sources that differ are refused (exit 2) before any file is written (atomically).
 """
 
 from __future__ import annotations
@@ -49,8 +35,7 @@ inline int jt_fewshot_attr(cudaDeviceAttr attr, int dev) {{
 #endif
 """
 
-# Compiler-side: nvcc >= 13 gets C++17 (CCCL 3 refuses C++14). Inserted where compiler.py
-# finishes building the nvcc flags, so JIT kernels and the core's .cu files both get it.
+# Where compiler.py finishes the nvcc flags, so JIT kernels and the core's .cu files get C++17.
 _STD_OLD = """        nvcc_flags += " -w "\n"""
 _STD_NEW = f"""        nvcc_flags += " -w "
         # {MARK}: CUDA 13's CUB/Thrust (CCCL 3) need C++17; host files keep C++14.
@@ -84,7 +69,7 @@ __device__ __forceinline__ unsigned int jt_fewshot_lane_id() {{
 _COMPAT_INCLUDE = "#include <jt_cuda13_compat.h>\n"
 _CUB_PY = "#include <{jt.compile_extern.cub_home}cub/cub.cuh>\n"
 
-# (relative path, [(old, new, expected count)]); the first edit of each file carries the marker.
+# (relative path, [(old, new, expected count)]); each patched file ends with a marker line.
 EDITS: list[tuple[str, list[tuple[str, str, int]]]] = [
     (
         "extern/cuda/inc/helper_cuda.h",
@@ -162,7 +147,8 @@ def is_patched(root: Path) -> bool:
     return all(p.is_file() and MARK in p.read_text() for p in paths)
 
 
-def _patched_text(path: Path, edits: list[tuple[str, str, int]]) -> str:
+def patched_text(path: Path, edits: list[tuple[str, str, int]], mark: str, script: str) -> str:
+    """The text of ``path`` with ``edits`` (old, new, expected count) and a marker line."""
     text = path.read_text()
     for old, new, count in edits:
         found = text.count(old)
@@ -173,10 +159,11 @@ def _patched_text(path: Path, edits: list[tuple[str, str, int]]) -> str:
             )
         text = text.replace(old, new)
     comment = "#" if path.suffix == ".py" else "//"
-    return text + f"{comment} {MARK}: patched by jittor-fewshot's scripts/jittor_cuda13.py\n"
+    return text + f"{comment} {mark}: patched by jittor-fewshot's scripts/{script}\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a renamed temporary; the file keeps its mode (new: 0644)."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "w") as f:
@@ -194,13 +181,13 @@ def apply(root: Path) -> list[str]:
     for rel, edits in EDITS:
         path = root / rel
         if MARK not in path.read_text():
-            todo.append((path, _patched_text(path, edits)))
+            todo.append((path, patched_text(path, edits, MARK, "jittor_cuda13.py")))
     for rel, text in CREATES:
         path = root / rel
         if not (path.is_file() and MARK in path.read_text()):
             todo.append((path, text))
     for path, text in todo:
-        _write_atomic(path, text)
+        write_atomic(path, text)
     return [str(p.relative_to(root)) for p, _ in todo]
 
 

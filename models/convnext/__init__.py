@@ -1,11 +1,10 @@
 """ConvNeXt-V2 in Jittor, shaped like facebookresearch/ConvNeXt-V2 (and timm's ``convnext.py``).
 
-    from models import convnext
     model = convnext.load("out/weights/convnextv2_base.safetensors")   # a converted file
     feats = model.forward_features(jt.array(convnext.preprocess(384)(image)[None]))
 
-``config`` (architecture from a state dict, official initialisation) and ``transforms`` need no
-Jittor; importing this package does not import it either: ``load`` and the model classes do.
+Importing this package imports no Jittor (``config`` and ``transforms`` need none); ``load``
+and the model classes do.
 """
 
 from __future__ import annotations

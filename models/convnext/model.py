@@ -1,18 +1,8 @@
 """ConvNeXt-V2 (Woo et al., CVPR 2023) in Jittor, shaped like facebookresearch/ConvNeXt-V2.
 
-Parameter names are the keys of the official checkpoints (``downsample_layers.0.0.weight``,
-``stages.2.5.grn.gamma``, ``norm.weight``, ``head.weight``, ...), so a converted file loads without
-any renaming. The architecture is read back from the weights (:func:`infer_config`).
-
-Layout of the computation: the residual stream is NCHW because Jittor's CPU depthwise convolution
-is fast only in that layout (the grouped-conv pattern is handed to oneDNN; an NHWC formulation
-with ``reindex`` measured 15-20x slower). Inside a block the activations are permuted once to
-channels-last rows ``[N*H*W, C]`` so that LayerNorm, the two pointwise Linear layers and GRN run
-as plain 2-D matmuls and row reductions, then permuted back before the residual add. The two
-matmuls take most of a block's time (60-80% measured, ``python -m bench.encoders --layouts``);
-the permutes cost under 10%.
-
-The architecture and the official initialisation come from ``models.convnext.config``.
+Parameter names are the official checkpoint keys, so converted files load without renaming. The
+NCHW residual stream with channels-last rows inside each block is a measured choice (Jittor's CPU
+depthwise conv is fast only in NCHW): docs/CONVNEXT.md section 2.
 """
 
 from __future__ import annotations
@@ -26,8 +16,6 @@ import numpy as np
 from models import weights
 from models.convnext.config import (
     FAMILY,
-    GRN_EPS,
-    LN_EPS,
     VARIANTS,
     infer_config,
     make_config,
@@ -39,13 +27,13 @@ from models.runtime import jittor
 jt = jittor()
 nn = jt.nn
 
+LN_EPS = 1e-6  # every LayerNorm of the official model
+GRN_EPS = 1e-6  # added to GRN's channel mean
+
 
 def _layer_norm(x, weight, bias, axis: int):
-    """LayerNorm over ``axis`` with the centred (two-pass) variance, like torch.
-
-    Jittor's nn.LayerNorm computes E[x^2] - E[x]^2, which loses digits when the mean is large
-    against the spread; the stem output of real checkpoints is such a case.
-    """
+    """LayerNorm over ``axis`` with the centred variance, like torch: Jittor's E[x^2] - E[x]^2
+    loses digits when the mean is large against the spread (real checkpoints' stem output)."""
     dtype = x.dtype
     if dtype != "float32":  # half precision: normalise in float32, as torch autocast does
         x = x.float32()
@@ -72,11 +60,8 @@ class LayerNorm(nn.Module):
 
 
 class GRN(nn.Module):
-    """Global Response Normalization on channels-last input ``[N, *spatial, C]``.
-
-    Gx = L2 norm of each channel over all spatial positions, Nx = Gx / (mean_c Gx + 1e-6),
-    out = gamma * (x * Nx) + beta + x. gamma/beta are stored as [1, 1, 1, C] like upstream.
-    """
+    """Global Response Normalization on channels-last ``[N, *spatial, C]``; gamma/beta are
+    [1, 1, 1, C] like upstream."""
 
     def __init__(self, dim: int):
         self.gamma = jt.zeros((1, 1, 1, dim))
@@ -131,12 +116,8 @@ class Block(nn.Module):
 
 
 class ConvNeXtV2(nn.Module):
-    """ConvNeXt-V2 classifier. Input: ``[N, 3, H, W]`` normalised images (see :func:`preprocess`).
-
-    depths/dims: blocks and channels per stage (see VARIANTS); num_classes 0 builds no head.
-    seed: official random initialisation (trunc-normal std .02 weights, zero biases, unit LN,
-    zero GRN) drawn from numpy with this seed; None leaves the tensors for the caller to load.
-    """
+    """ConvNeXt-V2 classifier of ``[N, 3, H, W]`` normalised images. depths/dims: per stage;
+    num_classes 0: no head; seed: the official random init (``random_state_dict``), None: none."""
 
     def __init__(
         self,
@@ -155,23 +136,16 @@ class ConvNeXtV2(nn.Module):
         self.dims = tuple(int(d) for d in dims)
         self.num_classes = int(num_classes)
         self.in_chans = int(in_chans)
-        self.downsample_layers = nn.ModuleList()
-        self.downsample_layers.append(
-            nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm(dims[0], True))
-        )
-        for i in range(len(dims) - 1):
-            self.downsample_layers.append(
-                nn.Sequential(
-                    LayerNorm(dims[i], True), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)
-                )
-            )
-        rates = np.linspace(0.0, drop_path_rate, sum(self.depths)).tolist()
+        stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm(dims[0], True))
+        self.downsample_layers = nn.ModuleList([stem])
+        for a, b in zip(dims, dims[1:]):
+            down = nn.Sequential(LayerNorm(a, True), nn.Conv2d(a, b, 2, stride=2))
+            self.downsample_layers.append(down)
+        # Drop-path rates rise linearly over all blocks, as upstream.
+        rates = iter(np.linspace(0.0, drop_path_rate, sum(self.depths)).tolist())
         self.stages = nn.ModuleList()
-        for i, depth in enumerate(self.depths):
-            start = sum(self.depths[:i])
-            self.stages.append(
-                nn.Sequential(*[Block(dims[i], rates[start + j]) for j in range(depth)])
-            )
+        for depth, dim in zip(self.depths, self.dims):
+            self.stages.append(nn.Sequential(*[Block(dim, next(rates)) for _ in range(depth)]))
         self.norm = LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else None
         if seed is not None:
@@ -216,14 +190,8 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "state d
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> ConvNeXtV2:
-    """Load a converted ConvNeXt-V2 safetensors file (see convert.py) in eval mode.
-
-    ``device``: "cpu", "cuda", "auto" or None (the device already chosen, see models.runtime),
-    set before the model is built: ``nn.Conv2d`` picks its CUDA-only depthwise kernel then.
-
-    Jittor's ``eval()`` also stops the parameters' gradients: call ``train()`` (or ``start_grad()``
-    on the parameters to tune) before fine-tuning.
-    """
+    """A converted ConvNeXt-V2 file in eval mode (which also stops the parameters' gradients).
+    ``device`` (see models.runtime) is set before the model is built."""
     jittor(device)
     tensors, info = weights.load(path, expect_family=FAMILY)
     try:

@@ -4,21 +4,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The official ConvNeXt-V2 evaluation resizes bicubic; the challenge solution used Jittor's
-# transform.Resize, whose default is bilinear (train_dog.py, test.py).
+# bicubic: the official evaluation's; bilinear: the challenge solution's (docs/CONVNEXT.md).
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_NORM = f"mean{IMAGENET_MEAN}:std{IMAGENET_STD}"  # in the describe() strings
 
 
-def _normalise(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def _normalise(img: Image.Image) -> np.ndarray:
     a = np.asarray(img, dtype=np.float32) / 255.0
-    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    a = (a - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
@@ -28,31 +28,25 @@ class EvalTransform:
 
     size: int = 384
     resample: str = "bicubic"  # or "bilinear" (RESAMPLE)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB").resize((self.size, self.size), RESAMPLE[self.resample])
-        return _normalise(img, self.mean, self.std)
+        return _normalise(img)
 
     def describe(self) -> str:
         """Identity for feature-cache keys (pipeline/features.py)."""
-        return f"convnextv2-eval:resize{self.size}sq:{self.resample}:mean{self.mean}:std{self.std}"
+        return f"convnextv2-eval:resize{self.size}sq:{self.resample}:{_NORM}"
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Resize to resize x resize -> random crop x crop -> random horizontal flip.
-
-    The randomness comes only from the numpy Generator passed in, so a seed fixes every view.
-    """
+    """Resize to resize x resize -> random crop x crop -> random horizontal flip; the randomness
+    comes only from the numpy Generator passed in, so a seed fixes every view."""
 
     resize: int = 320
     crop: int = 280
     flip: bool = True
     resample: str = "bicubic"  # or "bilinear" (RESAMPLE)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self):
         if self.crop > self.resize:
@@ -71,13 +65,13 @@ class TrainTransform:
         img = img.crop((left, top, left + self.crop, top + self.crop))
         if self.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return _normalise(img, self.mean, self.std)
+        return _normalise(img)
 
     def describe(self) -> str:
         """Identity of the transform (the views also depend on the seed)."""
         return (
-            f"convnextv2-train:resize{self.resize}sq:{self.resample}:crop{self.crop}:flip{self.flip}:"
-            f"mean{self.mean}:std{self.std}"
+            f"convnextv2-train:resize{self.resize}sq:{self.resample}:crop{self.crop}:"
+            f"flip{self.flip}:{_NORM}"
         )
 
 

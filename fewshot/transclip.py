@@ -31,12 +31,10 @@ from fewshot._tensor import as_labels, as_numpy, as_var, forward_only, jt, one_h
 
 @dataclass(frozen=True)
 class TransCLIPConfig:
-    """The official hyperparameters (TransCLIP.py, TransCLIP_utils.py names). The functions take
-    iters, neighbors, lambda_ and gammas per call; the rest are constants of the method."""
+    """The official hyperparameters (names of TransCLIP.py, TransCLIP_utils.py); the variances
+    start at 1/d (std_init). iters, neighbors, lambda_, gammas can be set per call."""
 
-    # max_iter: outer iterations (z passes, then mu, then Sigma with the new mu), then a last z
-    # pass: z is updated iters + 1 times, as in the official loop
-    iters: int = 10
+    iters: int = 10  # max_iter: rounds of z passes, mu, Sigma (new mu); a last z pass after them
     inner_iters: int = 5  # update_z max_iter: z passes per outer iteration
     neighbors: int = 3  # n_neighbors (cosine kNN, self excluded)
     lambda_zero_shot: float = 1.0  # get_parameters, no shots
@@ -46,7 +44,6 @@ class TransCLIPConfig:
     logit_scale: float = 100.0  # prepare_objects: clip_logits = 100 * X @ T
     temperature: float = 50.0  # update_z: (50 / 2k) * graph, exp(intermediate / 50)
     shot_weight: float = 50.0  # update_mu / update_sigma: gamma * 50 / |S| per shot
-    # The shared [d] variances start at 1/d (TransCLIP.py std_init, init_sigma).
 
 
 OFFICIAL = TransCLIPConfig()
@@ -178,17 +175,14 @@ class _Problem:
     k: int
 
 
-def _as_support(support, d: int, C: int):
-    if support is None:
-        return None
-    if not isinstance(support, (tuple, list)) or len(support) != 2:
-        raise ValueError("support must be None or a pair (features [s, d], labels [s])")
-    S = as_numpy(support[0])
-    if S.ndim != 2 or S.shape[1] != d:
-        raise ValueError(f"support features must be [s, d={d}], got shape {S.shape}")
-    if S.shape[0] == 0:
-        raise ValueError("support has no rows; pass support=None for the zero-shot path")
-    return S, as_labels(support[1], S.shape[0], C, "support labels")
+def _labelled(pair, name: str, d: int, C: int):
+    """(features [m, d], labels) of the shots or the validation images, checked."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"{name} must be a pair (features [m, d], labels [m])")
+    F = as_numpy(pair[0])
+    if F.ndim != 2 or F.shape[1] != d or F.shape[0] == 0:
+        raise ValueError(f"{name} features must be [m >= 1, d={d}], got shape {F.shape}")
+    return F, as_labels(pair[1], F.shape[0], C, f"{name} labels")
 
 
 def _as_init(init, Xv, Tv, name: str = "init"):
@@ -320,7 +314,7 @@ def _inputs(query, text, support, iters: int, chunk, lambda_: Optional[float]):
         )
     if not isinstance(iters, (int, np.integer)) or iters < 0:
         raise ValueError(f"iters must be a non-negative integer, not {iters!r}")
-    shots = _as_support(support, Xn.shape[1], Tv.shape[1])
+    shots = None if support is None else _labelled(support, "support", Xn.shape[1], Tv.shape[1])
     few = OFFICIAL.lambda_few_shot if shots is not None else OFFICIAL.lambda_zero_shot
     lam = few if lambda_ is None else lambda_
     if not lam >= 0:
@@ -343,11 +337,10 @@ def transclip(
 ) -> np.ndarray:
     """TransCLIP assignments z [n, C] (float32, rows sum to 1; predict with ``z.argmax(1)``).
 
-    query [n, d], text [d, C]: L2-normalised image features and text classifier. support: shots
-    (features [s, d], labels [s]; classes may lack shots) or None. init: initial probabilities
-    [n, C] (e.g. a cascade's), else softmax(100 query @ text). gamma: the shots' weight (required
-    with support, see :func:`choose_gamma`). lambda_: exponent of init (None: the config's).
-    chunk: rows per kNN block (None: automatic, bounded memory).
+    query [n, d], text [d, C]: L2-normalised. support: shots (features [s, d], labels [s]; classes
+    may lack shots) or None. init: initial probabilities [n, C], else softmax(100 query @ text).
+    gamma: the shots' weight, required with support (:func:`choose_gamma`). lambda_: exponent of
+    init (None: the config's). chunk: rows per kNN block (None: automatic, bounded memory).
     """
     Xn, Tv, shots, lam = _inputs(query, text, support, iters, chunk, lambda_)
     if shots is None and gamma not in (None, 0):
@@ -389,12 +382,7 @@ def choose_gamma(
     d, C = Xn.shape[1], Tv.shape[1]
     if shots is None:
         raise ValueError("choose_gamma needs support (features, labels): gamma weights the shots")
-    if not isinstance(val, (tuple, list)) or len(val) != 2:
-        raise ValueError("val must be a pair (features [v, d], labels [v])")
-    Vn = as_numpy(val[0])
-    if Vn.ndim != 2 or Vn.shape[1] != d or Vn.shape[0] == 0:
-        raise ValueError(f"val features must be [v >= 1, d={d}], got shape {Vn.shape}")
-    v_lab = as_labels(val[1], Vn.shape[0], C, "val labels")
+    Vn, v_lab = _labelled(val, "val", d, C)
     if not gammas or any(not g >= 0 for g in gammas):
         raise ValueError(f"gammas must be a non-empty sequence of values >= 0, not {gammas!r}")
     if (init is None) != (val_init is None):
@@ -427,5 +415,5 @@ def initial_means(
     Pv = as_var(probs, "probs", ndim=2)
     if Pv.shape[0] != Xv.shape[0]:
         raise ValueError(f"probs has {Pv.shape[0]} rows but query has {Xv.shape[0]}")
-    shots = _as_support(support, Xv.shape[1], Pv.shape[1])
+    shots = None if support is None else _labelled(support, "support", Xv.shape[1], Pv.shape[1])
     return as_numpy(_start_means(Xv, Pv, shots, n_confident)[0])

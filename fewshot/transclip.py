@@ -10,13 +10,10 @@ images; each shot a node with fixed one-hot z and its k nearest images), initial
     Sigma = [(1/n) sum_ik z_ik (x_i - mu_k)^2 + (gamma t / s) sum_j (x_j - mu_{y_j})^2]
             / [(1/n) sum_ik z_ik + gamma t]                       (per dimension; t = 50)
 
-Defaults and sources: ``TransCLIPConfig``. Where the released code is not the method, the method is
-implemented (docs/METHODS.md, TransCLIP): the few-shot graph rows in order, a shot's nearest image
-kept, C = text.shape[1], shotless classes started from their most confident images,
-``choose_gamma`` runs every gamma from one start with the validation images as nodes, a given
-``init`` stays the anchor. Numerics: log N and Sigma expanded from z^T X (no [n, C, d] tensor;
--0.5 sum_d x_d^2 / var_d dropped, the same for every class), z normalised in the log domain, a
-class of zero weight keeps its mean, variances floored at 1e-12, the kNN search in row blocks.
+Defaults: ``TransCLIPConfig``. Where the released code is not the method (the few-shot graph's
+row order, a shot's nearest image, the class count, shotless classes, gamma's selection, ``init``
+kept as the anchor), the method is implemented: docs/METHODS.md (TransCLIP) gives each deviation
+and the numerics (no [n, C, d] tensor, z normalised in the log domain, variance floor, kNN blocks).
 """
 
 from __future__ import annotations
@@ -85,10 +82,10 @@ def _top_rounds(S, m: int, dim: int):
     return j.stack(ind, dim=dim), j.stack(val, dim=dim)
 
 
-def _knn(rows: np.ndarray, pool, k: int, self_offset: Optional[int], chunk: Optional[int]):
+def _knn(rows: np.ndarray, pool, k: int, exclude_self: bool, chunk: Optional[int]):
     """(idx int32, w) jt.Vars: the k most cosine-similar rows of pool [P, d] for each of `rows`
-    [r, d], excluding pool[self_offset + i] for rows[i] (explicitly: a duplicate image cannot push
-    out a neighbour). Blocks of `chunk` rows, the last padded: one shape, one compiled kernel."""
+    [r, d], without pool[i] for rows[i] if exclude_self (rows is pool: explicitly, so a duplicate
+    image cannot push out a neighbour). Blocks of `chunk` rows, the last padded: one shape."""
     if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise ValueError(f"chunk must be a positive number of rows or None, not {chunk!r}")
     j = jt()
@@ -104,8 +101,8 @@ def _knn(rows: np.ndarray, pool, k: int, self_offset: Optional[int], chunk: Opti
         stop = min(start + chunk, r)
         block[: stop - start] = rows[start:stop]
         own = np.full(chunk, -1, np.int32)
-        if self_offset is not None:
-            own[: stop - start] = np.arange(start, stop) + self_offset
+        if exclude_self:
+            own[: stop - start] = np.arange(start, stop)
         S = j.array(block) @ pool_t
         pos = j.index(S.shape, dim=1)
         S = j.ternary(pos == j.array(own).unsqueeze(1), j.array(np.float32(-np.inf)), S)
@@ -129,7 +126,7 @@ def knn_graph(features, k: int = OFFICIAL.neighbors, pool=None, chunk: Optional[
     avail = Pv.shape[0] - (1 if pool is None else 0)
     if not 1 <= k <= avail:
         raise ValueError(f"k={k} neighbours need 1 <= k <= {avail} candidate rows")
-    i, v = _knn(F, Pv, k, 0 if pool is None else None, chunk)
+    i, v = _knn(F, Pv, k, pool is None, chunk)
     return as_numpy(i, np.int64), as_numpy(v)
 
 
@@ -207,7 +204,7 @@ def _prepare(Xn: np.ndarray, Tv, yhat, shots, k: int, chunk) -> _Problem:
     if not 1 <= k <= N - 1:
         raise ValueError(f"neighbors={k} needs 1 <= neighbors <= n - 1 = {N - 1}")
     X = j.array(Xn)
-    idx, w = _knn(Xn, X, k, 0, chunk)
+    idx, w = _knn(Xn, X, k, True, chunk)
     idx_m = [idx[:, m] for m in range(k)]
     w_m = [w[:, m].unsqueeze(1) for m in range(k)]
     csr = _symmetric_csr(as_numpy(idx, np.int64), as_numpy(w))
@@ -218,7 +215,7 @@ def _prepare(Xn: np.ndarray, Tv, yhat, shots, k: int, chunk) -> _Problem:
         Sv = j.array(Sn)
         lab = j.array(labels.astype(np.int32))
         onehot = one_hot(labels, C)
-        s_idx, s_w = _knn(Sn, X, k, None, chunk)
+        s_idx, s_w = _knn(Sn, X, k, False, chunk)
         for m in range(k):
             part = (onehot * s_w[:, m].unsqueeze(1)).reindex_reduce(
                 "add", [N, C], ["@e0(i0)", "i1"], extras=[s_idx[:, m]]
@@ -301,7 +298,7 @@ def _solve(p: _Problem, gamma: float, lam: float, iters: int):
     return z
 
 
-def _inputs(query, text, support, iters: int, chunk, lambda_: Optional[float]):
+def _inputs(query, text, support, iters: int, lambda_: Optional[float]):
     """(query [n, d] numpy, text [d, C] Var, shots or None, lambda), checked."""
     Xn = as_numpy(query)
     if Xn.ndim != 2:
@@ -315,8 +312,8 @@ def _inputs(query, text, support, iters: int, chunk, lambda_: Optional[float]):
     if not isinstance(iters, (int, np.integer)) or iters < 0:
         raise ValueError(f"iters must be a non-negative integer, not {iters!r}")
     shots = None if support is None else _labelled(support, "support", Xn.shape[1], Tv.shape[1])
-    few = OFFICIAL.lambda_few_shot if shots is not None else OFFICIAL.lambda_zero_shot
-    lam = few if lambda_ is None else lambda_
+    default = OFFICIAL.lambda_few_shot if shots is not None else OFFICIAL.lambda_zero_shot
+    lam = default if lambda_ is None else lambda_
     if not lam >= 0:
         raise ValueError(f"lambda_ must be >= 0, not {lam!r}")
     return Xn, Tv, shots, float(lam)
@@ -342,7 +339,7 @@ def transclip(
     gamma: the shots' weight, required with support (:func:`choose_gamma`). lambda_: exponent of
     init (None: the config's). chunk: rows per kNN block (None: automatic, bounded memory).
     """
-    Xn, Tv, shots, lam = _inputs(query, text, support, iters, chunk, lambda_)
+    Xn, Tv, shots, lam = _inputs(query, text, support, iters, lambda_)
     if shots is None and gamma not in (None, 0):
         raise ValueError("gamma weights the shots: without support it must be None or 0")
     if shots is not None and gamma is None:
@@ -378,7 +375,7 @@ def choose_gamma(
     nodes with its own initial predictions (val_init, required with init; else softmax(100 val @
     text)); each gamma runs from the same start. Then run :func:`transclip` with the chosen gamma.
     """
-    Xn, Tv, shots, lam = _inputs(query, text, support, iters, chunk, lambda_)
+    Xn, Tv, shots, lam = _inputs(query, text, support, iters, lambda_)
     d, C = Xn.shape[1], Tv.shape[1]
     if shots is None:
         raise ValueError("choose_gamma needs support (features, labels): gamma weights the shots")

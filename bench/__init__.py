@@ -136,18 +136,15 @@ class GpuMemory:
 def timed_calls(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None):
     """One untimed call (Jittor compiles its kernels), then ``repeats`` timed calls with the
     peak RSS reset in between. Returns (first call s, [timed s], peak RSS MiB, last output)."""
-    t = time.perf_counter()
-    out = fn()
-    sync()
-    first = time.perf_counter() - t
-    reset_peak_rss()
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t = time.perf_counter()
         out = fn()
         sync()
         times.append(time.perf_counter() - t)
-    return first, times, rss_mb(peak=True), out
+        if len(times) == 1:
+            reset_peak_rss()
+    return times[0], times[1:], rss_mb(peak=True), out
 
 
 def report(result: dict) -> None:

@@ -1,17 +1,8 @@
-"""Benchmarks (not tests): run from the repository root as ``python -m bench.NAME --help``.
-
-    encoders      CLIP ViT-B/32, RN101 and ConvNeXt-V2-base: Jittor against PyTorch
-    feature_path  decoding throughput, the GIL, time the encoders wait on decoding
-    fewshot       the few-shot methods: Jittor against PyTorch, growth with n and C
-    fp16          float16 against float32: top-1 agreement, speed, memory
-    pipeline      train.py and test.py end to end, stage by stage, from train.json / test.json
-
-Every script takes ``--json PATH`` and writes ``{"info": machine and device, "args": ...,
-"results": [rows]}`` there, for scripts that call them (bench/gpu_check.sh). This module holds
-what they share: memory (Linux ``/proc``), the machine and device, GPU memory sampled with
-nvidia-smi, the load average, tables, JSON, child processes that report one RESULT line.
-Weights are random, full size or demo size (``pipeline.synthetic.write_weights``): speed and
-memory do not depend on their values.
+"""Benchmarks (not tests), run from the repository root as ``python -m bench.NAME --help``:
+encoders, feature_path, fewshot, fp16, pipeline (docs/PERFORMANCE.md: what each measures, its
+figures). Every script takes ``--json PATH`` and writes ``{"info": machine and device, "args":
+..., "results": [rows]}`` there (bench/gpu_check.sh reads them). Here: what they share. Weights
+are random (``pipeline.synthetic.write_weights``): speed and memory do not depend on them.
 """
 
 from __future__ import annotations
@@ -35,24 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = "out/bench/weights"
 
 
-# ----------------------------------------------------------------------------- memory, machine
-
-
-def _status_mb(field: str) -> float:
+def rss_mb(peak: bool = False) -> float:
+    """Resident set of this process, or its high-water mark since :func:`reset_peak_rss`, MiB."""
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith(field):
             return float(line.split()[1]) / 1024
     return float("nan")
-
-
-def rss_mb() -> float:
-    """Resident set of this process, MiB."""
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of the resident set since start or :func:`reset_peak_rss`, MiB."""
-    return _status_mb("VmHWM")
 
 
 def reset_peak_rss() -> None:
@@ -112,13 +92,13 @@ def machine(jt=None) -> dict[str, Any]:
 
 
 class GpuMemory:
-    """Peak GPU memory in use on GPU 0 (MiB, every process: what decides whether a job fits the
-    card) while the context is open, sampled by ``nvidia-smi -lms``; ``peak_mb`` and
-    ``baseline_mb`` stay NaN without nvidia-smi."""
+    """``used_mb``: the peak GPU memory in use on GPU 0 while the context was open (every process:
+    what decides whether a job fits the card) above its level at the start, sampled by
+    ``nvidia-smi -lms``; NaN without nvidia-smi."""
 
     def __init__(self, interval_ms: int = 100) -> None:
         self.interval_ms = interval_ms
-        self.peak_mb = self.baseline_mb = float("nan")
+        self.peak_mb = self.baseline_mb = self.used_mb = float("nan")
         self._proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> GpuMemory:
@@ -133,17 +113,16 @@ class GpuMemory:
         self._proc = subprocess.Popen(
             [*query, f"-lms={self.interval_ms}"], stdout=subprocess.PIPE, text=True
         )
-
-        def read() -> None:
-            for line in self._proc.stdout:
-                try:
-                    self.peak_mb = np.nanmax([self.peak_mb, float(line)])
-                except ValueError:
-                    pass
-
-        self._thread = threading.Thread(target=read, daemon=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                self.peak_mb = np.nanmax([self.peak_mb, float(line)])
+            except ValueError:
+                pass
 
     def __exit__(self, *exc) -> None:
         if self._proc is not None:
@@ -151,31 +130,21 @@ class GpuMemory:
             self._proc.terminate()
             self._proc.wait(timeout=10)
             self._thread.join(timeout=5)
-
-    @property
-    def used_mb(self) -> float:
-        """Peak above what was in use when the context opened."""
-        return self.peak_mb - self.baseline_mb
-
-
-# ----------------------------------------------------------------------------- timing
+        self.used_mb = self.peak_mb - self.baseline_mb
 
 
 def timed_calls(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None):
     """One untimed call (Jittor compiles its kernels), then ``repeats`` timed calls with the
     peak RSS reset in between. Returns (first call s, [timed s], peak RSS MiB, last output)."""
-    t = time.perf_counter()
-    out = fn()
-    sync()
-    first = time.perf_counter() - t
-    reset_peak_rss()
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t = time.perf_counter()
         out = fn()
         sync()
         times.append(time.perf_counter() - t)
-    return first, times, peak_rss_mb(), out
+        if len(times) == 1:
+            reset_peak_rss()
+    return times[0], times[1:], rss_mb(peak=True), out
 
 
 def report(result: dict) -> None:
@@ -197,9 +166,6 @@ def run_child(args: Sequence[str]) -> dict:
     return res
 
 
-# ----------------------------------------------------------------------------- output
-
-
 def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
     """A Markdown table; floats with 3 significant digits (integers from 100 on)."""
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))
@@ -219,8 +185,13 @@ def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
     return "\n".join([line(columns), rule] + [line(row) for row in cells])
 
 
-def json_arg(ap: argparse.ArgumentParser) -> None:
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser showing the script's docstring, with ``--json``."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the results here (JSON)")
+    return ap
 
 
 def finish(args: argparse.Namespace, rows: list[dict], jt=None, **extra: Any) -> None:

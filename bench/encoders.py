@@ -1,27 +1,13 @@
-"""The cascade's encoders, Jittor against the PyTorch reference implementations on the same
-random full-size weights: items/s, resident memory, peak GPU memory, and whether the outputs agree.
+"""The cascade's encoders, Jittor against the PyTorch references on the same random full-size
+weights: items/s, resident memory, GPU memory peak, agreement (docs/PERFORMANCE.md, section 1).
 
     python -m bench.encoders                                      # all: 15 min on 2 cores
     python -m bench.encoders --models vit --repeats 1 --batch 2   # a quick look
-    python -m bench.encoders --batch 64 --convnext-batch 32 --torch-device cuda \\
-        --json out/bench/encoders_gpu.json
     python -m bench.encoders --layouts     # ConvNeXt-V2 block: layout micro-benchmark (Jittor)
 
-Encoders: CLIP ViT-B/32 and RN101, image and text towers (``models.clip`` against OpenAI's
-``clip/model.py`` from the clip-anytorch wheel, loaded by path in tests/_reference.py), and
-ConvNeXt-V2-base pooled features at 384 px (``models.convnext`` against transformers'
-``ConvNextV2``, keys mapped by tests/_reference.py). The weights are written in the upstream
-formats and converted as downloads are (``pipeline.synthetic.write_weights``); Jittor loads the
-converted file, PyTorch the same tensors. Text: board B's class prompts ("a photo of a {name}.");
-Jittor's text is timed on the full 77-token context like OpenAI and with its default trimming
-after the batch's last end-of-text token.
-
-Each (encoder, library) runs in its own process, so each has the whole machine and its own
-memory: one warm-up call (Jittor compiles), then ``--repeats`` timed calls; reported are the
-resident set after loading, its peak during the timed calls, and the GPU memory peak
-(nvidia-smi). Over ``--rounds`` the order alternates (Jittor, PyTorch, PyTorch, Jittor, ...);
-items/s come from the best round's median call (other work only ever slows a run down), and the
-load average before and after is recorded. ``ratio`` = Jittor items/s / PyTorch items/s.
+Each (encoder, library) runs in its own process: a warm-up call, then ``--repeats`` timed calls;
+over ``--rounds`` the order alternates, items/s from the best round's median call. Jittor's text
+tower also runs untrimmed (77 tokens, as OpenAI's always does). ``ratio``: Jittor / PyTorch.
 """
 
 from __future__ import annotations
@@ -35,9 +21,6 @@ import numpy as np
 import bench as B
 
 MODELS = {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"}
-
-
-# ----------------------------------------------------------------------------- one process
 
 
 def _jittor(args):
@@ -87,8 +70,8 @@ def _torch(args):
         state["logit_scale"] = state["logit_scale"].reshape(())
         model.load_state_dict(state, strict=True)
         model = model.eval().to(dev)
-        fn = model.encode_image if args.task == "image" else model.encode_text
-        fn = (lambda f: lambda: f(x))(fn)
+        enc = model.encode_image if args.task == "image" else model.encode_text
+        fn = lambda: enc(x)  # noqa: E731
     del tensors
 
     def call():
@@ -110,9 +93,6 @@ def child(args) -> None:
         dict(first_s=first, times_s=times, median_s=float(np.median(times)), rss_start_mb=rss0,
              rss_model_mb=rss_model, peak_rss_mb=peak, version=version, device=dev)
     )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- parent
 
 
 def _input(tmp: Path, task: str, batch: int, size: int) -> Path:
@@ -137,12 +117,12 @@ def compare(model: str, weights: Path, args, tmp: Path) -> list[dict]:
         tasks = args.tasks.split(",")
         jobs = [("image", args.batch, 224)] * ("image" in tasks)
         jobs += [("text", args.batch, 0), ("text-full", args.batch, 0)] * ("text" in tasks)
-    rows, torch_text = [], None
+    rows, runs = [], {}
     for task, batch, size in jobs:
         inp = _input(tmp, task.split("-")[0], batch, size)
-        # OpenAI's text tower always runs the full context: one PyTorch run serves both.
+        # OpenAI's text tower always runs the full context: the "text" runs serve "text-full" too.
         libs = ["jittor"] if task == "text-full" else ["jittor", "torch"]
-        runs: dict[str, list[dict]] = {lib: [] for lib in libs}
+        runs = {"jittor": [], "torch": runs["torch"] if task == "text-full" else []}
         for r in range(args.rounds):
             for lib in libs if r % 2 == 0 else libs[::-1]:
                 out = tmp / f"{model}-{task}-{lib}.npy"
@@ -154,11 +134,7 @@ def compare(model: str, weights: Path, args, tmp: Path) -> list[dict]:
                 runs[lib].append(res)
                 print(f"  {MODELS[model]} {task} {lib}: median {res['median_s']:.3f} s/call, "
                       f"load {res['load']}", flush=True)  # fmt: skip
-        if task == "text":
-            torch_text = runs["torch"]
-        elif task == "text-full":
-            runs["torch"] = torch_text
-        best = {lib: min(x["median_s"] for x in v) for lib, v in runs.items() if v}
+        best = {lib: min(x["median_s"] for x in v) for lib, v in runs.items()}
         a, b = np.load(runs["jittor"][-1]["out"]), np.load(runs["torch"][-1]["out"])
         what = {"text": "text (Jittor trims)", "text-full": "text, full 77"}.get(task, task)
         what += f" x{batch}" + (f" @{size}" if size else "")
@@ -211,9 +187,7 @@ def layouts(repeats: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = B.parser(__doc__)
     ap.add_argument("--models", default="vit,rn,convnext", help="comma list of vit, rn, convnext")
     ap.add_argument("--tasks", default="image,text", help="CLIP: image and/or text")
     ap.add_argument("--batch", type=int, default=32, help="CLIP images / texts per call")
@@ -224,7 +198,6 @@ def main() -> None:
     ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
     ap.add_argument("--torch-device", default="cpu", help="cpu or cuda (if torch's build has it)")
     ap.add_argument("--layouts", action="store_true", help="the ConvNeXt layout micro-benchmark")
-    B.json_arg(ap)
     for name in ("child", "model", "task", "weights", "input", "output"):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = ap.parse_args()

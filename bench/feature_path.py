@@ -1,34 +1,21 @@
 """Does the encoder wait on image decoding? The feature path (``FeatureCache.get`` over
-``pipeline.images.iter_batches``), piece by piece.
+``pipeline.images.iter_batches``), piece by piece (docs/PERFORMANCE.md, section 2).
 
     python -m bench.feature_path decode --n 300 --workers 0,1,2 --jittor-dataset
     python -m bench.feature_path gil
     python -m bench.feature_path extract --encoder vit,rn,vit+rn --workers 2 --n 256
-    python -m bench.feature_path extract --encoder fake-gil:400,fake-gil:400+fake-gil:400 \\
-        --workers 1,2,4 --n 512
 
-``decode``: photo-like JPEGs (long side 300-640 px, like the challenge's images) through
-``load_rgb`` and the real preprocessing (CLIP 224, ConvNeXt 384), no encoder, per number of
-decoding threads (0: inline). ``--jittor-dataset`` also runs Jittor's own loader
-(``jittor.dataset.Dataset`` with worker processes, 0: inline) over the same images.
-
-``gil``: a thread that wakes up every millisecond while the main thread is inside a Jittor call
-of ~0.2 s. If Jittor released the GIL, the thread would keep waking up; the longest gap says how
-long it was shut out. The loader's threads are in that position during every encoder call.
-
-``extract``: ``FeatureCache.get`` on ``--n`` images with a fresh cache, with real encoders
-(``vit``, ``rn``, ``convnext``: ``pipeline.backbones`` on full-size random weights) or simulated
-ones: ``fake-gil:R`` holds the GIL for batch/R seconds without using a core (what a GPU encoder
-at R images/s does through Jittor), ``fake-nogil:R`` sleeps as long with the GIL released.
-Encoders joined by ``+`` share one ``get`` call, so each image is decoded once for all of them
-(as test.py does for the two CLIP backbones); they must share a preprocessing. Reported: wall
-time, time inside the encoders, and "waiting": the time between one batch's last encoder call
-and the next batch's first (waiting for decoded images, plus the cache's chunk writes).
+``decode``: photo-like JPEGs decoded and preprocessed, no encoder, per number of decoding threads
+(0: inline), and with ``--jittor-dataset`` by Jittor's own loader. ``gil``: the longest gap of a
+thread that wakes every millisecond while a Jittor call runs. ``extract``: ``FeatureCache.get``
+on a fresh cache with real or simulated encoders (``fake-gil:R`` holds the GIL for batch/R s, as
+a GPU encoder at R images/s does through Jittor; ``fake-nogil:R`` sleeps as long without it);
+encoders joined by ``+`` share one decoding pass. Waiting: from a batch's last encoder call to
+the next batch's first (decoding, and the cache's writes).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import tempfile
 import threading
@@ -48,7 +35,7 @@ def _preprocessings() -> dict:
 
 
 def _jittor_dataset(paths, pre, batch: int, workers: int):
-    """Jittor's own loader over ``paths``: a Dataset whose items are preprocessed images."""
+    """Jittor's own loader over ``paths``, yielding preprocessed images."""
     from models.runtime import jittor
     from pipeline.images import load_rgb
 
@@ -128,23 +115,6 @@ def cmd_gil(args) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------- extract
-
-
-class Timed:
-    """An encoder that records when each of its calls starts and ends."""
-
-    def __init__(self, encode) -> None:
-        self.encode, self.calls = encode, []
-
-    def __call__(self, batch: np.ndarray):
-        t = time.perf_counter()
-        out = self.encode(batch)
-        out = out.numpy() if hasattr(out, "numpy") else out
-        self.calls.append((t, time.perf_counter()))
-        return out
-
-
 def make_encoder(spec: str, weights_dir: str):
     """(encode(batch) -> features, preprocessing, description) of a real or simulated encoder."""
     if spec.startswith("fake-"):
@@ -177,16 +147,25 @@ def extract_once(paths, encoders, pre, batch: int, workers: int, root: Path) -> 
     """One ``FeatureCache.get`` of every encoder on a fresh cache, with one decoding pass."""
     from pipeline.features import Encoder, FeatureCache
 
-    timed = [Timed(e) for e in encoders]
-    cache_encoders = [Encoder({"bench": i}, t, f"bench{i}") for i, t in enumerate(timed)]
+    calls: list[list[tuple[float, float]]] = [[] for _ in encoders]
+
+    def timed(i: int, encode):  # records when each call starts and ends
+        def call(batch: np.ndarray):
+            t = time.perf_counter()
+            out = encode(batch)
+            out = out.numpy() if hasattr(out, "numpy") else out
+            calls[i].append((t, time.perf_counter()))
+            return out
+
+        return Encoder({"bench": i}, call, f"bench{i}")
+
     t0 = time.perf_counter()
-    FeatureCache(root).get(cache_encoders, paths, pre, batch_size=batch, workers=workers,
-                           progress=False)  # fmt: skip
+    FeatureCache(root).get([timed(i, e) for i, e in enumerate(encoders)], paths, pre,
+                           batch_size=batch, workers=workers, progress=False)  # fmt: skip
     wall = time.perf_counter() - t0
-    starts = [t[0] for t in timed[0].calls]
-    ends = [t[1] for t in timed[-1].calls]
+    starts, ends = [c[0] for c in calls[0]], [c[1] for c in calls[-1]]
     waiting = starts[0] - t0 + sum(s - e for s, e in zip(starts[1:], ends[:-1]))
-    encode = sum(e - s for t in timed for s, e in t.calls)
+    encode = sum(e - s for c in calls for s, e in c)
     return {"wall s": wall, "img/s": len(paths) / wall, "waiting s": waiting,
             "waiting %": 100 * waiting / wall, "encode s": encode,
             "other s": wall - waiting - encode}  # fmt: skip
@@ -217,9 +196,7 @@ def cmd_extract(args) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = B.parser(__doc__)
     ap.add_argument("what", choices=["decode", "gil", "extract"])
     ap.add_argument("--n", type=int, default=256, help="images")
     ap.add_argument("--workers", default="0,1,2", help="decoding threads (comma list; 0: inline)")
@@ -228,7 +205,6 @@ def main() -> None:
     ap.add_argument("--encoder", default="vit", help="vit, rn, convnext, fake-gil:R, fake-nogil:R")
     ap.add_argument("--gil-ops", type=int, default=6, help="gil: matmuls in the Jittor call")
     ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
-    B.json_arg(ap)
     args = ap.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
     rows = {"decode": cmd_decode, "gil": cmd_gil, "extract": cmd_extract}[args.what](args)

@@ -1,43 +1,19 @@
-"""The few-shot methods at the challenge's sizes, Jittor next to torch restatements of the official
-loops, and how the cascade's feature-level stages grow with test images n and classes C.
+"""The few-shot methods at the challenge's sizes, and how the cascade's feature-level stages grow
+with test images n and classes C (docs/METHODS.md, "Speed"; docs/PERFORMANCE.md, section 5).
 
     python -m bench.fewshot speed                     # challenge sizes, best of 2 alternating runs
-    python -m bench.fewshot speed --n 400 --classes 40 --lpp-classes 30 --iters 50 \\
-        --epochs 20 --tip-epochs 2 --amu-epochs 1 --repeats 1          # a quick look
     python -m bench.fewshot agree --iters 200         # each method on the CPU and on CUDA
     python -m bench.fewshot growth                    # n 1k..64k, C 403 and 1000: 8 min
-    python -m bench.fewshot growth --n 1000,4305 --classes 403 --json out/bench/growth.json
     python -m bench.fewshot selection --boards 3      # the validation search at board B's size
 
-``speed``: planted CLIP-like features (d = 512: unit vectors clustered by class, text columns
-across a modality gap; zero-shot about 60% top-1). InMaP official (2000 proxy steps) and the
-challenge variant on ``--n`` x 512 test features and ``--classes`` classes (board B: 4305, 403);
-LP++ (300 epochs, validation every epoch), Tip-Adapter-F (20 epochs, batch 256, no search) and
-AMU-Tuning (50 epochs, batch 8, 1024-d auxiliary features) on ``--shots`` images of each of
-``--lpp-classes`` seen classes (374). The torch side is tests/_reference.py's restatements of the
-official code (the same the tests compare against), run in the same process on the same data;
-Jittor and torch alternate over ``--repeats`` and the best time of each is kept. Also reported:
-how often the two predict the same class. With a CUDA build of Jittor the Jittor runs repeat on
-the GPU (``--devices``).
-
-``agree``: the same problems, each method once on the CPU and once on CUDA (without CUDA: twice
-on the CPU, which must agree exactly): the largest difference of their scores and the share of
-the same top-1 (bench/gpu_check.sh).
-
-``growth``: for each (n, C), in its own process (so its peak memory is its own): InMaP official
-(Sinkhorn and the proxy loop each timed at ``--iters-lo`` and ``--iters-hi`` iterations, the
-full 20 + 2000 computed from the per-iteration cost; ``--full-official`` runs it instead), the
-challenge variant, LP++ logits over C - 29 seen classes, and the routing (two backbones' fused
-scores through ``run_cascade`` with a 130-class expert); then least-squares fits
-``a n^p C^q`` and ``fixed + k n C``. Memory: peak RSS over the timed call minus the RSS before.
-
-``selection``: train.py's whole validation search (pipeline.selection.Search, every open choice)
-on a planted problem shaped like board B (``--domains``, the last one unseen; 4 shots, 20
-validation images per seen class, ``--n`` test images of which ``--share`` unseen; two
-backbones in the orig, flip and aug views; an expert over the dogs), with the unseen share found
-as train.py finds it; then what test.py would score with the chosen cascade on the planted test
-set, against the predicted interval, for ``--boards`` seeds. ``--settings`` (a YAML file) and
-``--epochs`` (LP++) set the recipe.
+``speed``: Jittor (also on CUDA, ``--devices``) against tests/_reference.py's torch restatements
+of the official loops, same process, same planted features (tests/_planted.py), alternating over
+``--repeats``, the best time kept; and how often both predict the same class. ``agree``: each
+method on the CPU and on CUDA (without CUDA twice on the CPU: exactly equal). ``growth``: each
+(n, C) in its own process; InMaP official is computed from Sinkhorn and proxy loops timed at
+``--iters-lo`` and ``--iters-hi`` iterations (``--full-official``: run); fits ``a n^p C^q`` and
+``fixed + k n C``. ``selection``: train.py's validation search on a planted board-shaped problem,
+then the chosen cascade's top-1 on its test set against the predicted interval.
 """
 
 from __future__ import annotations
@@ -51,13 +27,10 @@ import numpy as np
 import bench as B
 from tests._planted import BOARD_B, D, planted
 
-# ----------------------------------------------------------------------------- speed
-
 
 class Case(NamedTuple):
-    """One method's benchmark: a size description, the Jittor run, the torch run (None: Jittor
-    only), a short Jittor run that compiles the same kernels, and ``scores(output of either
-    run) -> [rows, classes]`` on the case's evaluation rows (top-1: their argmax)."""
+    """One method's benchmark: its size, the Jittor run, the torch run (None: Jittor only), a
+    short Jittor run that compiles the same kernels, and scores(either run's output) [rows, C]."""
 
     size: str
     jittor: Callable[[], Any]
@@ -66,170 +39,122 @@ class Case(NamedTuple):
     scores: Callable[[Any], np.ndarray]
 
 
-def _inmap(variant: str):
-    def case(args, d) -> Case:
-        from fewshot.inmap import inmap, inmap_challenge
-
-        X, T, (Xt, Tt) = d["X"], d["T"], d["torch"](d["X"], d["T"])
-        size = f"{len(X)} x {D}, C = {T.shape[1]}"
-        if variant == "official":
-            return Case(
-                f"{size}, {args.iters} steps",
-                lambda: inmap(X, T, iters_proxy=args.iters),
-                lambda: d["R"].torch_inmap(Xt, Tt, args.iters).numpy(),
-                lambda: inmap(X, T, iters_proxy=2),
-                lambda W: X @ W,
-            )
-        return Case(
-            f"{size}, 2 x 20 steps, 100 Sinkhorn iterations",
-            lambda: inmap_challenge(X, T),
-            lambda: d["R"].torch_inmap_challenge(Xt, Tt).numpy(),
-            lambda: inmap_challenge(X, T, iters_proxy=2, iters_sinkhorn=2),
-            lambda W: X @ W,
-        )
-
-    return case
+METHODS = (
+    "InMaP official,InMaP challenge,LP++,Tip-Adapter-F,AMU,TransCLIP zero-shot,TransCLIP few-shot"
+)
 
 
-def _lpp(args, d) -> Case:
-    from fewshot.lpp import LPPlusPlus
-
-    F, y, T, Fv, yv = d["F"], d["y"], d["T2"], d["Fv"], d["yv"]
-
-    def scores(out) -> np.ndarray:
-        if isinstance(out, tuple):  # torch: (W, b, alpha, best epoch)
-            return Fv @ out[0].T + out[1] + out[2] * (Fv @ T)
-        return out.logits(Fv)
-
-    return Case(
-        f"{len(F)} x {D}, C = {T.shape[1]}, {args.epochs} epochs, val {len(Fv)}",
-        lambda: LPPlusPlus(epochs=args.epochs).fit(F, y, T, val=(Fv, yv)),
-        lambda: d["R"].torch_lpp(F, y, T, args.epochs, val=(Fv, yv)),
-        lambda: LPPlusPlus(epochs=2).fit(F, y, T, val=(Fv, yv)),
-        scores,
-    )
-
-
-def _tip_f(args, d) -> Case:
-    from fewshot import tip_adapter as TA
-
-    F, y, T, Fv = d["F"], d["y"], d["T2"], d["Fv"]
-    cfg = TA.OFFICIAL
-    K0, L = TA.build_cache_keys(F), TA.build_cache_values(y, T.shape[1])
-
-    def scores(out) -> np.ndarray:
-        keys = getattr(out, "keys", out)
-        return TA.tip_logits(Fv, T, keys, L, cfg.init_alpha, cfg.init_beta)
-
-    return Case(
-        f"{len(F)} x {D}, C = {T.shape[1]}, {args.tip_epochs} epochs, batch {cfg.batch_size}",
-        lambda: TA.TipAdapterF(epochs=args.tip_epochs).fit(F, y, T),
-        lambda: d["R"].torch_tip_f(
-            F, y, T, K0, L, args.tip_epochs, cfg.batch_size, cfg.init_beta, cfg.init_alpha, cfg.seed
-        ),  # fmt: skip
-        lambda: TA.TipAdapterF(epochs=1).fit(F, y, T),
-        scores,
-    )
-
-
-def _amu(args, d) -> Case:
-    from fewshot import amu as A
-
-    F, y, T, Aux, Aux_v = d["F"], d["y"], d["T2"], d["A"], d["Av"]
-    cfg = A.OFFICIAL
-    return Case(
-        f"{len(F)} x {D} + {Aux.shape[1]}, C = {T.shape[1]}, {args.amu_epochs} epochs, "
-        f"batch {cfg.batch_size}",
-        lambda: A.AMUTuning(epochs=args.amu_epochs).fit(F, Aux, y, T),
-        lambda: d["R"].torch_amu(
-            F,
-            Aux,
-            y,
-            T,
-            args.amu_epochs,
-            cfg.batch_size,
-            cfg.alpha,
-            cfg.lambda_merge,
-            cfg.uncertainty,
-            cfg.seed,
-        ),  # fmt: skip
-        lambda: A.AMUTuning(epochs=1).fit(F, Aux, y, T),
-        lambda out: Aux_v @ getattr(out, "W", out).T,
-    )
-
-
-def _transclip(few: bool):
-    def case(args, d) -> Case:
-        from fewshot.transclip import transclip
-
-        X, T = d["X"], d["T"]
-        c = T.shape[1]
-        # shots: `--shots` per class of the first `--lpp-classes` classes, drawn from the test
-        # problem's generator (support and queries share the class means)
-        ys = np.tile(np.arange(min(args.lpp_classes, c)), args.shots)
-        S, _ = planted(ys, c, args.seed)
-        support = (S, ys) if few else None
-        gamma = 0.02 if few else None
-        return Case(
-            f"{len(X)} x {D}, C = {c}" + (f", {len(ys)} shots, gamma 0.02" if few else ""),
-            lambda: transclip(X, T, support, gamma=gamma),
-            None,  # the released solver is restated in tests (_transclip_reference), not timed
-            lambda: transclip(X, T, support, gamma=gamma, iters=0),
-            lambda z: z,
-        )
-
-    return case
-
-
-# Method -> (args, data) -> Case. One more method's timing plugs in here.
-METHODS: dict[str, Callable[[argparse.Namespace, dict], Case]] = {
-    "InMaP official": _inmap("official"),
-    "InMaP challenge": _inmap("challenge"),
-    "LP++": _lpp,
-    "Tip-Adapter-F": _tip_f,
-    "AMU": _amu,
-    "TransCLIP zero-shot": _transclip(False),
-    "TransCLIP few-shot": _transclip(True),
-}
-
-
-def data(args) -> dict:
-    """The planted problems: a test set for InMaP, a few-shot set (train and val) for the rest."""
+def cases(args) -> tuple[dict[str, Case], dict]:
+    """Every method's Case on planted problems (a test set for InMaP and TransCLIP, a few-shot set,
+    train and val, for the rest), and the test set's text classifier, labels and torch threads."""
     torch = R = None
     if not args.skip_torch:  # the torch side of `speed`, imported before Jittor
         import torch
 
         from tests import _reference as R
+    from fewshot import amu as A
+    from fewshot import tip_adapter as TA
+    from fewshot.inmap import inmap, inmap_challenge
+    from fewshot.lpp import LPPlusPlus
+    from fewshot.transclip import transclip
+
     rng = np.random.default_rng(args.seed)
     y_test = rng.integers(0, args.classes, args.n)
     X, T = planted(y_test, args.classes, args.seed)
+    Xt, Tt = (torch.tensor(X), torch.tensor(T)) if torch else (X, T)
     c, k = args.lpp_classes, args.shots
     y2 = np.tile(np.arange(c), 2 * k)
     F2, T2 = planted(y2, c, args.seed + 1)
     aux_centres = rng.standard_normal((c, 1024)).astype(np.float32)
     A2 = aux_centres[y2] + rng.standard_normal((len(y2), 1024)).astype(np.float32)
     n = c * k
-    return dict(X=X, T=T, y_test=y_test, T2=T2, F=F2[:n], y=y2[:n], Fv=F2[n:], yv=y2[n:],
-                A=A2[:n], Av=A2[n:], R=R, threads=torch and torch.get_num_threads(),
-                torch=lambda *a: [torch.tensor(x) for x in a] if torch else a)  # fmt: skip
+    F, y, Fv, yv, Aux, Aux_v = F2[:n], y2[:n], F2[n:], y2[n:], A2[:n], A2[n:]
+    tip, amu = TA.OFFICIAL, A.OFFICIAL
+    tip_cfg = (tip.batch_size, tip.init_beta, tip.init_alpha, tip.seed)
+    amu_cfg = (amu.batch_size, amu.alpha, amu.lambda_merge, amu.uncertainty, amu.seed)
+    K0, L = TA.build_cache_keys(F), TA.build_cache_values(y, c)
+    # TransCLIP's shots: `--shots` per class of the first `--lpp-classes` classes, from the test
+    # problem's generator (support and queries share the class means)
+    ys = np.tile(np.arange(min(c, args.classes)), k)
+    support = (planted(ys, args.classes, args.seed)[0], ys)
+    test, few = f"{len(X)} x {D}, C = {args.classes}", f"{n} x {D}, C = {c}"
+
+    def lpp_scores(out) -> np.ndarray:
+        if isinstance(out, tuple):  # torch: (W, b, alpha, best epoch)
+            return Fv @ out[0].T + out[1] + out[2] * (Fv @ T2)
+        return out.logits(Fv)
+
+    def tip_scores(out) -> np.ndarray:
+        return TA.tip_logits(Fv, T2, getattr(out, "keys", out), L, tip.init_alpha, tip.init_beta)
+
+    def transclip_case(shots, gamma) -> Case:
+        return Case(
+            test + (f", {len(ys)} shots, gamma 0.02" if shots else ""),
+            lambda: transclip(X, T, shots, gamma=gamma),
+            None,  # the released solver is restated in tests (_transclip_reference), not timed
+            lambda: transclip(X, T, shots, gamma=gamma, iters=0),
+            lambda z: z,
+        )
+
+    all_cases = {
+        "InMaP official": Case(
+            f"{test}, {args.iters} steps",
+            lambda: inmap(X, T, iters_proxy=args.iters),
+            lambda: R.torch_inmap(Xt, Tt, args.iters).numpy(),
+            lambda: inmap(X, T, iters_proxy=2),
+            lambda W: X @ W,
+        ),
+        "InMaP challenge": Case(
+            f"{test}, 2 x 20 steps, 100 Sinkhorn iterations",
+            lambda: inmap_challenge(X, T),
+            lambda: R.torch_inmap_challenge(Xt, Tt).numpy(),
+            lambda: inmap_challenge(X, T, iters_proxy=2, iters_sinkhorn=2),
+            lambda W: X @ W,
+        ),
+        "LP++": Case(
+            f"{few}, {args.epochs} epochs, val {len(Fv)}",
+            lambda: LPPlusPlus(epochs=args.epochs).fit(F, y, T2, val=(Fv, yv)),
+            lambda: R.torch_lpp(F, y, T2, args.epochs, val=(Fv, yv)),
+            lambda: LPPlusPlus(epochs=2).fit(F, y, T2, val=(Fv, yv)),
+            lpp_scores,
+        ),
+        "Tip-Adapter-F": Case(
+            f"{few}, {args.tip_epochs} epochs, batch {tip.batch_size}",
+            lambda: TA.TipAdapterF(epochs=args.tip_epochs).fit(F, y, T2),
+            lambda: R.torch_tip_f(F, y, T2, K0, L, args.tip_epochs, *tip_cfg),
+            lambda: TA.TipAdapterF(epochs=1).fit(F, y, T2),
+            tip_scores,
+        ),
+        "AMU": Case(
+            f"{n} x {D} + {Aux.shape[1]}, C = {c}, {args.amu_epochs} epochs, "
+            f"batch {amu.batch_size}",
+            lambda: A.AMUTuning(epochs=args.amu_epochs).fit(F, Aux, y, T2),
+            lambda: R.torch_amu(F, Aux, y, T2, args.amu_epochs, *amu_cfg),
+            lambda: A.AMUTuning(epochs=1).fit(F, Aux, y, T2),
+            lambda out: Aux_v @ getattr(out, "W", out).T,
+        ),
+        "TransCLIP zero-shot": transclip_case(None, None),
+        "TransCLIP few-shot": transclip_case(support, 0.02),
+    }
+    chosen = {name: all_cases[name] for name in args.methods.split(",")}
+    return chosen, {"T": T, "y_test": y_test, "threads": torch and torch.get_num_threads()}
 
 
 def cmd_speed(args) -> list[dict]:
-    d = data(args)
+    todo, d = cases(args)
     from models.runtime import jittor
 
     jt = jittor()
     devices = [x for x in args.devices.split(",") if x == "cpu" or jt.has_cuda]
-    cases = {name: METHODS[name](args, d) for name in args.methods.split(",")}
     for dev in devices:  # compile every kernel outside the timings
         jittor(dev)
-        for case in cases.values():
+        for case in todo.values():
             case.warmup()
     best: dict[tuple[str, str], float] = {}
     out: dict[tuple[str, str], Any] = {}
     runs = [(dev, "jittor") for dev in devices] + [("cpu", "torch")] * (not args.skip_torch)
     for _ in range(args.repeats):
-        for name, case in cases.items():
+        for name, case in todo.items():
             for dev, lib in runs:
                 fn = case.jittor if lib == "jittor" else case.torch
                 if fn is None:
@@ -242,7 +167,7 @@ def cmd_speed(args) -> list[dict]:
                 best[key] = min(time.perf_counter() - t, best.get(key, np.inf))
     rows, ref = [], f"jittor-{devices[0]}"
     print(f"torch {d['threads']} threads; Jittor {jt.__version__}")
-    for name, case in cases.items():
+    for name, case in todo.items():
         row: dict[str, Any] = {"method": name, "size": case.size}
         row.update({f"{run} s": s for (m, run), s in best.items() if m == name})
         if (name, "torch-cpu") in out:
@@ -254,19 +179,17 @@ def cmd_speed(args) -> list[dict]:
             acc = [np.mean(p == d["y_test"]) for p in pred]
             row["top-1 % zero-shot -> InMaP"] = f"{100 * acc[0]:.1f} -> {100 * acc[1]:.1f}"
         rows.append(row)
-    return rows, {}
+    return rows
 
 
 def cmd_agree(args) -> list[dict]:
-    """Each method once on the CPU and once on CUDA, same inputs (CPU twice without CUDA: they
-    must agree exactly): the largest score difference and how often the top-1 is the same."""
     args.skip_torch = True
-    d = data(args)
+    todo, _ = cases(args)
     from models.runtime import jittor
 
     other, rows = ("cuda" if jittor().has_cuda else "cpu"), []
-    for name in args.methods.split(","):
-        case, out, secs = METHODS[name](args, d), [], []
+    for name, case in todo.items():
+        out, secs = [], []
         for dev in ("cpu", other):
             jittor(dev)
             t = time.perf_counter()
@@ -277,13 +200,10 @@ def cmd_agree(args) -> list[dict]:
                      "cpu s": secs[0], "second s": secs[1], "max abs diff": diff,
                      "max rel diff": diff / float(np.abs(out[0]).max()),
                      "same top-1 %": 100 * float(np.mean(same))})  # fmt: skip
-    return rows, {}
+    return rows
 
 
-# ----------------------------------------------------------------------------- selection
-
-
-def cmd_selection(args) -> tuple[list[dict], dict]:
+def cmd_selection(args) -> list[dict]:
     from pipeline.scores import Choice
     from pipeline.selection import Search
     from pipeline.settings import Settings
@@ -300,8 +220,7 @@ def cmd_selection(args) -> tuple[list[dict], dict]:
         t = time.perf_counter()
         share = routed_share(p, start, settings)
         t_share = time.perf_counter() - t
-        search = Search(validation_data(p), settings, share, args.n, seed)
-        result = search.search()
+        result = Search(validation_data(p), settings, share, args.n, seed).search()
         t_search = time.perf_counter() - t - t_share
         choice, pred = Choice(**result["choice"]), result["predicted_top1"]
         t = time.perf_counter()
@@ -317,10 +236,7 @@ def cmd_selection(args) -> tuple[list[dict], dict]:
             "candidates": len(result["candidates"]), "share s": t_share, "search s": t_search,
             "board s": t_board,
         })  # fmt: skip
-    return rows, {}
-
-
-# ----------------------------------------------------------------------------- growth
+    return rows
 
 
 def _measure(fn, jt, warm: bool = True) -> tuple[float, float]:
@@ -335,7 +251,7 @@ def _measure(fn, jt, warm: bool = True) -> tuple[float, float]:
     t = time.perf_counter()
     fn()
     jt.sync_all(True)
-    return time.perf_counter() - t, max(0.0, B.peak_rss_mb() - base)
+    return time.perf_counter() - t, max(0.0, B.rss_mb(peak=True) - base)
 
 
 def growth_child(args) -> None:
@@ -344,6 +260,7 @@ def growth_child(args) -> None:
     jt = jittor()
     from fewshot import inmap as im
     from fewshot.lpp import LPPlusPlus
+    from fewshot.transclip import transclip
     from pipeline.cascade import fuse, run_cascade
 
     n, c, lo, hi = int(args.n), args.child_classes, args.iters_lo, args.iters_hi
@@ -357,52 +274,40 @@ def growth_child(args) -> None:
     s_hi, m2 = _measure(lambda: im.sinkhorn(M, iters=hi), jt, warm=False)
     p_lo, m3 = _measure(lambda: im.vision_proxies(X, T, Y, iters=lo), jt)
     p_hi, m4 = _measure(lambda: im.vision_proxies(X, T, Y, iters=hi), jt, warm=False)
-    out["sinkhorn_iter_s"], out["proxy_step_s"] = (
-        (s_hi - s_lo) / (hi - lo),
-        (p_hi - p_lo) / (hi - lo),
-    )
-    fixed = s_lo - lo * out["sinkhorn_iter_s"] + p_lo - lo * out["proxy_step_s"]
-    out["official_s"] = fixed + 20 * out["sinkhorn_iter_s"] + 2000 * out["proxy_step_s"]
-    out["official_mb"], out["official_computed"] = max(m1, m2, m3, m4), True
+    sinkhorn, proxy = (s_hi - s_lo) / (hi - lo), (p_hi - p_lo) / (hi - lo)
+    out["Sinkhorn iteration"], out["proxy step"] = sinkhorn, proxy
+    fixed = s_lo - lo * sinkhorn + p_lo - lo * proxy
+    out["InMaP official"] = fixed + 20 * sinkhorn + 2000 * proxy
+    out["InMaP official MiB"], out["official computed"] = max(m1, m2, m3, m4), True
     if args.full_official:
-        out["official_s"], out["official_mb"] = _measure(lambda: im.inmap(X, T), jt)
-        out["official_computed"] = False
-    out["challenge_s"], out["challenge_mb"] = _measure(lambda: im.inmap_challenge(X, T), jt)
+        out["InMaP official"], out["InMaP official MiB"] = _measure(lambda: im.inmap(X, T), jt)
+        out["official computed"] = False
+
+    def measure(name: str, fn) -> None:
+        out[name], out[f"{name} MiB"] = _measure(fn, jt)
+
+    measure("InMaP challenge", lambda: im.inmap_challenge(X, T))
     seen = np.arange(c - 29)  # board B: 29 car classes without training images
     probe = LPPlusPlus.from_state_dict({
         "weight": rng.standard_normal((seen.size, D)).astype(np.float32),
         "bias": np.zeros(seen.size, np.float32), "alpha": np.ones(seen.size, np.float32),
         "text": np.ascontiguousarray(T[:, seen]),
     })  # fmt: skip
-    out["lpp_logits_s"], out["lpp_logits_mb"] = _measure(lambda: probe.logits(X), jt)
+    measure("LP++ logits", lambda: probe.logits(X))
     s1, s2 = [X @ T, X2 @ T2], [probe.logits(X), probe.logits(X2)]
     expert = seen[-130:]  # board B: 130 dog classes
     expert_scores = rng.standard_normal((n, expert.size)).astype(np.float32)
-
-    def route():
-        return run_cascade(fuse(s1, [0.5, 0.5]), np.arange(seen.size, c), fuse(s2, [0.6, 0.4]),
-                           seen, expert, lambda rows: expert_scores[rows])  # fmt: skip
-
-    out["routing_s"], out["routing_mb"] = _measure(route, jt)
-    from fewshot.transclip import transclip
-
-    out["transclip_s"], out["transclip_mb"] = _measure(lambda: transclip(X, T), jt)
+    measure("routing", lambda: run_cascade(fuse(s1, [0.5, 0.5]), np.arange(seen.size, c),
+                                           fuse(s2, [0.6, 0.4]), seen, expert,
+                                           lambda rows: expert_scores[rows]))  # fmt: skip
+    measure("TransCLIP zero-shot", lambda: transclip(X, T))
     B.report(out)
 
 
-GROWTH = {
-    "proxy step": "proxy_step_s",
-    "Sinkhorn iteration": "sinkhorn_iter_s",
-    "InMaP official": "official_s",
-    "InMaP challenge": "challenge_s",
-    "LP++ logits": "lpp_logits_s",
-    "routing": "routing_s",
-    "TransCLIP zero-shot": "transclip_s",
-    "InMaP official MiB": "official_mb",
-    "InMaP challenge MiB": "challenge_mb",
-    "routing MiB": "routing_mb",
-    "TransCLIP zero-shot MiB": "transclip_mb",
-}
+GROWTH = (  # the columns of growth's rows; seconds, then memory
+    "proxy step,Sinkhorn iteration,InMaP official,InMaP challenge,LP++ logits,routing,"
+    "TransCLIP zero-shot,InMaP official MiB,InMaP challenge MiB,routing MiB,TransCLIP zero-shot MiB"
+).split(",")
 
 
 def fits(results: list[dict]) -> list[dict]:
@@ -410,8 +315,8 @@ def fits(results: list[dict]) -> list[dict]:
     error). Points under 1 ms or 1 MiB are left out: the allocator serves them from memory the
     process already holds, so they measure nothing."""
     rows = []
-    for name, key in GROWTH.items():
-        pts = [r for r in results if r[key] >= (1.0 if key.endswith("_mb") else 1e-3)]
+    for key in GROWTH:
+        pts = [r for r in results if r[key] >= (1.0 if key.endswith("MiB") else 1e-3)]
         if len(pts) < 3:
             continue
         n, c, y = (np.array([r[k] for r in pts], float) for k in ("n", "C", key))
@@ -420,13 +325,13 @@ def fits(results: list[dict]) -> list[dict]:
         coef, *_ = np.linalg.lstsq(A, np.log(y), rcond=None)
         (t0, k), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(n), n * c]) / y[:, None],
                                       np.ones_like(y), rcond=None)  # fmt: skip
-        rows.append({"quantity": name, "a": float(np.exp(coef[0])), "p (n)": float(coef[1]),
+        rows.append({"quantity": key, "a": float(np.exp(coef[0])), "p (n)": float(coef[1]),
                      "q (C)": float(coef[2]) if both else float("nan"), "fixed": float(t0),
                      "k per n C": float(k), "points": len(pts)})  # fmt: skip
     return rows
 
 
-def cmd_growth(args) -> list[dict]:
+def cmd_growth(args) -> tuple[list[dict], dict]:
     results = []
     for c in [int(v) for v in args.classes.split(",")]:
         for n in [int(v) for v in args.n.split(",")]:
@@ -434,21 +339,19 @@ def cmd_growth(args) -> list[dict]:
             cmd += ["--iters-lo", str(args.iters_lo), "--iters-hi", str(args.iters_hi)]
             res = B.run_child(cmd + ["--full-official"] * args.full_official)
             results.append(res)
-            print(f"n={n} C={c}: official {res['official_s']:.2f} s"
-                  f"{' (computed)' if res['official_computed'] else ''}, challenge "
-                  f"{res['challenge_s']:.2f} s, load {res['load']}", flush=True)  # fmt: skip
+            print(f"n={n} C={c}: official {res['InMaP official']:.2f} s"
+                  f"{' (computed)' if res['official computed'] else ''}, challenge "
+                  f"{res['InMaP challenge']:.2f} s, load {res['load']}", flush=True)  # fmt: skip
     growth = fits(results)
     print("\nfitted growth: a n^p C^q, and fixed + k n C\n" + B.table(growth))
-    rows = [{"n": r["n"], "C": r["C"], **{k: r[v] for k, v in GROWTH.items()},
-             "official computed": r["official_computed"], "load": r["load"],
+    rows = [{"n": r["n"], "C": r["C"], **{k: r[k] for k in GROWTH},
+             "official computed": r["official computed"], "load": r["load"],
              "GPU peak MiB": r["gpu_peak_mb"]} for r in results]  # fmt: skip
     return rows, {"fits": growth}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = B.parser(__doc__)
     ap.add_argument("what", choices=["speed", "agree", "growth", "selection"])
     ap.add_argument("--n", help="test images (speed: 4305; growth: comma list, 1000,...,64000)")
     ap.add_argument("--classes", help="classes (speed: 403; growth: comma list, 403,1000)")
@@ -458,7 +361,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=300, help="speed: LP++ epochs")
     ap.add_argument("--tip-epochs", type=int, default=20, help="speed: Tip-Adapter-F epochs")
     ap.add_argument("--amu-epochs", type=int, default=50, help="speed: AMU epochs")
-    ap.add_argument("--methods", default=",".join(METHODS), help="speed: comma list")
+    ap.add_argument("--methods", default=METHODS, help="speed: comma list")
     ap.add_argument("--repeats", type=int, default=2, help="speed: the best is reported")
     ap.add_argument("--devices", default="cpu,cuda", help="speed: Jittor devices (if present)")
     ap.add_argument("--skip-torch", action="store_true", help="speed: Jittor only")
@@ -473,17 +376,16 @@ def main() -> None:
     ap.add_argument("--boards", type=int, default=1, help="selection: seeds from --seed")
     ap.add_argument("--settings", help="selection: a settings YAML file (default: defaults)")
     ap.add_argument("--child-classes", type=int, help=argparse.SUPPRESS)
-    B.json_arg(ap)
     args = ap.parse_args()
     if args.child_classes:
         return growth_child(args)
-    if args.what != "growth":
-        args.n, args.classes = int(args.n or 4305), int(args.classes or 403)
-        command = {"speed": cmd_speed, "agree": cmd_agree, "selection": cmd_selection}
-        rows, extra = command[args.what](args)
-    else:
+    if args.what == "growth":
         args.n, args.classes = args.n or "1000,4000,16000,64000", args.classes or "403,1000"
         rows, extra = cmd_growth(args)
+    else:
+        args.n, args.classes = int(args.n or 4305), int(args.classes or 403)
+        command = {"speed": cmd_speed, "agree": cmd_agree, "selection": cmd_selection}
+        rows, extra = command[args.what](args), {}
     from models.runtime import jittor
 
     B.finish(args, rows, jittor(), **extra)

@@ -1,33 +1,18 @@
 """Half precision: do the encoders give the same answers in float16? Top-1 agreement with
-float32, and the speed and memory of both.
+float32, speed and memory of both (docs/PERFORMANCE.md, section 6).
 
-    python -m bench.fp16                                  # GPU: full-size models, 500 photos
     python -m bench.fp16 --models vit,convnext --n 32 --batch 16 --convnext-size 64   # CPU
-    python -m bench.fp16 --images out/bench/pipeline/full/data/TestSet --n 4305 \\
-        --json out/bench/fp16_gpu.json
     python -m bench.fp16 --devices cpu,cuda --ref-n 8     # GPU: also against the CPU's float32
 
-Per encoder (CLIP ViT-B/32, RN101, ConvNeXt-V2-base at 384 px; random weights converted from
-upstream-format files; ``--size demo``: the demo's small members of the same families at 224 px)
-the images go through the pipeline's loader and preprocessing; the model encodes them in float32,
-then again after ``model.float16()`` (weights in float16; LayerNorm, GRN and the BatchNorm
-statistics in float32, as OpenAI's fp16 CLIP and torch autocast do). Compared: the cosine of the
-two feature sets, and the top-1 (and top-5 overlap) of the classifier the pipeline puts on top:
-for CLIP the zero-shot text classifier over board B's 403 classes (domain prompts, built in
-float32), for ConvNeXt its 1000-class head in float32. Target: top-1 agreement >= 99.5%. Random
-weights give flatter logits than trained ones (smaller margins): a harder case for agreement.
-
-Jittor runs float16 on the CPU with generic kernels, 100-1000x slower than float32 (the demo's
-ModifiedResNet at 224 px: 0.02 images/s), so the full-size check is for a GPU (``--size auto``:
-full where nvidia-smi lists a GPU, demo otherwise). ``--devices REF,DEV`` encodes the first
-``--ref-n`` images in float32 on REF too and compares DEV's float32 and float16 features with
-them (largest difference, same top-1 under the same classifier): ``cpu,cuda`` for the GPU check,
-``cpu,cpu`` must agree exactly.
+Compared: the features' cosine, and the top-1 (top-5 overlap) of the classifier the pipeline
+puts on top (CLIP: zero-shot over board B's 403 classes; ConvNeXt: its 1000-class head). Jittor's
+CPU float16 is 100-1000x slower than float32: ``--size auto`` is full size where nvidia-smi lists
+a GPU, else the demo's small models. ``--devices REF,DEV``: the first ``--ref-n`` images in
+float32 on REF against DEV's float32 and float16 (cpu,cpu: exactly equal).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -103,7 +88,7 @@ def compare(name: str, path: Path, paths: list[str], args) -> dict:
         with B.GpuMemory() as gpu:
             feats[dtype], seconds = encode_all(model, encode, paths, pre, args.batch)
         res[f"{dtype} img/s"] = len(paths) / seconds
-        res[f"{dtype} peak RSS MiB"] = B.peak_rss_mb()
+        res[f"{dtype} peak RSS MiB"] = B.rss_mb(peak=True)
         res[f"{dtype} GPU peak MiB"] = gpu.used_mb
         if ref_dev:  # same images, same classifier: does the device change the answers?
             f, key = feats[dtype][: len(ref)], f"{dtype} vs {ref_dev} float32"
@@ -129,9 +114,7 @@ def compare(name: str, path: Path, paths: list[str], args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = B.parser(__doc__)
     ap.add_argument("--models", default="vit,rn,convnext")
     ap.add_argument("--size", choices=["auto", "full", "demo"], default="auto",
                     help="weights: auto = full on a GPU, demo on a CPU")  # fmt: skip
@@ -144,7 +127,6 @@ def main() -> None:
     ap.add_argument("--ref-n", type=int, default=8, help="images encoded on REF")
     ap.add_argument("--photos-dir", default="out/bench/photos", help="generated photos")
     ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
-    B.json_arg(ap)
     args = ap.parse_args()
     if args.size == "auto":  # as scripts/env.sh decides whether Jittor may look for CUDA
         args.size = "full" if B.gpu_names() else "demo"

@@ -1,31 +1,18 @@
 """process.py, train.py and test.py end to end with full-size random weights on a generated photo
 dataset: wall time per step, model loads and peak memory as the scripts record them in
-``$OUT_DIR/train.json`` and ``test.json``, the GPU memory peak (nvidia-smi), and for a subset the
-extrapolation to the challenge's sizes.
+``train.json`` and ``test.json``, GPU memory peak, and for a subset (every ``--class-step``-th
+class) the extrapolation to the challenge's sizes (docs/PERFORMANCE.md, sections 3 and 4).
 
     python -m bench.pipeline --test-runs 2 --json out/bench/pipeline_subset.json   # CPU: 10 min
-    python -m bench.pipeline --class-step 40 --test-images 20 --val-per-class 1 --lpp-epochs 10
     python -m bench.pipeline --full --test-runs 2 --json out/bench/pipeline_full.json  # GPU
 
-Weights: random ViT-B/32, RN101 and ConvNeXt-V2-base in the upstream formats, converted
-(``pipeline.synthetic.write_weights``). Data: ``pipeline.synthetic.photo_dataset``, photo-sized
-JPEGs in the challenge layout over board B's class list, or over every ``--class-step``-th class
-of it (the domains' shares kept) for a CPU-sized run. The scripts run as users run them, with
-DATA_DIR, OUT_DIR, CLIP_VIT, CLIP_RN, CONVNEXT, SETTINGS, SHOTS, VAL_PER_CLASS (and WORKERS,
-BATCH_SIZE when given). ``--test-runs 2`` runs test.py again with the test features removed from
-the cache (Jittor's kernels compiled by then, as in any later run on a machine).
-
-Extrapolation (subsets only): a step that grows with images (or classes, or expert views) is
-scaled by the challenge's count over the count here, after taking out the model loads recorded
-inside it, which happen once whatever the size; the feature-level steps (LP++ fits, InMaP, LP++
-logits) are carried over unscaled: ``python -m bench.fewshot speed`` measures them at full size.
-The expert's share of the test images is taken as the dogs' share of the classes (130 / 403),
-since random weights route arbitrarily.
+Extrapolation: a step that grows with the images (classes, expert views) is scaled by the
+challenge's count over the count here, its model loads taken out; feature-level steps are not
+scaled; the expert gets the dogs' share of the test images (random weights route arbitrarily).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -125,9 +112,7 @@ def summarise(name: str, rec: dict, sizes: dict, extrapolate: bool) -> list[dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = B.parser(__doc__)
     ap.add_argument("--full", action="store_true", help="the challenge's sizes (for a GPU)")
     ap.add_argument("--size", choices=["full", "demo"], default="full", help="weights")
     ap.add_argument("--class-step", type=int, default=10, help="subset: every k-th class")
@@ -142,7 +127,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, help="BATCH_SIZE for the scripts")
     ap.add_argument("--out", default="out/bench/pipeline")
     ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
-    B.json_arg(ap)
     args = ap.parse_args()
     if args.full:
         args.class_step, args.val_per_class = 1, FULL["val"]

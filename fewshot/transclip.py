@@ -1,61 +1,19 @@
 """TransCLIP (Zanella, Gérin & Ben Ayed, NeurIPS 2024): transduction over zero- or few-shot CLIP.
 
-Official code: MaxZanella/transduction-for-vlms, TransCLIP_solver/TransCLIP.py (the solver loop)
-and TransCLIP_solver/TransCLIP_utils.py (the updates). Restated here over feature arrays.
-
-Every unlabelled image i gets class assignments z_i (a probability vector). The model: a Gaussian
-mixture with one unit-norm mean mu_k per class and ONE diagonal covariance (a [d] vector of
-variances, 1/d at start) shared by every class, a kNN graph W over the images (k = 3 nearest by
-cosine, self excluded, W_ij = cos(x_i, x_j)), and the initial predictions y_hat (softmax(100 X T),
-or another method's probabilities) as an anchor. With t = 50:
+Official code: MaxZanella/transduction-for-vlms, TransCLIP_solver/TransCLIP.py and
+TransCLIP_utils.py. A Gaussian mixture over the unlabelled images (unit-norm means mu_k, ONE
+diagonal covariance shared by all classes), a cosine kNN graph W (each image's k nearest other
+images; each shot a node with fixed one-hot z and its k nearest images), initial predictions y_hat:
 
     z_i  ∝ y_hat_i^lambda * exp( (log N(x_i; mu, Sigma) + (t / 2k) sum_j (W_ij + W_ji) z_j) / t )
     mu_k ∝ (1/n) sum_i z_ik x_i + (gamma t / s) sum_{shots j of class k} x_j      (unit norm)
     Sigma = [(1/n) sum_ik z_ik (x_i - mu_k)^2 + (gamma t / s) sum_j (x_j - mu_{y_j})^2]
-            / [(1/n) sum_ik z_ik + gamma t]                                (per dimension)
+            / [(1/n) sum_ik z_ik + gamma t]                       (per dimension; t = 50)
 
-Shots (few-shot) are graph nodes with fixed one-hot z; each has k neighbours among the unlabelled
-images, so a shot pulls the images it points to towards its class. z is updated ``inner_iters`` = 5
-times per outer iteration (each update uses the previous z everywhere); ``iters`` = 10 outer
-iterations, each a z pass then mu, then Sigma (with the new mu), plus a last z pass: z is updated
-iters + 1 times, as in the official loop. Means start from the shots of each class (few-shot) or
-from the 8 images with the highest initial probability for the class, weighted by that
-probability (zero-shot).
-
-Defaults (``TransCLIPConfig``): lambda 1 and gamma 0 without shots; lambda 0.5 with shots and
-gamma chosen on labelled validation images from (0.002, 0.01, 0.02, 0.2) by :func:`choose_gamma`.
-
-Where the released code differs from the method, this module follows the method:
-
-* Few-shot graph order: the released affinity stacks its rows [shots; queries] while z is stacked
-  [queries; shots], so the graph term of image i sums the wrong rows. Here every image sums over
-  its own neighbours and over every node (image or shot) that has it as a neighbour.
-* A shot's neighbours: the released code drops the first of k + 1 nearest for every row (the
-  self-match of an image), which for a shot (not among the images) throws away its nearest image.
-  Here a shot keeps its k nearest images. Self-exclusion for images is explicit (a duplicate image
-  can not push out another neighbour).
-* The class count is C = text.shape[1]; the released solver counts the distinct query LABELS (and
-  one-hot encodes the shot labels without a class count).
-* A class without shots (the challenge's unseen cars) gets its initial mean from its 8 most
-  confident images, as in zero-shot; in the released code it is an empty sum (0/0 = NaN).
-* gamma: :func:`choose_gamma` runs each gamma from the same start, with the validation images
-  added as unlabelled nodes (so they have their own neighbours among validation and query
-  images), scores each by top-1 on the validation labels and keeps the first best. The released
-  solver runs the gammas one after another, each starting from the previous gamma's final state,
-  predicts each validation image by the z of its nearest query image, and returns the z of the
-  last gamma while reporting the accuracy at the best one.
-* ``init``: the released zero-shot path with ``initial_predictions`` uses one tensor for y_hat and
-  z, so each z update overwrites the anchor y_hat. Here y_hat stays the given init (its rows
-  scaled to sum to 1).
-
-Numerics (same values wherever the released formulas are finite): the log-likelihood is computed
-as X (mu / var)^T - 0.5 (mu^2 / var) summed over d, without the term -0.5 sum_d x_d^2 / var_d that
-is the same for every class of an image (the row normalisation of z cancels it); Sigma by the
-same expansion from z^T X, so no [n, C, d] tensor exists; z is normalised in the log domain (a row
-whose every entry would underflow stays finite); a class whose weighted sum is exactly zero keeps
-its previous mean; variances are floored at 1e-12. The kNN search runs in row blocks of at most
-2^24 similarities (``chunk``), so memory is O(n (k + C) + n d), never O(n^2). On the CPU the
-graph term is one OpenMP kernel over W + W^T in CSR form; on CUDA, gather and scatter-add ops.
+Defaults: ``TransCLIPConfig``. Where the released code is not the method (the few-shot graph's
+row order, a shot's nearest image, the class count, shotless classes, gamma's selection, ``init``
+kept as the anchor), the method is implemented: docs/METHODS.md (TransCLIP) gives each deviation
+and the numerics (no [n, C, d] tensor, z normalised in the log domain, variance floor, kNN blocks).
 """
 
 from __future__ import annotations
@@ -70,15 +28,11 @@ from fewshot._tensor import as_labels, as_numpy, as_var, forward_only, jt, one_h
 
 @dataclass(frozen=True)
 class TransCLIPConfig:
-    """TransCLIP hyperparameters. Official values: TransCLIP_solver/TransCLIP.py (``max_iter``,
-    ``n_neighbors``, ``std_init = 1 / d``) and TransCLIP_utils.py (``get_parameters``,
-    ``update_z``, ``init_mu``, ``update_mu``; ``prepare_objects`` for the logit scale).
+    """The official hyperparameters (names of TransCLIP.py, TransCLIP_utils.py); the variances
+    start at 1/d (std_init). iters, neighbors, lambda_, gammas can be set per call."""
 
-    ``transclip`` / ``choose_gamma`` take iters, neighbors, lambda_ and gammas per call (defaults
-    from ``OFFICIAL``); the other fields are constants of the method, used as they are here."""
-
-    iters: int = 10  # max_iter: mu/Sigma updates; z is updated iters + 1 times
-    inner_iters: int = 5  # update_z max_iter
+    iters: int = 10  # max_iter: rounds of z passes, mu, Sigma (new mu); a last z pass after them
+    inner_iters: int = 5  # update_z max_iter: z passes per outer iteration
     neighbors: int = 3  # n_neighbors (cosine kNN, self excluded)
     lambda_zero_shot: float = 1.0  # get_parameters, no shots
     lambda_few_shot: float = 0.5  # get_parameters, shots
@@ -87,7 +41,6 @@ class TransCLIPConfig:
     logit_scale: float = 100.0  # prepare_objects: clip_logits = 100 * X @ T
     temperature: float = 50.0  # update_z: (50 / 2k) * graph, exp(intermediate / 50)
     shot_weight: float = 50.0  # update_mu / update_sigma: gamma * 50 / |S| per shot
-    # Covariance: one [d] vector of variances shared by all classes, 1/d at start (init_sigma).
 
 
 OFFICIAL = TransCLIPConfig()
@@ -96,10 +49,8 @@ OFFICIAL = TransCLIPConfig()
 _KNN_BLOCK = 1 << 24
 _VAR_FLOOR = 1e-12
 
-# The graph term on the CPU: one pass per output row over its neighbour list (W + W^T in CSR
-# form), rows spread over OpenMP threads, no atomics and no [n, C] temporaries. The generic
-# gather + scatter-add ops (used on CUDA, and here when _CPU_GRAPH_KERNEL is False) took twice as
-# long at n 16000, C 1000 (90 against 45 ms per pass; TransCLIP makes 55 passes).
+# The graph term on the CPU: one OpenMP pass per row over W + W^T in CSR form, no atomics. The
+# gather + scatter-add ops (CUDA; here when False) took 90 against 45 ms a pass at n 16000, C 1000.
 _CPU_GRAPH_KERNEL = True
 _GRAPH_CPU = r"""
 #pragma omp parallel for
@@ -116,12 +67,8 @@ for (index_t i = 0; i < out_shape0; i++) {
 
 
 def _top_rounds(S, m: int, dim: int):
-    """The m largest entries of S along dim, by m rounds of argmax that mask each winner.
-
-    Returns (indices int32, values) stacked along dim ([rows, m] for dim 1, [m, cols] for dim 0).
-    For k of 3-8 this is far cheaper than Jittor's sort-based topk (1024 x 16000 block: 30 ms
-    against 970 ms on the CPU).
-    """
+    """(indices int32, values) of the m largest entries of S along dim, stacked along dim, by m
+    rounds of argmax + mask: Jittor's sort-based topk took 970 against 30 ms (1024 x 16000)."""
     j = jt()
     pos = j.index(S.shape, dim=dim)
     neg_inf = j.array(np.float32(-np.inf))
@@ -135,13 +82,12 @@ def _top_rounds(S, m: int, dim: int):
     return j.stack(ind, dim=dim), j.stack(val, dim=dim)
 
 
-def _knn(rows: np.ndarray, pool, k: int, self_offset: Optional[int], chunk: Optional[int]):
-    """k most cosine-similar rows of pool (jt.Var [P, d]) for each row of `rows` (numpy [r, d]).
-
-    self_offset: rows[i] is pool[self_offset + i] and is excluded; None: nothing is excluded.
-    Blocks of `chunk` rows (default: as many as fit _KNN_BLOCK similarities); the last block is
-    padded so every block has one shape (one compiled kernel). Returns (idx int32, w) jt.Vars.
-    """
+def _knn(rows: np.ndarray, pool, k: int, exclude_self: bool, chunk: Optional[int]):
+    """(idx int32, w) jt.Vars: the k most cosine-similar rows of pool [P, d] for each of `rows`
+    [r, d], without pool[i] for rows[i] if exclude_self (rows is pool: explicitly, so a duplicate
+    image cannot push out a neighbour). Blocks of `chunk` rows, the last padded: one shape."""
+    if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise ValueError(f"chunk must be a positive number of rows or None, not {chunk!r}")
     j = jt()
     r, P = rows.shape[0], pool.shape[0]
     if chunk is None:
@@ -155,8 +101,8 @@ def _knn(rows: np.ndarray, pool, k: int, self_offset: Optional[int], chunk: Opti
         stop = min(start + chunk, r)
         block[: stop - start] = rows[start:stop]
         own = np.full(chunk, -1, np.int32)
-        if self_offset is not None:
-            own[: stop - start] = np.arange(start, stop) + self_offset
+        if exclude_self:
+            own[: stop - start] = np.arange(start, stop)
         S = j.array(block) @ pool_t
         pos = j.index(S.shape, dim=1)
         S = j.ternary(pos == j.array(own).unsqueeze(1), j.array(np.float32(-np.inf)), S)
@@ -169,12 +115,8 @@ def _knn(rows: np.ndarray, pool, k: int, self_offset: Optional[int], chunk: Opti
 
 @forward_only
 def knn_graph(features, k: int = OFFICIAL.neighbors, pool=None, chunk: Optional[int] = None):
-    """Sparse cosine kNN affinity as (indices int64 [r, k], weights float32 [r, k]), best first.
-
-    pool None: neighbours of each row of `features` among the other rows (self excluded);
-    otherwise among the rows of `pool` (nothing excluded: a shot's neighbours among the images).
-    Weight = cosine similarity (features L2-normalised). Memory O(r k + chunk P).
-    """
+    """Cosine kNN affinity (indices int64 [r, k], weights [r, k]), best first, of L2-normalised
+    features: among the other rows, or among the rows of `pool` (a shot's among the images)."""
     F = as_numpy(features)
     if F.ndim != 2:
         raise ValueError(f"features must be [r, d], got shape {F.shape}")
@@ -184,43 +126,24 @@ def knn_graph(features, k: int = OFFICIAL.neighbors, pool=None, chunk: Optional[
     avail = Pv.shape[0] - (1 if pool is None else 0)
     if not 1 <= k <= avail:
         raise ValueError(f"k={k} neighbours need 1 <= k <= {avail} candidate rows")
-    _check_chunk(chunk)
-    i, v = _knn(F, Pv, k, 0 if pool is None else None, chunk)
+    i, v = _knn(F, Pv, k, pool is None, chunk)
     return as_numpy(i, np.int64), as_numpy(v)
 
 
-def _check_chunk(chunk: Optional[int]) -> None:
-    if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise ValueError(f"chunk must be a positive number of rows or None, not {chunk!r}")
-
-
-def _confident_means(X, P, m: int):
-    """Per class: unit-normalised sum of the features of the m rows with the largest P[:, c],
-    weighted by P (the official zero-shot init; the mean's 1/m vanishes in the normalisation).
-
-    A class whose m largest probabilities are all exactly 0 gets the unweighted sum of those rows
-    (the official code divides 0 by 0 there). jt.Vars in and out ([C, d]).
-    """
+def _start_means(X, P, shots, m: int):
+    """(mu0, per-class shot sums or None) [C, d]: a class with shots starts at its normalised shot
+    sum (official few-shot init), any other at the normalised sum of its m rows with the largest
+    P[:, c], weighted by P (official zero-shot init; unweighted where all are 0, officially 0/0)."""
     j = jt()
     n, C = P.shape
-    m = min(m, n)
-    ind, val = _top_rounds(P, m, dim=0)  # [m, C]
-    feats = X.reindex([m, C, X.shape[1]], ["@e0(i0, i1)", "i2"], extras=[ind])
+    ind, val = _top_rounds(P, min(m, n), dim=0)  # [m, C]
+    feats = X.reindex([ind.shape[0], C, X.shape[1]], ["@e0(i0, i1)", "i2"], extras=[ind])
     wsum = val.sum(dim=0, keepdims=True)
     weights = j.ternary(wsum > 0, val, j.ones_like(val))
-    means = (feats * weights.unsqueeze(2)).sum(dim=0)
-    return _unit_rows(means)
-
-
-def _start_means(X, P, shots, m: int):
-    """(mu0 [C, d], per-class shot sums [C, d] or None): a class with shots starts at its
-    normalised shot sum (official few-shot init), any other from its m most confident rows."""
-    j = jt()
-    mu = _confident_means(X, P, m)
+    mu = _unit_rows((feats * weights.unsqueeze(2)).sum(dim=0))
     if shots is None:
         return mu, None
     Sn, labels = shots
-    C = P.shape[1]
     sums = one_hot(labels, C).transpose(1, 0) @ j.array(Sn)
     has = j.array((np.bincount(labels, minlength=C) > 0).astype(np.float32)).unsqueeze(1)
     return has * _unit_rows(sums) + (1.0 - has) * mu, sums
@@ -249,25 +172,21 @@ class _Problem:
     k: int
 
 
-def _as_support(support, d: int, C: int):
-    if support is None:
-        return None
-    if not isinstance(support, (tuple, list)) or len(support) != 2:
-        raise ValueError("support must be None or a pair (features [s, d], labels [s])")
-    S = as_numpy(support[0])
-    if S.ndim != 2 or S.shape[1] != d:
-        raise ValueError(f"support features must be [s, d={d}], got shape {S.shape}")
-    if S.shape[0] == 0:
-        raise ValueError("support has no rows; pass support=None for the zero-shot path")
-    return S, as_labels(support[1], S.shape[0], C, "support labels")
+def _labelled(pair, name: str, d: int, C: int):
+    """(features [m, d], labels) of the shots or the validation images, checked."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"{name} must be a pair (features [m, d], labels [m])")
+    F = as_numpy(pair[0])
+    if F.ndim != 2 or F.shape[1] != d or F.shape[0] == 0:
+        raise ValueError(f"{name} features must be [m >= 1, d={d}], got shape {F.shape}")
+    return F, as_labels(pair[1], F.shape[0], C, f"{name} labels")
 
 
-def _as_init(init, Xv, Tv, scale: float, name: str = "init"):
-    """Initial probabilities [n, C]: the given ones with rows scaled to sum 1, or
-    softmax(scale X T)."""
+def _as_init(init, Xv, Tv, name: str = "init"):
+    """Initial probabilities [n, C]: init with rows scaled to sum 1, or softmax(100 X T)."""
     n, C = Xv.shape[0], Tv.shape[1]
     if init is None:
-        return row_softmax((Xv @ Tv) * scale)
+        return row_softmax((Xv @ Tv) * OFFICIAL.logit_scale)
     P = as_numpy(init)
     if P.shape != (n, C):
         raise ValueError(f"{name} must be [n, C] = [{n}, {C}] probabilities, got shape {P.shape}")
@@ -279,24 +198,24 @@ def _as_init(init, Xv, Tv, scale: float, name: str = "init"):
     return jt().array((P / s).astype(np.float32))
 
 
-def _prepare(Xn: np.ndarray, Tv, yhat, shots, k: int, cfg: TransCLIPConfig, chunk) -> _Problem:
+def _prepare(Xn: np.ndarray, Tv, yhat, shots, k: int, chunk) -> _Problem:
     j = jt()
     N, C = Xn.shape[0], Tv.shape[1]
     if not 1 <= k <= N - 1:
         raise ValueError(f"neighbors={k} needs 1 <= neighbors <= n - 1 = {N - 1}")
     X = j.array(Xn)
-    idx, w = _knn(Xn, X, k, 0, chunk)
+    idx, w = _knn(Xn, X, k, True, chunk)
     idx_m = [idx[:, m] for m in range(k)]
     w_m = [w[:, m].unsqueeze(1) for m in range(k)]
     csr = _symmetric_csr(as_numpy(idx, np.int64), as_numpy(w))
-    mu0, shot_sum = _start_means(X, yhat, shots, cfg.n_confident)
+    mu0, shot_sum = _start_means(X, yhat, shots, OFFICIAL.n_confident)
     shot_term = Sv = lab = None
     if shots is not None:
         Sn, labels = shots
         Sv = j.array(Sn)
         lab = j.array(labels.astype(np.int32))
         onehot = one_hot(labels, C)
-        s_idx, s_w = _knn(Sn, X, k, None, chunk)
+        s_idx, s_w = _knn(Sn, X, k, False, chunk)
         for m in range(k):
             part = (onehot * s_w[:, m].unsqueeze(1)).reindex_reduce(
                 "add", [N, C], ["@e0(i0)", "i1"], extras=[s_idx[:, m]]
@@ -336,16 +255,16 @@ def _graph(p: _Problem, z):
     return out
 
 
-def _solve(p: _Problem, gamma: float, lam: float, iters: int, cfg: TransCLIPConfig):
+def _solve(p: _Problem, gamma: float, lam: float, iters: int):
     """The TransCLIP iterations; returns z (jt.Var [N, C])."""
     j = jt()
     X, yhat = p.X, p.yhat
     N, d = X.shape
-    t = cfg.temperature
+    t = OFFICIAL.temperature
     anchor = lam * yhat.log() if lam != 0 else j.zeros_like(yhat)
     coupling = (t / (2 * p.k)) / t
     few = p.S is not None
-    w_shot = gamma * cfg.shot_weight / p.S.shape[0] if few else 0.0
+    w_shot = gamma * OFFICIAL.shot_weight / p.S.shape[0] if few else 0.0
     mu, var, z = p.mu0, j.array(np.full(d, 1.0 / d, np.float32)), yhat
     j.sync([anchor, var])
     for it in range(iters + 1):
@@ -353,7 +272,7 @@ def _solve(p: _Problem, gamma: float, lam: float, iters: int, cfg: TransCLIPConf
         loglik = X @ (mu * inv).transpose(1, 0) - 0.5 * (mu * mu * inv).sum(dim=1)
         base = anchor + loglik / t
         j.sync([base])
-        for _ in range(cfg.inner_iters):
+        for _ in range(OFFICIAL.inner_iters):
             z = row_softmax(base + coupling * _graph(p, z))
             j.sync([z])
         if it == iters:
@@ -379,7 +298,8 @@ def _solve(p: _Problem, gamma: float, lam: float, iters: int, cfg: TransCLIPConf
     return z
 
 
-def _check_common(query, text, iters: int):
+def _inputs(query, text, support, iters: int, lambda_: Optional[float]):
+    """(query [n, d] numpy, text [d, C] Var, shots or None, lambda), checked."""
     Xn = as_numpy(query)
     if Xn.ndim != 2:
         raise ValueError(f"query must be [n, d] image features, got shape {Xn.shape}")
@@ -391,14 +311,12 @@ def _check_common(query, text, iters: int):
         )
     if not isinstance(iters, (int, np.integer)) or iters < 0:
         raise ValueError(f"iters must be a non-negative integer, not {iters!r}")
-    return Xn, Tv
-
-
-def _lambda(lambda_: Optional[float], few: bool, cfg: TransCLIPConfig) -> float:
-    lam = (cfg.lambda_few_shot if few else cfg.lambda_zero_shot) if lambda_ is None else lambda_
+    shots = None if support is None else _labelled(support, "support", Xn.shape[1], Tv.shape[1])
+    default = OFFICIAL.lambda_few_shot if shots is not None else OFFICIAL.lambda_zero_shot
+    lam = default if lambda_ is None else lambda_
     if not lam >= 0:
         raise ValueError(f"lambda_ must be >= 0, not {lam!r}")
-    return float(lam)
+    return Xn, Tv, shots, float(lam)
 
 
 @forward_only
@@ -414,32 +332,26 @@ def transclip(
     neighbors: int = OFFICIAL.neighbors,
     chunk: Optional[int] = None,
 ) -> np.ndarray:
-    """TransCLIP assignments z [n, C] (float32, rows sum to 1) for the query images.
+    """TransCLIP assignments z [n, C] (float32, rows sum to 1; predict with ``z.argmax(1)``).
 
-    query [n, d] and text [d, C]: L2-normalised image features and text classifier.
-    support: (features [s, d], labels [s]) shots, or None (zero-shot path). Classes may lack shots.
-    init: initial class probabilities [n, C] (e.g. a cascade's), else softmax(100 query @ text).
-    gamma: weight of the shots in the Gaussian (required with support: see :func:`choose_gamma`;
-    0 / None without). lambda_: exponent of init (None: 1 without shots, 0.5 with).
-    chunk: rows per kNN block (None: automatic, bounded memory). Predict with ``z.argmax(1)``.
+    query [n, d], text [d, C]: L2-normalised. support: shots (features [s, d], labels [s]; classes
+    may lack shots) or None. init: initial probabilities [n, C], else softmax(100 query @ text).
+    gamma: the shots' weight, required with support (:func:`choose_gamma`). lambda_: exponent of
+    init (None: the config's). chunk: rows per kNN block (None: automatic, bounded memory).
     """
-    config = OFFICIAL
-    Xn, Tv = _check_common(query, text, iters)
-    shots = _as_support(support, Xn.shape[1], Tv.shape[1])
+    Xn, Tv, shots, lam = _inputs(query, text, support, iters, lambda_)
     if shots is None and gamma not in (None, 0):
         raise ValueError("gamma weights the shots: without support it must be None or 0")
     if shots is not None and gamma is None:
         raise ValueError(
             "with support, gamma must be given: choose_gamma() picks it on labelled validation "
-            f"images from {config.gammas}"
+            f"images from {OFFICIAL.gammas}"
         )
     if gamma is not None and not gamma >= 0:
         raise ValueError(f"gamma must be >= 0, not {gamma!r}")
-    _check_chunk(chunk)
-    lam = _lambda(lambda_, shots is not None, config)
-    yhat = _as_init(init, jt().array(Xn), Tv, config.logit_scale)
-    p = _prepare(Xn, Tv, yhat, shots, neighbors, config, chunk)
-    return as_numpy(_solve(p, float(gamma or 0.0), lam, iters, config))
+    yhat = _as_init(init, jt().array(Xn), Tv)
+    p = _prepare(Xn, Tv, yhat, shots, neighbors, chunk)
+    return as_numpy(_solve(p, float(gamma or 0.0), lam, iters))
 
 
 @forward_only
@@ -457,46 +369,34 @@ def choose_gamma(
     neighbors: int = OFFICIAL.neighbors,
     chunk: Optional[int] = None,
 ) -> tuple[float, dict[float, float]]:
-    """The shot weight gamma with the best validation top-1, and the accuracy of every gamma.
+    """The gamma with the best validation top-1 (ties: the earlier), and each gamma's top-1.
 
-    val = (features [v, d], labels [v]): labelled images that are neither shots nor queries. They
-    join the query images as unlabelled nodes (their own kNN among validation + query images, their
-    own initial predictions: val_init, or softmax(100 val @ text); with ``init`` given,
-    ``val_init`` is required), TransCLIP runs once per gamma from the same start, and each run is
-    scored by top-1 of the validation rows against their labels. Ties keep the earlier gamma.
-    Then run :func:`transclip` on the query images with the chosen gamma.
+    val = (features [v, d], labels [v]), neither shots nor queries, joins the queries as unlabelled
+    nodes with its own initial predictions (val_init, required with init; else softmax(100 val @
+    text)); each gamma runs from the same start. Then run :func:`transclip` with the chosen gamma.
     """
-    config = OFFICIAL
-    Xn, Tv = _check_common(query, text, iters)
+    Xn, Tv, shots, lam = _inputs(query, text, support, iters, lambda_)
     d, C = Xn.shape[1], Tv.shape[1]
-    shots = _as_support(support, d, C)
     if shots is None:
         raise ValueError("choose_gamma needs support (features, labels): gamma weights the shots")
-    if not isinstance(val, (tuple, list)) or len(val) != 2:
-        raise ValueError("val must be a pair (features [v, d], labels [v])")
-    Vn = as_numpy(val[0])
-    if Vn.ndim != 2 or Vn.shape[1] != d or Vn.shape[0] == 0:
-        raise ValueError(f"val features must be [v >= 1, d={d}], got shape {Vn.shape}")
-    v_lab = as_labels(val[1], Vn.shape[0], C, "val labels")
+    Vn, v_lab = _labelled(val, "val", d, C)
     if not gammas or any(not g >= 0 for g in gammas):
         raise ValueError(f"gammas must be a non-empty sequence of values >= 0, not {gammas!r}")
     if (init is None) != (val_init is None):
         raise ValueError("give init and val_init together (or neither): both sets need them")
-    _check_chunk(chunk)
-    lam = _lambda(lambda_, True, config)
     j = jt()
     both = np.concatenate([Xn, Vn], axis=0)
     if init is None:
-        yhat = _as_init(None, j.array(both), Tv, config.logit_scale)
+        yhat = _as_init(None, j.array(both), Tv)
     else:
-        yq = _as_init(init, j.array(Xn), Tv, config.logit_scale)
-        yv = _as_init(val_init, j.array(Vn), Tv, config.logit_scale, "val_init")
+        yq = _as_init(init, j.array(Xn), Tv)
+        yv = _as_init(val_init, j.array(Vn), Tv, "val_init")
         yhat = j.concat([yq, yv], dim=0)
-    p = _prepare(both, Tv, yhat, shots, neighbors, config, chunk)
+    p = _prepare(both, Tv, yhat, shots, neighbors, chunk)
     n = Xn.shape[0]
     acc: dict[float, float] = {}
     for g in gammas:
-        z = as_numpy(_solve(p, float(g), lam, iters, config))
+        z = as_numpy(_solve(p, float(g), lam, iters))
         acc[float(g)] = float((z[n:].argmax(axis=1) == v_lab).mean())
     best = max(acc, key=lambda g: (acc[g], -list(acc).index(g)))
     return best, acc
@@ -506,12 +406,11 @@ def choose_gamma(
 def initial_means(
     query, probs, support=None, n_confident: int = OFFICIAL.n_confident
 ) -> np.ndarray:
-    """The starting class means mu [C, d] (unit rows): per class the normalised sum of its shots,
-    or, for a class without shots (every class without support), the normalised sum of the
-    n_confident query images with the largest probs[:, c], weighted by that probability."""
+    """The starting class means [C, d]: a class's normalised shot sum, or for a class without
+    shots its n_confident most probable query images' sum weighted by probs (unit rows)."""
     Xv = as_var(query, "query", ndim=2)
     Pv = as_var(probs, "probs", ndim=2)
     if Pv.shape[0] != Xv.shape[0]:
         raise ValueError(f"probs has {Pv.shape[0]} rows but query has {Xv.shape[0]}")
-    shots = _as_support(support, Xv.shape[1], Pv.shape[1])
+    shots = None if support is None else _labelled(support, "support", Xv.shape[1], Pv.shape[1])
     return as_numpy(_start_means(Xv, Pv, shots, n_confident)[0])

@@ -39,29 +39,13 @@ class FeatureError(RuntimeError):
 @dataclass(frozen=True)
 class FeatureSet:
     """Features of one image list: ``features[view]`` is float32 [n, d] (row i = image i);
-    ``failed`` lists the images that could not be decoded (their rows encode a mid-grey
-    placeholder: finite, but no evidence)."""
+    ``failed``: the images that could not be decoded (their rows encode a grey placeholder)."""
 
     features: dict[str, np.ndarray]
     failed: tuple[int, ...]
 
     def __getitem__(self, view: str) -> np.ndarray:
         return self.features[view]
-
-    @property
-    def n(self) -> int:
-        return len(next(iter(self.features.values())))
-
-    @property
-    def dim(self) -> int:
-        return next(iter(self.features.values())).shape[1]
-
-    @property
-    def ok(self) -> np.ndarray:
-        """Boolean [n]: True where the image was decoded."""
-        mask = np.ones(self.n, bool)
-        mask[list(self.failed)] = False
-        return mask
 
 
 class Encoder(NamedTuple):
@@ -100,6 +84,18 @@ def describe_preprocess(preprocess: Preprocess) -> str:
     return str(describe())
 
 
+def _fault(feats: np.ndarray, shape: tuple) -> Optional[str]:
+    """Why stored features cannot be used (None: they can)."""
+    if feats.shape != shape:
+        return f"shape {feats.shape}, expected {shape}"
+    return None if np.isfinite(feats).all() else "non-finite values"
+
+
+def _discard(path: Path, shown: Path, problem: str) -> None:
+    log.warning("feature cache: %s is unusable (%s); recomputing it", shown, problem)
+    path.unlink(missing_ok=True)
+
+
 class _Entry:
     """One (encoder, view) entry: its files, and the rows known so far (loaded on creation)."""
 
@@ -124,23 +120,17 @@ class _Entry:
         """True when the complete entry is on disk and sound."""
         if not self.info_path.is_file():
             return False
-        n, problem = self.key["n"], None
         try:
             info = json.loads(self.info_path.read_text())
             feats = np.load(self.array_path, allow_pickle=False)
             if info.get("key") != self.key:
                 problem = "written for another key"
-            elif feats.shape != (n, info.get("dim")):
-                problem = f"shape {feats.shape}, expected ({n}, {info.get('dim')})"
-            elif not np.isfinite(feats).all():
-                problem = "non-finite values"
+            else:
+                problem = _fault(feats, (self.key["n"], info.get("dim")))
         except Exception as e:  # noqa: BLE001 - any unreadable entry is simply recomputed
             problem = f"unreadable ({type(e).__name__}: {e})"
         if problem:
-            log.warning(
-                "feature cache: %s is unusable (%s); recomputing it", self.array_path, problem
-            )
-            self.info_path.unlink(missing_ok=True)
+            _discard(self.info_path, self.array_path, problem)
             return False
         self.features = np.asarray(feats, np.float32)
         self.failed = [int(i) for i in info.get("failed", [])]
@@ -161,20 +151,14 @@ class _Entry:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     feats, failed = np.array(z["features"], np.float32), np.array(z["failed"])
-                ok = (
-                    feats.ndim == 2
-                    and len(feats) == self.rows(c)
-                    and feats.shape[1] == (self.dim or feats.shape[1])
-                    and np.isfinite(feats).all()
-                )
-            except Exception:  # noqa: BLE001 - any unreadable chunk is simply recomputed
-                ok = False
-            if ok:
+                problem = _fault(feats, (self.rows(c), self.dim or feats.shape[-1]))
+            except Exception as e:  # noqa: BLE001 - any unreadable chunk is simply recomputed
+                problem = f"unreadable ({type(e).__name__}: {e})"
+            if problem:
+                _discard(path, path, problem)
+            else:
                 self.chunks[c] = (feats, failed.astype(np.int64))
                 self.dim = feats.shape[1]
-            else:
-                log.warning("feature cache: %s is unusable; recomputing it", path)
-                path.unlink()
 
     def missing(self) -> list[int]:
         if self.features is not None:

@@ -8,17 +8,14 @@ import collections
 import concurrent.futures as cf
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image, ImageOps
 
-# Our size limits, checked from the header before decoding (docs/DATA.md). MAX_PIXELS: a 50 MP
-# image is 150 MB as RGB and several times that while converted, on up to 16 threads at once;
-# 224-384 px classification gains nothing from more. MAX_ASPECT: the short side is scaled to
-# 224-384 px, so the long side grows with the ratio (1 x 20000 asked for 4.3 GB); at 20:1 it
-# stays under 8000 px, longer than any photo of an object.
+# Checked from the header before decoding (why: docs/DATA.md). 50 MP is 150 MB as RGB, several
+# times that while converted, on up to 16 threads; at 20:1 the long side stays under 8000 px.
 MAX_PIXELS = 50_000_000
 MAX_ASPECT = 20
 # PIL's own check only warns below twice its limit and decodes anyway: ours replaces it, and a
@@ -60,14 +57,6 @@ def _flatten_alpha(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _exif_transpose(im: Image.Image) -> Image.Image:
-    # A malformed EXIF block must not cost us an otherwise good image: keep it unrotated.
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - any EXIF parsing failure means "orientation unknown"
-        return im
-
-
 def _check_size(path: str | os.PathLike, width: int, height: int) -> None:
     limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
     if width * height > limit:
@@ -89,7 +78,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as im:
             _check_size(path, *im.size)
             im.load()
-            im = _exif_transpose(im)
+            try:  # a malformed EXIF block must not cost a good image: it stays unrotated
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # noqa: BLE001 - any EXIF parsing failure: orientation unknown
+                pass
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 return _to_8bit(im).convert("RGB")
             if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
@@ -194,20 +186,15 @@ def _decode_chunk(
     return out
 
 
-def _stack(arrays: list, views: Sequence[str], b0: int, b1: int, first: str) -> dict:
-    if not arrays:
-        return {v: np.zeros((0, 3, 0, 0), np.float32) for v in views}
-    images = {}
-    for k, v in enumerate(views):
-        try:
-            images[v] = np.stack([a[k] for a in arrays])
-        except ValueError as e:
-            shapes = sorted({a[k].shape for a in arrays})
-            raise RuntimeError(
-                f"preprocess returned arrays of different shapes {shapes} in images "
-                f"{b0}..{b1 - 1} (first: {first})"
-            ) from e
-    return images
+def _ahead(executor: cf.Executor, fn: Callable, items: Iterable, depth: int) -> Iterator:
+    """``map(fn, items)`` on ``executor``, in order, ``depth`` calls ahead of the consumer."""
+    pending: collections.deque = collections.deque()
+    for x in items:
+        pending.append(executor.submit(fn, x))
+        if len(pending) > depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def iter_batches(
@@ -241,46 +228,37 @@ def iter_batches(
     # Work unit: enough consecutive images to amortise a task, few enough to keep every worker
     # busy within one batch.
     chunk = max(1, min(16, batch_size // max(1, workers)))
-    tasks = (
-        (paths[s : s + chunk], preprocess, views, offset + s, seed) for s in range(0, n, chunk)
-    )
-    max_pending = max(1, (prefetch * batch_size + chunk - 1) // chunk)
+
+    def decode(s: int) -> list[Decoded]:
+        return _decode_chunk(paths[s : s + chunk], preprocess, views, offset + s, seed)
+
     executor = cf.ThreadPoolExecutor(workers, "decode") if workers > 0 and n > 0 else None
-    pending: collections.deque = collections.deque()
+    starts = range(0, n, chunk)
+    depth = max(1, -(-prefetch * batch_size // chunk))
+    chunks = map(decode, starts) if executor is None else _ahead(executor, decode, starts, depth)
+    decoded = itertools.chain.from_iterable(chunks)
     placeholder: Optional[tuple[np.ndarray, ...]] = None
-
-    def submit_more() -> None:
-        for task in itertools.islice(tasks, max(0, max_pending - len(pending))):
-            if executor is None:
-                pending.append(_decode_chunk(*task))
-            else:
-                pending.append(executor.submit(_decode_chunk, *task))
-
+    empty = np.zeros((0, 3, 0, 0), np.float32)
     try:
-        buffer: list[Decoded] = []
         for b0 in range(0, n, batch_size):
-            b1 = min(n, b0 + batch_size)
-            while len(buffer) < b1 - b0:
-                submit_more()
-                head = pending.popleft()
-                buffer.extend(head if isinstance(head, list) else head.result())
-            take, buffer = buffer[: b1 - b0], buffer[b1 - b0 :]
-            submit_more()
             idx, arrays, failed = [], [], []
-            for j, (arr, err) in enumerate(take):
+            for i, (arr, err) in enumerate(itertools.islice(decoded, batch_size), b0):
                 if arr is None:
-                    failed.append(b0 + j)
+                    failed.append(i)
                     if on_error is not None:
-                        on_error(b0 + j, err or "")
+                        on_error(i, err or "")
                     if not fill_failed:
                         continue
                     if placeholder is None:  # mid-grey: no class evidence, but a finite feature
                         grey = Image.new("RGB", (256, 256), (128, 128, 128))
                         placeholder = _preprocess_views(grey, preprocess, views)
                     arr = placeholder
-                idx.append(b0 + j)
+                idx.append(i)
                 arrays.append(arr)
-            images = _stack(arrays, views, b0, b1, paths[b0])
+            images = {
+                v: np.stack([a[k] for a in arrays]) if arrays else empty
+                for k, v in enumerate(views)
+            }
             yield Batch(np.asarray(idx, np.int64), images, failed)
     finally:
         if executor is not None:

@@ -28,8 +28,10 @@ class ListError(ValueError):
 
 
 def preview(items: Sequence, k: int = 5) -> str:
-    """The first ``k`` items, comma-separated, with " ..." when there are more (for messages)."""
-    return ", ".join(map(str, items[:k])) + (" ..." if len(items) > k else "")
+    """The first ``k`` items, comma-separated, and how many in all when there are more."""
+    return ", ".join(map(str, items[:k])) + (
+        f", ... ({len(items)} in all)" if len(items) > k else ""
+    )
 
 
 def read_lines(path: PathLike) -> list[str]:
@@ -158,8 +160,8 @@ def parse_class_list(lines: Iterable[str], source: str = "<memory>") -> ClassLis
     if missing:
         extra = sorted(set(by_id) - set(range(n)))
         raise ListError(
-            f"{source}: class ids must be 0..{n - 1}; missing {_short(missing)}, "
-            f"out of range {_short(extra)}"
+            f"{source}: class ids must be 0..{n - 1}; missing {preview(missing, 8)}, "
+            f"out of range {preview(extra, 8) or 'none'}"
         )
     names = tuple(by_id[i][0] for i in range(n))
     split = [split_class_name(x) for x in names]
@@ -169,12 +171,6 @@ def parse_class_list(lines: Iterable[str], source: str = "<memory>") -> ClassLis
 def read_class_list(path: PathLike) -> ClassList:
     """Read a class list: ``<Domain>_<name> <id>`` lines, ids exactly 0..C-1, names unique."""
     return parse_class_list(read_lines(path), os.fspath(path))
-
-
-def _short(xs: Sequence[int], k: int = 8) -> str:
-    if not xs:
-        return "none"
-    return ", ".join(map(str, xs[:k])) + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
 
 
 @dataclass(frozen=True)
@@ -326,14 +322,6 @@ def result_name_problem(name: str) -> Optional[str]:
     return None
 
 
-def _is_file(entry: os.DirEntry) -> bool:
-    # A link loop (or an entry that cannot be examined) is no file, like a dangling link.
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
 def list_test_images(test_dir: PathLike) -> list[str]:
     """File names of the images in ``test_dir`` in natural order; other entries are skipped with
     one warning. ListError for a missing or image-less folder, or names result.txt cannot hold."""
@@ -342,8 +330,12 @@ def list_test_images(test_dir: PathLike) -> list[str]:
         raise ListError(f"{d}: test folder not found (set TEST_DIR or --test-dir)")
     names, skipped = [], []
     for entry in os.scandir(d):
+        try:  # a link loop (or an entry that cannot be examined) is no file, like a dangling link
+            is_file = entry.is_file()
+        except OSError:
+            is_file = False
         ext = os.path.splitext(entry.name)[1].lower()
-        if _is_file(entry) and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
+        if is_file and ext in IMAGE_EXTENSIONS and not entry.name.startswith("."):
             names.append(entry.name)
         else:
             skipped.append(entry.name)

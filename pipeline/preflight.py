@@ -29,9 +29,8 @@ from pipeline.submission import TOPK
 
 log = logging.getLogger(__name__)
 
-# Written by train.py once its checks pass, before it touches any artefact, and removed after
-# train.json (its last step): test.py refuses to run while it exists, since heads/ and expert/
-# may then mix two trainings. A marker needs no clock (comparing file times breaks on copies).
+# Present from train.py's first write to after train.json (docs/RELIABILITY.md); a marker needs
+# no clock (comparing file times breaks on copies).
 TRAINING_MARKER = "training.incomplete"
 LOCK_FILE = ".lock"
 
@@ -43,8 +42,6 @@ class PreflightError(ConfigError):
 @contextlib.contextmanager
 def checked(script: str, env: Env, settings: Settings) -> Iterator[None]:
     """Check everything ``script`` ("train", "test" or "eval") needs, then run the block."""
-    if script not in ("train", "test", "eval"):
-        raise ValueError(f"unknown script {script!r}")
     _output_folder(env, script)
     lock = _lock(env, script)
     try:
@@ -107,27 +104,20 @@ def _writable_folder(path: Path, what: str) -> None:
         raise PreflightError(f"{what}: is a file, not a folder; set OUT_DIR to a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PreflightError(
-            f"{what}: cannot create the folder ({e.strerror}); set OUT_DIR to a writable folder"
-        ) from None
-    # A real write: root passes os.access checks on any folder.
-    try:
-        fd, tmp = create_temp(path, ".preflight.")
+        fd, tmp = create_temp(path, ".preflight.")  # a real write: root passes os.access anywhere
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
+        problem = "not writable" if path.is_dir() else "cannot create the folder"
         raise PreflightError(
-            f"{what}: not writable ({e.strerror}); set OUT_DIR to a writable folder"
+            f"{what}: {problem} ({e.strerror}); set OUT_DIR to a writable folder"
         ) from None
 
 
 def _lock(env: Env, script: str) -> int:
-    """An open descriptor holding the exclusive lock on OUT_DIR (close it to release).
-
-    A POSIX record lock (lockf), not flock: it goes when the process ends, however it ends, and
-    forked children (Jittor's compile pool) do not inherit it, so none keeps a killed run's lock.
-    """
+    """An open descriptor holding the exclusive lock on OUT_DIR (close it to release): a POSIX
+    record lock (lockf), which forked children (Jittor's compile pool) do not inherit, unlike
+    flock, so none keeps a killed run's lock."""
     path = env.out_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

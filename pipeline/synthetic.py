@@ -379,11 +379,10 @@ def clip_state(config: dict, seed: int) -> dict[str, np.ndarray]:
 def write_weights(
     folder: str | os.PathLike, size: str = "demo", seed: int = 0, direct: bool = False
 ) -> dict[str, Path]:
-    """Random-weight checkpoints in the upstream formats (OpenAI TorchScript archives, ConvNeXt-V2's
-    ``{'model': state_dict}``) under ``folder/upstream``, converted with convert.py as a user
-    does, to ``pipeline.env``'s default names in ``folder``; existing files are kept. Needs
-    torch, except ``direct``: the same weights (CLIP's not rounded to float16) saved converted at
-    once (a GPU machine without torch). Returns {"vit", "rn", "convnext"} -> converted file."""
+    """Random-weight checkpoints in the upstream formats under ``folder/upstream``, converted with
+    convert.py as a user does to the default names in ``folder`` (existing files kept); needs
+    torch. ``direct``: the same weights (CLIP's not rounded to float16) saved converted at once,
+    without torch. Returns {"vit", "rn", "convnext"} -> converted file."""
     if not direct:
         import torch  # noqa: F401  - before Jittor: their MKL runtimes clash the other way round
     from models import convnext

@@ -1,10 +1,5 @@
-"""The 4-shot training list and the labelled validation list, chosen reproducibly.
-
-Procedure: docs/DATA.md, "The split". Each class's images are sorted by path and shuffled with
-``numpy.random.default_rng([seed, class_id])`` (PCG64: the same on every machine, and each class
-independent of the others); the first usable ones are the shots, the next the validation images.
-(train.py's board-shaped validation holds classes out itself: pipeline.validation.)
-"""
+"""The 4-shot training list and the labelled validation list, chosen reproducibly (docs/DATA.md,
+"The split"; ``default_rng`` is PCG64: the same draws on every machine)."""
 
 from __future__ import annotations
 
@@ -76,14 +71,8 @@ def select_shots(
     check: Optional[Checker] = None,
 ) -> Split:
     """Choose ``shots`` training images per class of ``pool`` and up to ``val_per_class``
-    validation images from the rest; classes without images get neither.
-
-    ``check`` (optional) tests candidate shots (e.g. that they decode): a failing image is
-    replaced by the next one. A class with fewer than ``shots`` usable images is a SplitError,
-    unless ``allow_fewer``: then all its usable images are shots and it has no validation images.
-    """
-    if shots < 1:
-        raise SplitError(f"shots must be >= 1, got {shots}")
+    validation images from the rest. ``check`` tests candidate shots (a failing one is replaced
+    by the next); a class short of usable images is a SplitError unless ``allow_fewer``."""
     for i, y in enumerate(pool.labels.tolist()):
         classes.check_label(y, f"{pool.source}: image {pool.paths[i]}")
     order = _class_order(pool, seed)
@@ -138,9 +127,8 @@ def split_from_shot_list(
     *,
     val_per_class: int = 20,
 ) -> Split:
-    """Use a given shot list; validation images are drawn as in ``select_shots`` from the other
-    pool images. Its labels must be class ids and agree with the pool, and no class may have
-    more than ``shots`` images (the challenge rule)."""
+    """Use a given shot list (labels agreeing with the pool, at most ``shots`` per class);
+    validation images are drawn as in ``select_shots`` from the other pool images."""
     pool_label = dict(zip(pool.paths, pool.labels.tolist()))
     for p, y in zip(shot_list.paths, shot_list.labels.tolist()):
         classes.check_label(y, f"{shot_list.source}: {p}")

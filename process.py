@@ -1,13 +1,9 @@
 """Step 1 of 3: choose the 4-shot training list and the labelled validation list.
 
 Reads the class list and train.txt (from DATA_DIR, or the generated demo dataset when DATA_DIR is
-not set), picks ``--shots`` images per class reproducibly from ``--seed`` (or takes your own list
-with ``--shot-list``) and writes into ``$OUT_DIR/lists/``:
-
-    train_4shot.txt   the training shots (<path> <label>, paths relative to DATA_DIR)
-    val.txt           up to --val-per-class other images per class, never used for training
-    split.json        what was done (seed, sources, counts)
-
+not set), picks --shots images per class reproducibly from --seed (or takes --shot-list) and
+writes into $OUT_DIR/lists/ train_4shot.txt (the shots), val.txt (up to --val-per-class other
+images per class, never used for training) and split.json (seed, sources, counts).
 Then run ``bash train.sh`` and ``bash test.sh``. See docs/DATA.md.
 """
 
@@ -80,20 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             source = f"seeded selection (seed {env.seed})"
         # split_record: what train.py compares with the current run
         info = {"source": source, **preflight.split_record(env)}
-        written = write_split(split, env.lists_dir, classes, info)
+        write_split(split, env.lists_dir, classes, info)
     except (ConfigError, ListError, SettingsError, SplitError, FileExistsError) as e:
         log.error("%s", e)
         return 2
-    counts = split.train.counts(len(classes))
-    log.info(
-        "%d training images (%d seen classes, %d unseen), %d validation images",
-        len(split.train),
-        int((counts > 0).sum()),
-        int((counts == 0).sum()),
-        len(split.val),
-    )
-    for name, path in written.items():
-        log.info("wrote %s: %s", name, path)
     return 0
 
 

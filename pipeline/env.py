@@ -110,9 +110,8 @@ class Env:
         environ: Optional[Mapping[str, str]] = None,
     ) -> Env:
         """Read the environment (``os.environ`` unless ``environ`` is given), then apply
-        ``overrides`` (field or weight name -> value; None values and unknown keys are ignored,
-        so ``vars(argparse_namespace)`` can be passed as is). Relative paths stay relative to
-        the current directory; an empty variable counts as unset."""
+        ``overrides`` (field or weight name -> value; None values and unknown keys are ignored:
+        ``vars(argparse_namespace)`` can be passed as is)."""
         env = os.environ if environ is None else environ
         ov = {k: v for k, v in (overrides or {}).items() if v is not None}
 
@@ -181,9 +180,8 @@ def _option(variable: str) -> str:
 
 
 def add_env_arguments(parser: argparse.ArgumentParser, fields: Optional[list[str]] = None) -> None:
-    """Add ``--data-dir``, ``--out-dir``, ``--clip-vit``, ... (all, or the fields named), each
-    named after its variable and defaulting to None, so that ``Env.from_env(vars(args))`` falls
-    back to the environment."""
+    """Add ``--data-dir``, ``--clip-vit``, ... (all, or the fields named), named after their
+    variables, defaulting to None so that ``Env.from_env(vars(args))`` falls back to them."""
     group = parser.add_argument_group("configuration (overrides the environment variable)")
     options = {
         **{field: (var, str, text) for field, (var, text) in _PATHS.items()},

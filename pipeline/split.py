@@ -179,6 +179,11 @@ def write_split(
         "unseen_classes": int((counts == 0).sum()),
     }
     write_json_atomic(out["info"], summary)
+    log.info(
+        "%d training images (%d seen classes, %d unseen), %d validation images; wrote %s",
+        *(summary[k] for k in ("train_images", "seen_classes", "unseen_classes", "val_images")),
+        ", ".join(map(str, out.values())),
+    )
     return out
 
 

@@ -17,6 +17,7 @@ from pipeline.lists import (
     ListError,
     PathLike,
     list_test_images,
+    preview,
     read_class_list,
     read_lines,
     result_name_problem,
@@ -116,10 +117,7 @@ def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int)
             problems.append(f"{where}: repeated class ids {' '.join(ids)}")
     missing = [n for n in test_names if n not in seen]
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        problems.append(
-            f"{path}: {len(missing)} test image(s) missing: {', '.join(missing[:5])}{more}"
-        )
+        problems.append(f"{path}: {len(missing)} test image(s) missing: {preview(missing)}")
     rank = {n: i for i, n in enumerate(test_names)}
     if order != sorted(order, key=rank.__getitem__):
         problems.append(f"{path}: lines are not in the test folder's natural order")

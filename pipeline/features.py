@@ -1,10 +1,6 @@
-"""The feature cache: every image list is encoded once per encoder, preprocessing and view.
-
-``FeatureCache.get`` is the one entry point. An entry is ``<label>-<view>-<hash>.npy`` with its
-key in the ``.json`` beside it (written last, so it marks a complete entry), computed in chunks
-under ``.part/`` that an interrupted run keeps. Layout, key and recovery: docs/DATA.md, "Feature
-cache".
-"""
+"""The feature cache: every image list is encoded once per encoder, preprocessing and view;
+``FeatureCache.get`` is the one entry point. Layout, key and recovery: docs/DATA.md, "Feature
+cache"."""
 
 from __future__ import annotations
 
@@ -58,9 +54,8 @@ class Encoder(NamedTuple):
 
 
 def list_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """sha256 over the ordered (absolute path, size, mtime) of every image, "missing" for a
-    missing one: absolute so that two datasets never share an entry, size and mtime so that
-    replaced images are encoded again."""
+    """sha256 over the ordered (absolute path, size, mtime) of every image ("missing" for a
+    missing one): two datasets never share an entry, replaced images are encoded again."""
     h = hashlib.sha256()
     for p in paths:
         ap = os.path.abspath(os.fspath(p))
@@ -77,10 +72,7 @@ def describe_preprocess(preprocess: Preprocess) -> str:
     """The preprocessing's identity for the key: its ``describe()`` string."""
     describe = getattr(preprocess, "describe", None)
     if not callable(describe):  # two preprocessings of one type would share an entry
-        raise TypeError(
-            f"preprocess {preprocess!r} has no describe() method; the feature cache needs it to "
-            "tell preprocessings apart"
-        )
+        raise TypeError(f"preprocess {preprocess!r} has no describe() method (the cache key)")
     return str(describe())
 
 
@@ -208,8 +200,6 @@ class FeatureCache:
     """Feature cache rooted at ``root`` (``$OUT_DIR/cache``)."""
 
     def __init__(self, root: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.root = Path(root)
         self.chunk_size = int(chunk_size)
 

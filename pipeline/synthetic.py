@@ -31,11 +31,10 @@ from PIL import Image
 
 from models.clip.config import FULL_SIZE_CLIP
 from pipeline.env import REPO_ROOT, WEIGHT_FILES
+from pipeline.lists import read_class_list
 
 log = logging.getLogger(__name__)
 
-
-# ------------------------------------------------------------------------------ demo dataset
 
 GENERATOR_VERSION = 1
 
@@ -265,9 +264,6 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
     return out
 
 
-# ------------------------------------------------------------------------------ photo dataset
-
-
 def _write_photo(task: tuple[str, tuple[int, int], list[float], list[int]]) -> None:
     """Worker: one JPEG that compresses like a photo (smooth waves, a tint and noise), its size
     and pixels drawn from its own seed."""
@@ -299,8 +295,6 @@ def photo_dataset(
     outside UNSEEN_DOMAINS, ``test_images`` labelled uniformly over all classes. Each image has
     its own seed (the same files whatever the number of processes); a complete folder
     (``PHOTOS.json`` matching the parameters) is reused."""
-    from pipeline.lists import read_class_list
-
     folder = Path(folder)
     params = {
         "classes": str(Path(classes_file).resolve()),
@@ -346,8 +340,6 @@ def photo_dataset(
     marker.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
-
-# ------------------------------------------------------------------------------ weights
 
 # Small members of the real families at 224 px (a ViT with the B/32 patch size, a ModifiedResNet
 # with attention pooling, ConvNeXt-V2-atto); widths are the smallest OpenAI's inference accepts.

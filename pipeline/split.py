@@ -7,9 +7,8 @@ import concurrent.futures as cf
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -27,8 +26,7 @@ class SplitError(ValueError):
     """The training pool cannot give the requested split."""
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(NamedTuple):
     train: LabeledList
     val: LabeledList
 

@@ -1,17 +1,8 @@
-"""OpenAI CLIP's image preprocessing (``clip._transform``), without torchvision.
-
-OpenAI composes torchvision's Resize(n_px, BICUBIC), CenterCrop(n_px), convert("RGB"),
-ToTensor() and Normalize(CLIP mean, CLIP std). On a PIL image those reduce to these PIL and
-numpy steps, reproduced here exactly:
-
-1. Resize: the short side becomes n_px and the long side ``int(n_px * long / short)``
-   (truncated), with PIL's bicubic filter; an image whose short side already is n_px is kept.
-2. CenterCrop: ``top = int(round((h - n_px) / 2.0))`` (Python's round-half-to-even), likewise
-   ``left``; after step 1 the image always covers the crop, so torchvision's padding branch
-   never applies.
-3. ``convert("RGB")`` after resizing and cropping, as OpenAI orders it, so PIL resamples the
-   image in its own mode (palette and 1-bit images with nearest neighbour, alpha premultiplied).
-4. ToTensor: uint8 HWC -> float32 CHW / 255; Normalize: (x - mean) / std in float32.
+"""OpenAI CLIP's image preprocessing (``clip._transform``) in PIL and numpy, exactly: torchvision's
+Resize(n_px, BICUBIC) (long side truncated), CenterCrop(n_px) (Python's round-half-to-even; the
+padding branch never applies after the resize), then convert("RGB") as OpenAI orders it (so PIL
+resamples in the image's own mode: palette and 1-bit nearest, alpha premultiplied), ToTensor,
+Normalize.
 """
 
 from __future__ import annotations

@@ -265,8 +265,7 @@ def quick_gelu(x: jt.Var) -> jt.Var:
 
 
 class MultiheadAttention(jt.Module):
-    """Self-attention with torch.nn.MultiheadAttention's parameters; one fused projection, then
-    models.clip.attention."""
+    """Self-attention, torch.nn.MultiheadAttention's parameters; models.clip.attention does it."""
 
     def __init__(self, d_model: int, n_head: int, init: _Init):
         # torch's MHA init: xavier-uniform in_proj, zero biases, default Linear out_proj weight.
@@ -314,8 +313,7 @@ class ResidualAttentionBlock(jt.Module):
 
 
 class Transformer(jt.Module):
-    """Residual attention blocks on [N, L, D]; ``causal_context``: the text's context length,
-    whose causal mask is built once and sliced for shorter inputs."""
+    """Residual attention blocks on [N, L, D]; the causal mask of a text's context is built once."""
 
     def __init__(
         self, width: int, layers: int, heads: int, init: _Init, causal_context: Optional[int] = None
@@ -360,8 +358,7 @@ class VisionTransformer(jt.Module):
         p = self.patch_size
         g = self.input_resolution // p
         width = self.class_embedding.shape[0]
-        # Kernel = stride = patch: the convolution is a matmul of flattened patches, in the
-        # weight's (channel, row, column) order.
+        # Kernel = stride = patch: a matmul of flattened patches, (channel, row, column) order.
         patches = x.reshape(n, 3, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(n * g * g, -1)
         x = _linear(patches, self.conv1.weight.reshape(width, -1)).reshape(n, g * g, width)
         cls = self.class_embedding.reshape(1, 1, width).broadcast((n, 1, width))
@@ -466,8 +463,7 @@ class CLIP(jt.Module):
         return self.visual(image)
 
     def encode_text(self, text: Union[np.ndarray, jt.Var]) -> jt.Var:
-        """Text features [N, embed_dim] (not normalised) of token ids [N, context_length], read
-        at each row's end-of-text token (the largest id, as OpenAI)."""
+        """Text features [N, embed_dim] (not normalised) at each row's EOT (largest) token id."""
         if isinstance(text, jt.Var):
             text = text.numpy()
         tokens = np.asarray(text)
@@ -517,8 +513,7 @@ def build_model(
     state: Union[Mapping[str, Any], tuple[Mapping[str, Any], Mapping[str, Any]]],
     source: str = "state dict",
 ) -> CLIP:
-    """A CLIP in eval mode from a state dict (as OpenAI's build_model) or ``(config, tensors)``
-    of a converted file; loading is strict."""
+    """A CLIP in eval mode (strict) from a state dict or a converted file's (config, tensors)."""
     if isinstance(state, tuple):
         config, tensors = state
     else:

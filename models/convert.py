@@ -361,12 +361,11 @@ def write_openai_archive(
     three int64 buffers): a scripted container without forward, read like OpenAI's traced ones."""
     import torch
 
+    from models.clip.config import ARCHIVE_BUFFERS
+
     root = torch.nn.Module()
-    buffers = {
-        "input_resolution": torch.tensor(int(input_resolution)),
-        "context_length": torch.tensor(int(context_length)),
-        "vocab_size": torch.tensor(int(vocab_size)),
-    }
+    values = (input_resolution, context_length, vocab_size)
+    buffers = {k: torch.tensor(int(v)) for k, v in zip(ARCHIVE_BUFFERS, values)}
     for name, t in {**_to_torch(state), **buffers}.items():
         *parents, leaf = name.split(".")
         module = root

@@ -169,14 +169,13 @@ def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): load_storage,
         ("torch", "Size"): torch.Size,
-        ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-        ("numpy.core.multiarray", "scalar"): np.core.multiarray.scalar,
-        ("numpy._core.multiarray", "scalar"): np.core.multiarray.scalar,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("jittor", "jittor_core.Var"): jittor_var,
     }
+    for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and 2 names
+        allowed[numpy_core, "_reconstruct"] = np.core.multiarray._reconstruct
+        allowed[numpy_core, "scalar"] = np.core.multiarray.scalar
 
     class Restricted(pickle.Unpickler):
         def find_class(self, module: str, name: str):

@@ -107,8 +107,7 @@ class Block(nn.Module):
 
 
 class ConvNeXtV2(nn.Module):
-    """ConvNeXt-V2 classifier of ``[N, 3, H, W]`` normalised images. depths/dims: per stage;
-    num_classes 0: no head; seed: the official random init (``random_state_dict``), None: none."""
+    """ConvNeXt-V2 classifier of normalised ``[N, 3, H, W]`` images (docs/CONVNEXT.md)."""
 
     def __init__(
         self,

@@ -1,10 +1,6 @@
-"""Upstream checkpoints -> the project's float32 safetensors (models/weights.py).
-
-The only module that reads torch formats or pickles; torch is imported inside the functions,
-before any family module (which may import Jittor). The formats, the restricted unpickler and
-the error messages: docs/CONVERSION.md. Each module in :data:`FAMILIES` has ``matches``,
-``prepare_state_dict`` and ``infer_config``. The ``write_*`` functions write the upstream
-formats (the random checkpoints of the demo and the tests).
+"""Upstream checkpoints -> float32 safetensors (models/weights.py), and the ``write_*`` writers of
+the upstream formats: docs/CONVERSION.md. The only module that reads torch formats or pickles;
+torch is imported inside the functions, before any family module (which may import Jittor).
 """
 
 from __future__ import annotations
@@ -173,14 +169,13 @@ def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): load_storage,
         ("torch", "Size"): torch.Size,
-        ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-        ("numpy.core.multiarray", "scalar"): np.core.multiarray.scalar,
-        ("numpy._core.multiarray", "scalar"): np.core.multiarray.scalar,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("jittor", "jittor_core.Var"): jittor_var,
     }
+    for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and 2 names
+        allowed[numpy_core, "_reconstruct"] = np.core.multiarray._reconstruct
+        allowed[numpy_core, "scalar"] = np.core.multiarray.scalar
 
     class Restricted(pickle.Unpickler):
         def find_class(self, module: str, name: str):
@@ -216,8 +211,7 @@ def _is_tensor(v: Any) -> bool:
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
-    """The state dict in a checkpoint: {'state_dict'|'model'|'model_ema': sd} unwrapped, a
-    ``module.`` prefix stripped, non-tensor entries dropped (with a warning)."""
+    """The state dict in a checkpoint, unwrapped as docs/CONVERSION.md says."""
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
     for key in ("state_dict", "model", "model_ema"):
@@ -256,7 +250,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]
 
 
 def family_module(family: str):
-    """The module of a family in :data:`FAMILIES` (imported on first use)."""
+    """The module of a family (``matches``, ``prepare_state_dict``, ``infer_config``)."""
     if family not in FAMILIES:
         raise ConversionError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     return importlib.import_module(FAMILIES[family])
@@ -277,10 +271,13 @@ def detect_family(state_dict: Mapping[str, Any], path: Union[str, os.PathLike] =
 def convert(
     src: Union[str, os.PathLike], dst: Union[str, os.PathLike], family: str = "auto"
 ) -> dict[str, Any]:
-    """Convert ``src`` to float32 safetensors at ``dst``; returns (and logs) what was found:
-    source format, family, architecture, config, parameter count, source dtypes."""
+    """Convert ``src`` to float32 safetensors at ``dst``; returns (and logs) what was found."""
     src, dst = Path(src), Path(dst)
-    _check_not_same_file(src, dst)
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):  # through any link
+        raise ConversionError(
+            f"{dst}: is the source file itself ({src}); converting would overwrite the "
+            f"download: give another destination, e.g. out/weights/{src.stem}.safetensors"
+        )
     raw, fmt = read_state_dict(src)
     dtypes = collections.Counter(_dtype_name(v) for v in raw.values())
     sd = {k: _tensor_to_numpy(v) for k, v in raw.items()}
@@ -316,9 +313,8 @@ def save_converted(
     sd: dict[str, np.ndarray], dst: Union[str, os.PathLike], source: dict[str, Any],
     family: str = "auto", name: str = "state dict",
 ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
-    """:func:`convert` once the tensors are read (also how ``pipeline.synthetic`` saves random
-    weights without torch): the family (detected unless given), its preparation and config, the
-    file at ``dst``. Returns (family, config, prepared sd)."""
+    """:func:`convert` once the tensors are read (also ``pipeline.synthetic`` without torch):
+    (family, config, prepared sd)."""
     if family == "auto":
         family = detect_family(sd, name)
     module = family_module(family)
@@ -331,20 +327,6 @@ def save_converted(
         raise ConversionError(f"{name}: {family} checkpoint not understood: {e}") from e
     weights.save(dst, sd, family=family, config=config, source=source)
     return family, config, sd
-
-
-def _check_not_same_file(src: Path, dst: Path) -> None:
-    """Refuse a destination that is the source (through any link): it would replace the
-    download with its conversion."""
-    try:
-        same = os.path.samefile(src, dst)
-    except OSError:  # either one does not exist (yet)
-        same = False
-    if same:
-        raise ConversionError(
-            f"{dst}: is the source file itself ({src}); converting would overwrite the "
-            f"download: give another destination, e.g. out/weights/{src.stem}.safetensors"
-        )
 
 
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -374,17 +356,15 @@ def write_openai_archive(
     vocab_size: int,
     half: bool = True,
 ) -> Path:
-    """A TorchScript archive in OpenAI's CLIP layout: the weights (fp16 where OpenAI's are, when
-    ``half``) and the three int64 buffers, in a scripted container module without forward,
-    which :func:`convert` reads like OpenAI's traced models."""
+    """A TorchScript archive in OpenAI's CLIP layout (fp16 where OpenAI's are, when ``half``; the
+    three int64 buffers): a scripted container without forward, read like OpenAI's traced ones."""
     import torch
 
+    from models.clip.config import ARCHIVE_BUFFERS
+
     root = torch.nn.Module()
-    buffers = {
-        "input_resolution": torch.tensor(int(input_resolution)),
-        "context_length": torch.tensor(int(context_length)),
-        "vocab_size": torch.tensor(int(vocab_size)),
-    }
+    values = (input_resolution, context_length, vocab_size)
+    buffers = {k: torch.tensor(int(v)) for k, v in zip(ARCHIVE_BUFFERS, values)}
     for name, t in {**_to_torch(state), **buffers}.items():
         *parents, leaf = name.split(".")
         module = root

@@ -1,8 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never half.
-
-Every file the project writes goes through here: a temporary file in the same folder, flushed to
-disk, then renamed over the target. New files get the mode a plain open() gives them.
-"""
+"""Atomic file writes, for every file the project writes: a temporary in the same folder, flushed,
+then renamed over the target, so a crash or Ctrl-C leaves the old file or the new, never half."""
 
 from __future__ import annotations
 
@@ -50,7 +47,6 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
-def write_json_atomic(path: PathLike, obj: Any, **dumps: Any) -> None:
-    """Write ``obj`` as JSON (indent 1, sorted keys unless overridden)."""
-    dumps = {"indent": 1, "sort_keys": True, **dumps}
-    write_text_atomic(path, json.dumps(obj, **dumps) + "\n")
+def write_json_atomic(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON (indent 1, sorted keys)."""
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")

@@ -1,8 +1,5 @@
-"""Converted weights: float32 safetensors with the architecture in the header, read without
-torch or pickle (convert.py writes them, see docs/CONVERSION.md). Header metadata (strings):
-``fewshot.family`` ("clip", "convnextv2", ...), ``fewshot.config`` (JSON of the architecture),
-``fewshot.source`` (JSON of what was converted), ``fewshot.version`` (this layout's version).
-"""
+"""Converted weights: float32 safetensors with the architecture in the ``fewshot.*`` header
+metadata (docs/CONVERSION.md "What the output holds"), read without torch or pickle."""
 
 from __future__ import annotations
 
@@ -142,9 +139,8 @@ def fingerprint(path: str | os.PathLike, full: bool = False) -> str:
 
 
 def load_state(model: Any, tensors: Mapping[str, Any], source: str = "state dict") -> None:
-    """Copy ``tensors`` (name -> array) into a Jittor ``model``'s state, strictly: a WeightsError
-    lists every missing and unexpected key and shape mismatch. A 0-d array fits a Jittor shape
-    [1] (Jittor has no 0-d Vars; CLIP's ``logit_scale``)."""
+    """Copy ``tensors`` into a Jittor ``model``'s state, strictly (a WeightsError lists every
+    missing or unexpected key and wrong shape); 0-d fits Jittor's [1] (CLIP's ``logit_scale``)."""
     from models.runtime import jittor
 
     jt = jittor()

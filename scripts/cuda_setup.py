@@ -238,7 +238,12 @@ def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
         values["use_cutt"] = "0"
     notes = library_notes(nvcc, nvcc_ver)
     if nvcc_ver >= (13, 0):
-        changed = patch_jittor()
+        try:
+            changed = jittor_cuda13.apply(jittor_cuda13.jittor_dir())
+        except ValueError as e:
+            raise Unusable(
+                f"the CUDA 13 patch does not fit this Jittor ({e})", "use jittor==1.3.11.0"
+            ) from None
         if changed:
             say(f"patched the venv's Jittor for CUDA 13 ({len(changed)} files; docs/GPU.md)")
     inputs = [gpus, driver, values, notes, jittor_cuda13.is_patched(jittor_cuda13.jittor_dir())]
@@ -259,15 +264,6 @@ def configure(env_file: Path, gpus: list[str]) -> dict[str, str]:
             say(f"warning: GPU used without {name}: {note}")
     write_env(env_file, values, f"ok {key}: written by scripts/cuda_setup.py")
     return values
-
-
-def patch_jittor() -> list[str]:
-    try:
-        return jittor_cuda13.apply(jittor_cuda13.jittor_dir())
-    except ValueError as e:
-        raise Unusable(
-            f"the CUDA 13 patch does not fit this Jittor ({e})", "use jittor==1.3.11.0"
-        ) from None
 
 
 def main(argv: list[str]) -> int:

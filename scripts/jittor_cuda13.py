@@ -142,9 +142,9 @@ def jittor_dir() -> Path:
     return Path(spec.origin).parent
 
 
-def is_patched(root: Path) -> bool:
-    paths = [root / rel for rel, _ in EDITS + CREATES]
-    return all(p.is_file() and MARK in p.read_text() for p in paths)
+def is_patched(root: Path, edits=EDITS, creates=CREATES, mark: str = MARK) -> bool:
+    paths = [root / rel for rel, _ in edits + creates]
+    return all(p.is_file() and mark in p.read_text() for p in paths)
 
 
 def patched_text(path: Path, edits: list[tuple[str, str, int]], mark: str, script: str) -> str:
@@ -172,39 +172,40 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def apply(root: Path) -> list[str]:
-    """Patch the jittor package at ``root``; returns the files changed (none when already done).
-
-    Every file is checked before any is written, so a foreign version is left untouched.
-    """
+def apply(
+    root: Path, edits=EDITS, creates=CREATES, mark: str = MARK, script: str = "jittor_cuda13.py"
+) -> list[str]:
+    """Patch the package at ``root``; returns the files changed (none when already done). Every
+    file is checked before any is written, so a foreign version is left untouched."""
     todo = []
-    for rel, edits in EDITS:
+    for rel, file_edits in edits:
         path = root / rel
-        if MARK not in path.read_text():
-            todo.append((path, patched_text(path, edits, MARK, "jittor_cuda13.py")))
-    for rel, text in CREATES:
+        if mark not in path.read_text():
+            todo.append((path, patched_text(path, file_edits, mark, script)))
+    for rel, text in creates:
         path = root / rel
-        if not (path.is_file() and MARK in path.read_text()):
+        if not (path.is_file() and mark in path.read_text()):
             todo.append((path, text))
     for path, text in todo:
         write_atomic(path, text)
     return [str(p.relative_to(root)) for p, _ in todo]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", nargs="?", type=Path, help="jittor package folder")
+def main(argv=None, default_root=jittor_dir, patch=apply, check=is_patched, what="CUDA 13") -> int:
+    """The command line of this patch and of scripts/jittor_concurrent.py."""
+    ap = argparse.ArgumentParser(description=f"Patch Jittor 1.3.11 for {what}.")
+    ap.add_argument("root", nargs="?", type=Path, help="folder to patch (default: the installed)")
     ap.add_argument("--check", action="store_true", help="only report whether it is patched")
     args = ap.parse_args(argv)
-    root = args.root or jittor_dir()
+    root = args.root or default_root()
     if args.check:
-        done = is_patched(root)
-        print(f"{root}: {'patched' if done else 'not patched'} for CUDA 13")
+        done = check(root)
+        print(f"{root}: {'patched' if done else 'not patched'} for {what}")
         return 0 if done else 1
     try:
-        changed = apply(root)
+        changed = patch(root)
     except ValueError as e:
-        print(f"jittor_cuda13: {e}", file=sys.stderr)
+        print(f"{ap.prog}: {e}", file=sys.stderr)
         return 2
     print(f"{root}: " + (f"patched {', '.join(changed)}" if changed else "already patched"))
     return 0

@@ -251,7 +251,7 @@ def test_probe_success_writes_the_env_and_checks_once(tmp_path, monkeypatch, cap
     monkeypatch.delenv("cc_path", raising=False)
     monkeypatch.setattr(cuda_setup, "listed_gpus", lambda: ["NVIDIA H200"])
     monkeypatch.setattr(cuda_setup, "driver_cuda", lambda: (13, 0))
-    monkeypatch.setattr(cuda_setup, "patch_jittor", lambda: [])
+    monkeypatch.setattr(cuda_setup.jittor_cuda13, "apply", lambda root: [])
     monkeypatch.setattr(cuda_setup.jittor_cuda13, "is_patched", lambda root: True)
     checks = []
     monkeypatch.setattr(cuda_setup, "check", lambda env, log: checks.append(env) or {})

@@ -8,9 +8,8 @@
         text_features = model.encode_text(tokens)
         logits_per_image, logits_per_text = model(images_array, tokens)
 
-Converted files come from ``python convert.py ViT-B-32.pt out/weights/ViT-B-32.safetensors``
-(see docs/CONVERSION.md). Importing this package does not import Jittor; ``load`` and the model
-classes do.
+Converted files: docs/CONVERSION.md. Importing this package imports no Jittor; ``load`` and the
+model classes do.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from models.clip.config import KNOWN_ARCHITECTURES, infer_config, matches
+from models.clip.config import infer_config, matches
 from models.clip.preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 from models.clip.tokenizer import Tokenizer, default_tokenizer, tokenize
 
@@ -32,10 +31,8 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "FAMILY",
-    "KNOWN_ARCHITECTURES",
     "Preprocess",
     "Tokenizer",
-    "available_models",
     "build_model",
     "default_tokenizer",
     "infer_config",
@@ -46,18 +43,9 @@ __all__ = [
 ]
 
 
-def available_models() -> list[str]:
-    """Names of the OpenAI architectures this package builds (any of them converts and loads)."""
-    return list(KNOWN_ARCHITECTURES)
-
-
 def load(path: Union[str, os.PathLike], device: Optional[str] = None) -> tuple[CLIP, Preprocess]:
-    """(model in eval mode, its preprocessing) from a converted CLIP safetensors file.
-
-    ``device``: "cpu", "cuda", "auto" or None (the device already chosen, see models.runtime),
-    set before the model is built. Raises models.weights.
-    WeightsError for a missing file, a file of another family or weights that do not fit.
-    """
+    """(model in eval mode, its preprocessing) from a converted CLIP file. ``device``: see
+    models.runtime, set before the model is built. WeightsError: missing, other family, misfit."""
     from models import weights
     from models.runtime import jittor
 

@@ -1,13 +1,8 @@
-"""Multi-head scaled dot-product attention over a fused q/k/v projection.
+"""Multi-head attention softmax(q k^T / sqrt(d) + mask) v over a fused q/k/v projection, two ways:
 
-Two exact implementations of softmax(q k^T / sqrt(d) + mask) v:
-
-- ``fused_attention``: one C++ kernel (compiled once by Jittor) that reads q, k and v in place
-  from the [N, L, 3, H, d] projection and writes [N, L, H, d], one query row at a time
-  (scores, softmax, weighted sum), parallel over samples x heads with OpenMP. The causal mask
-  is a loop bound, so masked keys are never computed. Inference only (no gradient); used on
-  the CPU under ``jt.no_grad()``, where Jittor's batched matmul (a broadcast-multiply-reduce
-  kernel) is several times slower.
+- ``fused_attention``: a C++ kernel reading the [N, L, 3, H, d] projection in place, one query
+  row at a time, OpenMP over samples x heads; the causal mask is a loop bound. No gradient; on
+  the CPU it beats Jittor's batched matmul (a broadcast-multiply-reduce kernel) several times.
 - ``matmul_attention``: Jittor's batched matmuls (cuBLAS on the GPU), differentiable.
 """
 
@@ -21,8 +16,7 @@ jt = jittor()
 
 _HEADER = "#include <vector>\n#include <cmath>\n"
 
-# One thread per (sample, head); each query row: dot products with the visible keys, a stable
-# softmax (max subtracted), then the weighted sum of values accumulated in registers.
+# One thread per (sample, head); per query row: scores, a max-subtracted softmax, weighted sum.
 _SRC = r"""
 @alias(qkv, in0)
 @alias(o, out0)

@@ -1,8 +1,5 @@
-"""CLIP architecture from a state dict alone, as OpenAI's ``build_model`` infers it.
-
-Pure Python on shapes and key names (no Jittor, no torch), so the converter can use it on torch
-tensors or numpy arrays alike. ``models.clip.model`` re-exports these helpers.
-"""
+"""CLIP architecture from a state dict alone, as OpenAI's ``build_model`` infers it: pure Python
+on shapes and key names, so the converter uses it on torch tensors and numpy arrays alike."""
 
 from __future__ import annotations
 
@@ -12,9 +9,9 @@ from typing import Any, Mapping
 # The three non-weight buffers that OpenAI's TorchScript archives carry in their state dict.
 ARCHIVE_BUFFERS = ("input_resolution", "context_length", "vocab_size")
 
-# Released OpenAI architectures, keyed by the numbers that tell them apart (for logs and docs).
+# Released OpenAI architectures, by the numbers that tell them apart (_ARCH_KEYS).
+_ARCH_KEYS = ("vision_layers", "vision_width", "vision_patch_size", "image_resolution", "embed_dim")
 KNOWN_ARCHITECTURES = {
-    # name: (vision_layers, vision_width, vision_patch_size, image_resolution, embed_dim)
     "RN50": ((3, 4, 6, 3), 64, None, 224, 1024),
     "RN101": ((3, 4, 23, 3), 64, None, 224, 512),
     "RN50x4": ((4, 6, 10, 6), 80, None, 288, 640),
@@ -26,29 +23,12 @@ KNOWN_ARCHITECTURES = {
     "ViT-L/14@336px": (24, 1024, 14, 336, 768),
 }
 
-# Full configurations of the two backbones of the challenge, as OpenAI's build_model infers them
-# from the released files (for random-weight stand-ins in the demo's "full" size, benchmarks and
-# tests).
+# The challenge's two backbones as OpenAI's build_model infers them from the released files
+# (random-weight stand-ins: the demo's "full" size, benchmarks, tests).
 _B_TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8)
 FULL_SIZE_CLIP: dict[str, dict[str, Any]] = {
-    "ViT-B/32": dict(
-        embed_dim=512,
-        image_resolution=224,
-        vision_layers=12,
-        vision_width=768,
-        vision_patch_size=32,
-        transformer_layers=12,
-        **_B_TEXT,
-    ),
-    "RN101": dict(
-        embed_dim=512,
-        image_resolution=224,
-        vision_layers=(3, 4, 23, 3),
-        vision_width=64,
-        vision_patch_size=None,
-        transformer_layers=12,
-        **_B_TEXT,
-    ),
+    name: dict(zip(_ARCH_KEYS, KNOWN_ARCHITECTURES[name]), transformer_layers=12, **_B_TEXT)
+    for name in ("ViT-B/32", "RN101")
 }
 
 # Keys every CLIP state dict has, whatever its image tower.
@@ -71,6 +51,15 @@ def matches(state_dict: Mapping[str, Any]) -> bool:
     return "visual.proj" in state_dict or "visual.attnpool.positional_embedding" in state_dict
 
 
+def _grid(state_dict: Mapping[str, Any], key: str) -> int:
+    """The side of a positional embedding's square grid (its rows: grid**2 + 1)."""
+    n_pos = _shape(state_dict[key])[0]
+    grid = round((n_pos - 1) ** 0.5)
+    if grid * grid + 1 != n_pos:
+        raise ValueError(f"{key} has {n_pos} rows, not a square grid + 1")
+    return grid
+
+
 def _count_blocks(keys, prefix: str) -> int:
     """Number of distinct ``prefix<i>.`` indices, as OpenAI counts layers."""
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
@@ -78,12 +67,8 @@ def _count_blocks(keys, prefix: str) -> int:
 
 
 def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """All architecture numbers of a CLIP state dict, inferred the way OpenAI's build_model does.
-
-    Heads are width // 64 for both transformers, and width * 32 // 64 for the ResNet attention
-    pool, as in OpenAI's code. Raises ValueError naming what is missing or inconsistent, or
-    widths whose attention OpenAI's model could not run.
-    """
+    """All architecture numbers of a CLIP state dict, as OpenAI's build_model infers them (heads:
+    width // 64; ResNet pool: width * 32 // 64). ValueError names what is missing or unusable."""
     if not matches(state_dict):
         missing = [k for k in _TEXT_KEYS if k not in state_dict]
         if (
@@ -97,12 +82,7 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         cfg: dict[str, Any] = {}
         if "visual.proj" in state_dict:
             conv = _shape(state_dict["visual.conv1.weight"])
-            n_pos = _shape(state_dict["visual.positional_embedding"])[0]
-            grid = round((n_pos - 1) ** 0.5)
-            if grid * grid + 1 != n_pos:
-                raise ValueError(
-                    f"visual.positional_embedding has {n_pos} rows, not a square grid + 1"
-                )
+            grid = _grid(state_dict, "visual.positional_embedding")
             cfg["vision_width"] = conv[0]
             cfg["vision_layers"] = sum(
                 1 for k in keys if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")
@@ -113,14 +93,8 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         else:
             cfg["vision_layers"] = [_count_blocks(keys, f"visual.layer{b}.") for b in (1, 2, 3, 4)]
             cfg["vision_width"] = _shape(state_dict["visual.layer1.0.conv1.weight"])[0]
-            n_pos = _shape(state_dict["visual.attnpool.positional_embedding"])[0]
-            out = round((n_pos - 1) ** 0.5)
-            if out * out + 1 != n_pos:
-                raise ValueError(
-                    f"visual.attnpool.positional_embedding has {n_pos} rows, not a square grid + 1"
-                )
             cfg["vision_patch_size"] = None
-            cfg["image_resolution"] = out * 32
+            cfg["image_resolution"] = _grid(state_dict, "visual.attnpool.positional_embedding") * 32
             cfg["vision_heads"] = cfg["vision_width"] * 32 // 64
         cfg["embed_dim"] = _shape(state_dict["text_projection"])[1]
         cfg["context_length"] = _shape(state_dict["positional_embedding"])[0]
@@ -149,27 +123,13 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def architecture_name(cfg: Mapping[str, Any]) -> str:
     """The OpenAI release name ("ViT-B/32", "RN101", ...) of a config, or "custom"."""
-    layers = cfg["vision_layers"]
-    key = (
-        tuple(layers) if isinstance(layers, (list, tuple)) else layers,
-        cfg["vision_width"],
-        cfg["vision_patch_size"],
-        cfg["image_resolution"],
-        cfg["embed_dim"],
-    )
-    for name, known in KNOWN_ARCHITECTURES.items():
-        if known == key:
-            return name
-    return "custom"
+    key = tuple(tuple(v) if isinstance(v, list) else v for v in (cfg[k] for k in _ARCH_KEYS))
+    return next((name for name, known in KNOWN_ARCHITECTURES.items() if known == key), "custom")
 
 
 def prepare_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """The weights only: drops OpenAI's archive buffers and BatchNorm ``num_batches_tracked``.
-
-    The archive buffers (``input_resolution``, ``context_length``, ``vocab_size``) must agree with
-    the shapes of the weights (they become config, see :func:`infer_config`); a disagreement means
-    a damaged or edited file and raises ValueError.
-    """
+    """The weights only: drops OpenAI's archive buffers, which must agree with the weights'
+    shapes (else ValueError: a damaged or edited file), and BatchNorm ``num_batches_tracked``."""
     out = {
         k: v
         for k, v in state_dict.items()

@@ -1,22 +1,8 @@
-"""OpenAI CLIP in Jittor: every released architecture, built from its state dict alone.
-
-The classes follow OpenAI's ``clip/model.py`` one for one, and their parameter names are the
-checkpoint keys, so loading is a name mapping (:func:`load_state`). Differences that do not
-change the result (all are exact up to float rounding):
-
-- batch-first layout ([N, L, D]) instead of OpenAI's [L, N, D]; no permutes around the blocks;
-- attention is one fused ``in_proj`` matmul and one reshape to heads, then either a fused CPU
-  kernel (under ``jt.no_grad()``) or batched matmuls (see models/clip/attention.py);
-- ``encode_text`` drops the positions after the last end-of-text token of the batch before the
-  transformer: with the causal mask, no earlier position ever attends to them, so the EOT
-  features are unchanged (OpenAI's model accepts such shorter contexts too); ``ln_final`` is
-  applied to the EOT rows only, being per-token;
-- BatchNorm always uses its running statistics (CLIP is a frozen feature extractor here);
-- the ViT patch convolution (kernel = stride = patch) is computed as a patch matmul.
-
-Everything runs in float32 (converted files are float32; OpenAI's fp16 only matters on GPU).
-``model.float16()`` gives a half-precision image tower (LayerNorm and the BatchNorm statistics
-still in float32, as OpenAI's fp16 models): for GPUs, checked by ``python -m bench.fp16``.
+"""OpenAI CLIP in Jittor, OpenAI's ``clip/model.py`` class for class, parameter names = checkpoint
+keys. Differences that leave the result unchanged: docs/CONVERSION.md "The Jittor model"; also
+``ln_final`` on the EOT rows only (it is per-token) and the ViT patch convolution as a matmul.
+float32 throughout; ``model.float16()`` halves the image tower (LayerNorm and BatchNorm
+statistics stay float32, as OpenAI's fp16 models) for GPUs (``python -m bench.fp16``).
 """
 
 from __future__ import annotations
@@ -54,12 +40,8 @@ _MASKED = -1e30
 
 
 class _Init:
-    """Seeded random initialiser shared by the constructors of one model.
-
-    Values are drawn in numpy and handed to Jittor as data (Jittor would compile a kernel per
-    distinct fill constant). With ``enabled=False`` every parameter is a lazy zeros Var that is
-    never computed: for models whose weights are loaded right after.
-    """
+    """Seeded initialiser of one model, drawn in numpy (Jittor compiles a kernel per fill
+    constant); ``enabled=False``: lazy zeros, never computed, for weights loaded right after."""
 
     def __init__(self, seed: Optional[int] = None, enabled: bool = True):
         self.rng = np.random.default_rng(seed)
@@ -124,8 +106,7 @@ class BatchNorm2d(jt.Module):
         self.eps = eps
 
     def execute(self, x: jt.Var) -> jt.Var:
-        # Per-channel scale and shift first (C values), so the image-sized work is one fused
-        # multiply-add that Jittor merges with the following ReLU.
+        # Scale and shift per channel first: the image-sized work is one fused multiply-add.
         w, b, mean, var = self.weight, self.bias, self.running_mean, self.running_var
         if x.dtype != "float32":  # half precision: the C statistics in float32, as OpenAI's
             w, b, mean, var = (v.float32() for v in (w, b, mean, var))  # fp32 BatchNorm
@@ -152,8 +133,7 @@ def _avgpool(x: jt.Var, k: int) -> jt.Var:
 
 
 class Bottleneck(jt.Module):
-    """OpenAI's anti-aliased bottleneck: stride by an average pool after conv2 (and before the
-    1x1 convolution of the shortcut)."""
+    """OpenAI's anti-aliased bottleneck: stride by an average pool after conv2 (and shortcut)."""
 
     expansion = 4
 
@@ -254,11 +234,7 @@ class ModifiedResNet(jt.Module):
 
 
 class LayerNorm(jt.Module):
-    """LayerNorm over the last axis in float32 (torch's names: weight, bias; eps 1e-5).
-
-    Half-precision input is normalised in float32 and cast back, like OpenAI's LayerNorm
-    subclass does for its fp16 models.
-    """
+    """LayerNorm over the last axis, in float32 also for half input (as OpenAI's subclass)."""
 
     def __init__(self, d: int, init: _Init, eps: float = 1e-5):
         self.weight = init.const((d,), 1.0)
@@ -289,9 +265,7 @@ def quick_gelu(x: jt.Var) -> jt.Var:
 
 
 class MultiheadAttention(jt.Module):
-    """Self-attention with torch.nn.MultiheadAttention's parameters (``in_proj_weight`` [3D, D],
-    ``in_proj_bias``, ``out_proj``): one fused projection, one reshape to heads, then the
-    attention of models.clip.attention (a fused kernel under no_grad on the CPU)."""
+    """Self-attention, torch.nn.MultiheadAttention's parameters; models.clip.attention does it."""
 
     def __init__(self, d_model: int, n_head: int, init: _Init):
         # torch's MHA init: xavier-uniform in_proj, zero biases, default Linear out_proj weight.
@@ -339,11 +313,7 @@ class ResidualAttentionBlock(jt.Module):
 
 
 class Transformer(jt.Module):
-    """A stack of residual attention blocks on batch-first [N, L, D] input.
-
-    ``causal_context``: the text transformer's context length; its causal mask (each position
-    sees itself and the earlier ones) is built once here and sliced for shorter inputs.
-    """
+    """Residual attention blocks on [N, L, D]; the causal mask of a text's context is built once."""
 
     def __init__(
         self, width: int, layers: int, heads: int, init: _Init, causal_context: Optional[int] = None
@@ -388,8 +358,7 @@ class VisionTransformer(jt.Module):
         p = self.patch_size
         g = self.input_resolution // p
         width = self.class_embedding.shape[0]
-        # Kernel = stride = patch: the convolution is a matmul of flattened patches, in the
-        # weight's (channel, row, column) order.
+        # Kernel = stride = patch: a matmul of flattened patches, (channel, row, column) order.
         patches = x.reshape(n, 3, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(n * g * g, -1)
         x = _linear(patches, self.conv1.weight.reshape(width, -1)).reshape(n, g * g, width)
         cls = self.class_embedding.reshape(1, 1, width).broadcast((n, 1, width))
@@ -417,8 +386,7 @@ class CLIP(jt.Module):
         seed: Optional[int] = None,
         init: bool = True,
     ):
-        """Random OpenAI-like initialisation (seeded by ``seed``); ``init=False`` gives zeros
-        for a model whose weights are loaded right after (see :func:`build_model`)."""
+        """OpenAI-like random init from ``seed``; ``init=False``: zeros, to load into."""
         ini = _Init(seed, init)
         self.context_length = context_length
         self.embed_dim = embed_dim
@@ -454,8 +422,7 @@ class CLIP(jt.Module):
         self.trim_context = True
 
     def _openai_init(self, ini: _Init) -> None:
-        """The overrides of OpenAI's initialize_parameters (text transformer, attention pool,
-        zero-initialised last BatchNorm of each bottleneck)."""
+        """The overrides of OpenAI's initialize_parameters."""
         if not ini.enabled:
             return
         if isinstance(self.visual, ModifiedResNet):
@@ -480,13 +447,11 @@ class CLIP(jt.Module):
 
     @property
     def dtype(self) -> str:
-        """The image tower's weight type: "float32" (converted files), or "float16" after
-        ``model.float16()`` (a half-precision run on a GPU)."""
+        """The image tower's weight type: "float32", or "float16" after ``model.float16()``."""
         return str(self.visual.conv1.weight.dtype)
 
     def encode_image(self, image: Union[np.ndarray, jt.Var]) -> jt.Var:
-        """Image features [N, embed_dim] (not normalised) of preprocessed images [N, 3, R, R],
-        in the model's dtype."""
+        """Image features [N, embed_dim] (not normalised, the model's dtype) of [N, 3, R, R]."""
         image = _as_var(image, self.dtype)
         r = self.visual.input_resolution
         if image.ndim != 4 or tuple(image.shape[1:]) != (3, r, r):
@@ -498,10 +463,7 @@ class CLIP(jt.Module):
         return self.visual(image)
 
     def encode_text(self, text: Union[np.ndarray, jt.Var]) -> jt.Var:
-        """Text features [N, embed_dim] (not normalised) of token ids [N, context_length].
-
-        The feature is read at each row's end-of-text token (the largest id, as OpenAI does).
-        """
+        """Text features [N, embed_dim] (not normalised) at each row's EOT (largest) token id."""
         if isinstance(text, jt.Var):
             text = text.numpy()
         tokens = np.asarray(text)
@@ -551,11 +513,7 @@ def build_model(
     state: Union[Mapping[str, Any], tuple[Mapping[str, Any], Mapping[str, Any]]],
     source: str = "state dict",
 ) -> CLIP:
-    """A CLIP in eval mode from a state dict, or from ``(config, tensors)`` of a converted file.
-
-    Like OpenAI's build_model: the architecture comes from the weights' shapes; the archive
-    buffers and BatchNorm counters are dropped; loading is strict.
-    """
+    """A CLIP in eval mode (strict) from a state dict or a converted file's (config, tensors)."""
     if isinstance(state, tuple):
         config, tensors = state
     else:

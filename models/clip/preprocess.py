@@ -1,28 +1,21 @@
-"""OpenAI CLIP's image preprocessing (``clip._transform``), without torchvision.
-
-OpenAI composes torchvision's Resize(n_px, BICUBIC), CenterCrop(n_px), convert("RGB"),
-ToTensor() and Normalize(CLIP mean, CLIP std). On a PIL image those reduce to these PIL and
-numpy steps, reproduced here exactly:
-
-1. Resize: the short side becomes n_px and the long side ``int(n_px * long / short)``
-   (truncated), with PIL's bicubic filter; an image whose short side already is n_px is kept.
-2. CenterCrop: ``top = int(round((h - n_px) / 2.0))`` (Python's round-half-to-even), likewise
-   ``left``; after step 1 the image always covers the crop, so torchvision's padding branch
-   never applies.
-3. ``convert("RGB")`` after resizing and cropping, as OpenAI orders it, so PIL resamples the
-   image in its own mode (palette and 1-bit images with nearest neighbour, alpha premultiplied).
-4. ToTensor: uint8 HWC -> float32 CHW / 255; Normalize: (x - mean) / std in float32.
+"""OpenAI CLIP's image preprocessing (``clip._transform``) in PIL and numpy, exactly: torchvision's
+Resize(n_px, BICUBIC) (long side truncated), CenterCrop(n_px) (Python's round-half-to-even; the
+padding branch never applies after the resize), then convert("RGB") as OpenAI orders it (so PIL
+resamples in the image's own mode: palette and 1-bit nearest, alpha premultiplied), ToTensor,
+Normalize.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_MEAN = np.asarray(CLIP_MEAN, np.float32).reshape(3, 1, 1)
+_STD = np.asarray(CLIP_STD, np.float32).reshape(3, 1, 1)
 
 
 def resize_short_side(img: Image.Image, n_px: int) -> Image.Image:
@@ -49,19 +42,10 @@ def center_crop(img: Image.Image, n_px: int) -> Image.Image:
 class Preprocess:
     """Callable PIL image -> float32 array [3, n_px, n_px], OpenAI's CLIP preprocessing."""
 
-    def __init__(
-        self,
-        n_px: int,
-        mean: Sequence[float] = CLIP_MEAN,
-        std: Sequence[float] = CLIP_STD,
-    ):
+    def __init__(self, n_px: int):
         if n_px < 1:
             raise ValueError(f"n_px must be positive, not {n_px}")
         self.n_px = int(n_px)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self._mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(self.std, np.float32).reshape(3, 1, 1)
 
     def describe(self) -> str:
         """A stable description of every step and constant (a feature-cache key)."""
@@ -69,23 +53,19 @@ class Preprocess:
         return (
             f"clip-preprocess/v1 resize-short={self.n_px}:pil-bicubic:int-long "
             f"center-crop={self.n_px}:round-half-even rgb-after-crop to-tensor/255 "
-            f"mean=({fmt(repr(m) for m in self.mean)}) std=({fmt(repr(s) for s in self.std)})"
+            f"mean=({fmt(repr(m) for m in CLIP_MEAN)}) std=({fmt(repr(s) for s in CLIP_STD)})"
         )
 
     def __repr__(self) -> str:
         return f"Preprocess(n_px={self.n_px})"
 
-    def pil(self, img: Image.Image) -> Image.Image:
-        """Steps 1-3: the n_px x n_px RGB PIL image the network sees."""
+    def __call__(self, img: Image.Image) -> np.ndarray:
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(img).__name__}")
-        return center_crop(resize_short_side(img, self.n_px), self.n_px).convert("RGB")
-
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        x = np.asarray(self.pil(img), dtype=np.uint8)
+        img = center_crop(resize_short_side(img, self.n_px), self.n_px).convert("RGB")
         # Same float32 operations as ToTensor and Normalize, hence bit-identical results.
-        x = x.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-        return (x - self._mean) / self._std
+        x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        return (x - _MEAN) / _STD
 
     def batch(self, images: Iterable[Image.Image]) -> np.ndarray:
         """Stack of preprocessed images [N, 3, n_px, n_px] float32."""

@@ -1,11 +1,5 @@
-"""CLIP's byte-level BPE tokenizer, equal to OpenAI's ``SimpleTokenizer`` and ``clip.tokenize``.
-
-Text is cleaned as OpenAI does (``ftfy.fix_text``, HTML entities unescaped twice, runs of
-whitespace collapsed, stripped, lower-cased), split with OpenAI's regular expression, each piece
-mapped byte by byte onto printable characters, then merged with the 48,894 ranked merges of
-``bpe_simple_vocab_16e6.txt.gz`` (the vocabulary file OpenAI ships; 49,408 tokens in all with
-``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407).
-"""
+"""CLIP's byte-level BPE tokenizer, equal to OpenAI's ``SimpleTokenizer`` and ``clip.tokenize``,
+over OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (49,408 tokens; 49406/49407 start/end of text)."""
 
 from __future__ import annotations
 
@@ -34,11 +28,8 @@ _CACHE_LIMIT = 1 << 18
 
 
 def byte_to_char() -> dict[int, str]:
-    """GPT-2's reversible map of the 256 byte values onto printable unicode characters.
-
-    Printable Latin-1 bytes stand for themselves; the others (controls, space, ...) are moved
-    to code points 256 and up, in byte order, so no BPE symbol is ever whitespace.
-    """
+    """GPT-2's reversible map of the 256 bytes onto printable characters: printable Latin-1
+    stands for itself, the rest moves to 256 and up in byte order (no symbol is whitespace)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     keep += range(ord("®"), ord("ÿ") + 1)
     moved = [b for b in range(256) if b not in set(keep)]
@@ -143,11 +134,8 @@ def default_tokenizer() -> Tokenizer:
 def tokenize(
     texts: Union[str, Sequence[str]], context_length: int = 77, truncate: bool = False
 ) -> np.ndarray:
-    """Token ids [N, context_length] int64 of each text: <|startoftext|> ids <|endoftext|> 0...
-
-    A text longer than the context raises RuntimeError naming it, unless ``truncate``: then it
-    is cut to the context and its last token replaced by <|endoftext|> (as OpenAI does).
-    """
+    """Token ids [N, context_length] int64: <|startoftext|> ids <|endoftext|> 0... A text too
+    long raises RuntimeError, or with ``truncate`` is cut and ends in <|endoftext|> (as OpenAI)."""
     if isinstance(texts, str):
         texts = [texts]
     tok = default_tokenizer()

@@ -1,11 +1,5 @@
-"""ConvNeXt-V2 in Jittor, shaped like facebookresearch/ConvNeXt-V2 (and timm's ``convnext.py``).
-
-    model = convnext.load("out/weights/convnextv2_base.safetensors")   # a converted file
-    feats = model.forward_features(jt.array(convnext.preprocess(384)(image)[None]))
-
-Importing this package imports no Jittor (``config`` and ``transforms`` need none); ``load``
-and the model classes do.
-"""
+"""ConvNeXt-V2 in Jittor, shaped like facebookresearch/ConvNeXt-V2 (API: docs/CONVNEXT.md).
+Importing this package imports no Jittor; ``load`` and the model classes do."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """ConvNeXt-V2 architecture from a state dict's key names and shapes, and the official random
-initialisation: numpy only (no Jittor, no torch), so convert.py can use it on any tensors.
-"""
+initialisation: numpy only, so convert.py can use it on any tensors."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""ConvNeXt-V2 (Woo et al., CVPR 2023) in Jittor, shaped like facebookresearch/ConvNeXt-V2.
-
-Parameter names are the official checkpoint keys, so converted files load without renaming. The
-NCHW residual stream with channels-last rows inside each block is a measured choice (Jittor's CPU
-depthwise conv is fast only in NCHW): docs/CONVNEXT.md section 2.
-"""
+"""ConvNeXt-V2 (Woo et al., CVPR 2023) in Jittor; parameter names are the official checkpoint
+keys. The NCHW residual stream with channels-last rows inside each block is measured (Jittor's CPU
+depthwise conv is fast only in NCHW): docs/CONVNEXT.md section 2."""
 
 from __future__ import annotations
 
@@ -31,21 +28,10 @@ LN_EPS = 1e-6  # every LayerNorm of the official model
 GRN_EPS = 1e-6  # added to GRN's channel mean
 
 
-def _layer_norm(x, weight, bias, axis: int):
-    """LayerNorm over ``axis`` with the centred variance, like torch: Jittor's E[x^2] - E[x]^2
-    loses digits when the mean is large against the spread (real checkpoints' stem output)."""
-    dtype = x.dtype
-    if dtype != "float32":  # half precision: normalise in float32, as torch autocast does
-        x = x.float32()
-    mean = x.mean(axis, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(axis, keepdims=True)
-    out = centred / jt.sqrt(var + LN_EPS) * weight + bias
-    return out if dtype == "float32" else out.cast(dtype)
-
-
 class LayerNorm(nn.Module):
-    """LayerNorm over channels: axis 1 of NCHW if ``channels_first``, else the last axis."""
+    """LayerNorm over channels: axis 1 of NCHW if ``channels_first``, else the last axis. The
+    centred variance, like torch: Jittor's E[x^2] - E[x]^2 loses digits when the mean is large
+    against the spread (real checkpoints' stem output)."""
 
     def __init__(self, dim: int, channels_first: bool = False):
         self.channels_first = channels_first
@@ -53,15 +39,20 @@ class LayerNorm(nn.Module):
         self.bias = jt.zeros(dim)
 
     def execute(self, x):
+        axis, weight, bias, dtype = -1, self.weight, self.bias, x.dtype
         if self.channels_first:
             shape = (1, -1) + (1,) * (x.ndim - 2)
-            return _layer_norm(x, self.weight.reshape(shape), self.bias.reshape(shape), 1)
-        return _layer_norm(x, self.weight, self.bias, -1)
+            axis, weight, bias = 1, weight.reshape(shape), bias.reshape(shape)
+        if dtype != "float32":  # half precision: normalise in float32, as torch autocast does
+            x = x.float32()
+        centred = x - x.mean(axis, keepdims=True)
+        var = (centred * centred).mean(axis, keepdims=True)
+        out = centred / jt.sqrt(var + LN_EPS) * weight + bias
+        return out if dtype == "float32" else out.cast(dtype)
 
 
 class GRN(nn.Module):
-    """Global Response Normalization on channels-last ``[N, *spatial, C]``; gamma/beta are
-    [1, 1, 1, C] like upstream."""
+    """Global Response Normalization on channels-last ``[N, *spatial, C]``; gamma/beta [1,1,1,C]."""
 
     def __init__(self, dim: int):
         self.gamma = jt.zeros((1, 1, 1, dim))
@@ -116,8 +107,7 @@ class Block(nn.Module):
 
 
 class ConvNeXtV2(nn.Module):
-    """ConvNeXt-V2 classifier of ``[N, 3, H, W]`` normalised images. depths/dims: per stage;
-    num_classes 0: no head; seed: the official random init (``random_state_dict``), None: none."""
+    """ConvNeXt-V2 classifier of normalised ``[N, 3, H, W]`` images (docs/CONVNEXT.md)."""
 
     def __init__(
         self,
@@ -190,8 +180,8 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "state d
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> ConvNeXtV2:
-    """A converted ConvNeXt-V2 file in eval mode (which also stops the parameters' gradients).
-    ``device`` (see models.runtime) is set before the model is built."""
+    """A converted ConvNeXt-V2 file in eval mode (no parameter gradients); ``device``: see
+    models.runtime, set before the model is built."""
     jittor(device)
     tensors, info = weights.load(path, expect_family=FAMILY)
     try:

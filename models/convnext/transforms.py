@@ -40,8 +40,7 @@ class EvalTransform:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Resize to resize x resize -> random crop x crop -> random horizontal flip; the randomness
-    comes only from the numpy Generator passed in, so a seed fixes every view."""
+    """Resize (square) -> random crop -> random flip, drawn from the Generator passed in only."""
 
     resize: int = 320
     crop: int = 280
@@ -83,6 +82,5 @@ def preprocess(size: int = 384, resample: str = "bicubic") -> Callable[[Image.Im
 def train_transform(
     resize: int = 320, crop: int = 280, flip: bool = True, resample: str = "bicubic"
 ) -> TrainTransform:
-    """Training transform: Resize 320 -> RandomCrop 280 -> flip (the challenge solution's, with
-    bilinear resizing)."""
+    """Training transform: Resize 320 -> RandomCrop 280 -> flip (the challenge's, bilinear)."""
     return TrainTransform(resize, crop, flip, resample)

@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot._batches import as_views, epoch_batches
-from fewshot._optim import AdamW, cosine_lr
+from fewshot._batches import as_views, train_adamw
 from fewshot._tensor import (
     as_labels,
     as_numpy,
@@ -168,39 +167,27 @@ class AMUTuning:
         lab = as_labels(labels, N, C)
         Y = one_hot(lab, C)
         W = j.array(init_aux_weight(va if init_aux is None else init_aux, lab, C))
-        opt = AdamW([W], eps=cfg.eps, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(cfg.seed)
-        total = cfg.epochs * -(-N // min(cfg.batch_size, N))
         lam = cfg.lambda_merge
+
+        def batch_loss(W, epoch: int, idx, w):
+            fc, fa = vc[epoch % vc.shape[0]], va[epoch % va.shape[0]]
+            logits, aux = self._forward(fc[idx], fa[idx], W, Tv)
+            y_b = Y[idx]
+            return lam * cross_entropy(logits, y_b, w) + (1 - lam) * cross_entropy(aux, y_b, w)
+
+        val_count = None
         if val is not None:
             xc_val = as_var(val[0], "val CLIP features", ndim=2)
             xa_val = as_var(val[1], "val auxiliary features", ndim=2)
             y_val = j.array(as_labels(val[2], xc_val.shape[0], C, "val labels").astype(np.int32))
-            best_count, best_W, best_epoch = -1, W, 0
+
+            def val_count(W) -> int:
+                lv, _ = self._forward(xc_val, xa_val, W, Tv)
+                return int((j.argmax(lv, dim=1)[0] == y_val).int32().sum().item())
+
         j.sync([vc, va, Tv, Y, W])
-        step = 0
-        for epoch in range(cfg.epochs):
-            fc, fa = vc[epoch % vc.shape[0]], va[epoch % va.shape[0]]
-            for idx, w in epoch_batches(N, cfg.batch_size, rng):
-                idx_v, w_v = j.array(idx), j.array(w)
-                logits, aux = self._forward(fc[idx_v], fa[idx_v], W, Tv)
-                y_b = Y[idx_v]
-                loss = lam * cross_entropy(logits, y_b, w_v) + (1 - lam) * cross_entropy(
-                    aux, y_b, w_v
-                )
-                (gW,) = j.grad(loss, [W])
-                (W,) = opt.step([W], [gW], cosine_lr(cfg.lr, step, total))
-                step += 1
-                j.sync([W, *opt.state()])
-            if val is not None:
-                with j.no_grad():
-                    lv, _ = self._forward(xc_val, xa_val, W, Tv)
-                    pred, _ = j.argmax(lv, dim=1)
-                    count = int((pred == y_val).int32().sum().item())
-                if count > best_count:  # official: strictly better keeps the new epoch
-                    best_count, best_W, best_epoch = count, W, epoch
-        self.W = as_numpy(best_W if val is not None else W)
-        self.best_epoch = best_epoch if val is not None else cfg.epochs - 1
+        W, self.best_epoch = train_adamw(W, batch_loss, N, cfg, val_count)
+        self.W = as_numpy(W)
         self.T = as_numpy(Tv)
         return self
 

@@ -63,7 +63,7 @@ OFFICIAL = AMUConfig()
 
 
 def _std(x, dim: int):
-    """Standard deviation with Bessel's correction (torch.std's default)."""
+    """torch.std (Bessel's correction)."""
     n = x.shape[dim]
     mu = x.mean(dim=dim, keepdims=True)
     return (((x - mu) ** 2).sum(dim=dim, keepdims=True) / (n - 1)).sqrt()
@@ -92,12 +92,8 @@ def _uncertainty(clip_logits, kind: str, power: float):
 
 @forward_only
 def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) -> np.ndarray:
-    """Fusion factor [n, 1] from CLIP logits [n, C].
-
-    'moment': p = softmax(logits); k = mean_c ((p - mean p) / std p)^4 (std with n - 1);
-    factor = 1 / (k / 250)^power. Peaked predictions (large k) get a small factor, flat ones a
-    large one; an exactly uniform p gives 0/0 (NaN), as in the official code. 'none': ones.
-    """
+    """Fusion factor [n, 1] from CLIP logits [n, C] (module docstring; 'none': ones). Peaked
+    predictions get a small factor; an exactly uniform p gives 0/0 (NaN), as officially."""
     lv = as_var(clip_logits, "clip logits", ndim=2)
     f = _uncertainty(lv, kind, power)
     if kind == "none":
@@ -107,11 +103,8 @@ def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) ->
 
 @forward_only
 def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
-    """Feature-initialised probe weight [C, d_aux] (official ``Linear_Adapter`` init).
-
-    aux_features: [views, N, d_aux] or [N, d_aux] raw features; averaged over views, rows
-    L2-normalised (``load_aux_weight``), summed per class and divided by N / C.
-    """
+    """Probe weight [C, d_aux] from raw features [views, N, d_aux] or [N, d_aux] (module
+    docstring; official ``Linear_Adapter`` init, rows normalised as ``load_aux_weight`` does)."""
     j = jt()
     v = as_views(aux_features, "aux features")
     f = l2_normalize(v.mean(dim=0), dim=1)
@@ -123,12 +116,9 @@ def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
 
 
 class AMUTuning:
-    """AMU-Tuning over cached features.
-
-    ``fit(clip_features, aux_features, labels, T, val=(clip_val, aux_val, y_val))`` then
-    ``logits(clip_X, aux_X)``. Train features are [views, N, d] or [N, d] (epoch e uses view
-    e mod views; both inputs must have the same number of views or one of them a single view).
-    """
+    """``fit(clip_features, aux_features, labels, T, val=(clip_val, aux_val, y_val))`` then
+    ``logits(clip_X, aux_X)``. Train features are [views, N, d] or [N, d] (epoch e uses view e mod
+    views; both inputs have the same number of views, or one of them a single view)."""
 
     def __init__(self, config: AMUConfig = OFFICIAL, **overrides: Any) -> None:
         self.config = replace(config, **overrides)

@@ -61,11 +61,8 @@ OFFICIAL = TipConfig()
 
 @forward_only
 def build_cache_keys(features) -> np.ndarray:
-    """Cache keys [NK, d] from [views, NK, d] (averaged over views) or [NK, d] image features.
-
-    The official cache averages the raw encode_image outputs of 10 augmented passes, then
-    L2-normalises each row.
-    """
+    """Cache keys [NK, d]: [views, NK, d] or [NK, d] raw image features averaged over the views
+    (officially 10 augmented passes), rows L2-normalised."""
     v = as_views(features, "cache features")
     return as_numpy(l2_normalize(v.mean(dim=0), dim=1))
 
@@ -120,13 +117,9 @@ def search_hp(
     clip_scale: float = OFFICIAL.clip_scale,
     max_elems: int = 1 << 25,
 ) -> tuple[float, float, float]:
-    """Grid search of (beta, alpha) on validation features X [n, d], labels y. Returns
-    (beta, alpha, accuracy). As in the official search, the first strictly better pair wins and
-    (0, 0) comes back when no pair classifies any image correctly.
-
-    Vectorised over the alpha grid and over chunks of the beta grid (``max_elems`` bounds the
-    [betas, alphas, n, C] block); the last chunk is padded so every chunk has the same shape.
-    """
+    """The official grid search of (beta, alpha) on validation features X [n, d], labels y:
+    (beta, alpha, accuracy), (0, 0, 0) when no pair classifies any image. Vectorised over alphas
+    and chunks of betas (``max_elems`` bounds the [betas, alphas, n, C] block; the last padded)."""
     j = jt()
     Xv = as_var(X, "X", ndim=2)
     Tv = as_var(T, "T", ndim=2)
@@ -159,11 +152,8 @@ def search_hp(
 
 
 class TipAdapter:
-    """Training-free Tip-Adapter: cache from the few-shot set, (beta, alpha) searched on val.
-
-    ``fit(train_features, labels, T, val=(X_val, y_val))``; ``logits(X)`` -> numpy [n, C].
-    train_features: raw (or normalised) image features [views, N, d] or [N, d] for the keys.
-    """
+    """Training-free Tip-Adapter: ``fit(train_features, labels, T, val=(X_val, y_val))`` (keys
+    from [views, N, d] or [N, d] features; (beta, alpha) searched on val), ``logits(X)``."""
 
     def __init__(self, config: TipConfig = OFFICIAL, **overrides: Any) -> None:
         self.config = replace(config, **overrides)
@@ -240,10 +230,9 @@ class TipAdapter:
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys fine-tuned with cross-entropy, then (beta, alpha) searched.
 
-    ``fit(train_features, labels, T, val=(X_val, y_val), cache_features=None)``:
-    train_features [views, N, d] or [N, d] are the training-set features seen by the trainer
-    (rows L2-normalised here, as the official loop does; epoch e uses view e mod views);
-    cache_features (default: train_features) build the initial keys.
+    ``fit(train_features, labels, T, val=(X_val, y_val), cache_features=None)``: train_features
+    [views, N, d] or [N, d] (rows L2-normalised here, as officially; epoch e uses view e mod
+    views); cache_features (default: train_features) build the initial keys.
     """
 
     def fit(

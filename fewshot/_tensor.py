@@ -4,22 +4,15 @@ out) and the numerically stable primitives they all need, written once."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import numpy as np
 
-from models.runtime import jittor
+# jt(): the Jittor module, imported once by models.runtime (CUDA when present, quiet logs)
+from models.runtime import jittor as jt
 
 
-def jt():
-    """The Jittor module, imported once through models.runtime (CUDA when present, quiet logs)."""
-    return jittor()
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def forward_only(fn: F) -> F:
+def forward_only(fn: Callable) -> Callable:
     """Run fn under jt.no_grad(): Jittor records every op on float Vars for a backward pass, and a
     2000-step loop would keep every step's [n, C] intermediates (~16 MB per InMaP step)."""
 
@@ -28,7 +21,7 @@ def forward_only(fn: F) -> F:
         with jt().no_grad():
             return fn(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def is_var(x: Any) -> bool:
@@ -36,14 +29,14 @@ def is_var(x: Any) -> bool:
     return type(x).__name__ == "Var" and type(x).__module__.startswith("jittor")
 
 
-def as_var(x: Any, name: str = "array", ndim: int | None = None, dtype: str = "float32"):
-    """numpy array, jt.Var or nested list -> jt.Var of `dtype` (float32: the official codes compute
-    in float32, InMaP's main.py upcasts CLIP's fp16 features too); checks the rank when asked."""
+def as_var(x: Any, name: str = "array", ndim: int | None = None):
+    """numpy array, jt.Var or nested list -> float32 jt.Var (the official codes compute in float32;
+    InMaP's main.py upcasts CLIP's fp16 features too); checks the rank when asked."""
     j = jt()
     if is_var(x):
-        v = x if str(x.dtype) == dtype else x.astype(dtype)
+        v = x if str(x.dtype) == "float32" else x.astype("float32")
     else:
-        v = j.array(np.ascontiguousarray(np.asarray(x), dtype=dtype))
+        v = j.array(np.ascontiguousarray(np.asarray(x), dtype=np.float32))
     if ndim is not None and v.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(v.shape)}")
     return v

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +30,8 @@ WEIGHTS_DIR = "out/bench/weights"
 def rss_mb(peak: bool = False) -> float:
     """Resident set of this process, or its high-water mark since :func:`reset_peak_rss`, MiB."""
     field = "VmHWM:" if peak else "VmRSS:"
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return float(line.split()[1]) / 1024
-    return float("nan")
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next((float(ln.split()[1]) / 1024 for ln in lines if ln.startswith(field)), math.nan)
 
 
 def reset_peak_rss() -> None:
@@ -60,13 +59,9 @@ def gpu_names() -> list[str]:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores"
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+    return f"{name or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
 
 
 def device(jt=None) -> str:
@@ -91,46 +86,35 @@ def machine(jt=None) -> dict[str, Any]:
     return info
 
 
+def _floats(text: str) -> list[float]:
+    """The numbers among nvidia-smi's lines ("[N/A]" and a cut last line left out)."""
+    return [float(x) for x in text.split() if x.replace(".", "", 1).isdigit()]
+
+
 class GpuMemory:
     """``used_mb``: the peak GPU memory in use on GPU 0 while the context was open (every process:
-    what decides whether a job fits the card) above its level at the start, sampled by
-    ``nvidia-smi -lms``; NaN without nvidia-smi."""
+    what decides whether a job fits the card) above its level at the start, sampled every 100 ms
+    by ``nvidia-smi -lms`` into a file; NaN without nvidia-smi."""
 
-    def __init__(self, interval_ms: int = 100) -> None:
-        self.interval_ms = interval_ms
-        self.peak_mb = self.baseline_mb = self.used_mb = float("nan")
-        self._proc: Optional[subprocess.Popen] = None
+    QUERY = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
 
     def __enter__(self) -> GpuMemory:
-        if not shutil.which("nvidia-smi"):
-            return self
-        query = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used"]
-        query += ["--format=csv,noheader,nounits"]
-        try:
-            self.baseline_mb = float(subprocess.run(query, capture_output=True, text=True).stdout)
-        except (ValueError, OSError):
-            pass
-        self._proc = subprocess.Popen(
-            [*query, f"-lms={self.interval_ms}"], stdout=subprocess.PIPE, text=True
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        self.used_mb, self._proc = math.nan, None
+        if shutil.which("nvidia-smi"):
+            start = subprocess.run(self.QUERY, capture_output=True, text=True).stdout
+            self._baseline = (_floats(start) or [math.nan])[0]
+            self._log = tempfile.TemporaryFile("w+")
+            self._proc = subprocess.Popen([*self.QUERY, "-lms=100"], stdout=self._log, text=True)
         return self
-
-    def _read(self) -> None:
-        for line in self._proc.stdout:
-            try:
-                self.peak_mb = np.nanmax([self.peak_mb, float(line)])
-            except ValueError:
-                pass
 
     def __exit__(self, *exc) -> None:
         if self._proc is not None:
-            time.sleep(2 * self.interval_ms / 1000)
+            time.sleep(0.2)
             self._proc.terminate()
             self._proc.wait(timeout=10)
-            self._thread.join(timeout=5)
-        self.used_mb = self.peak_mb - self.baseline_mb
+            self._log.seek(0)
+            self.used_mb = max(_floats(self._log.read()), default=math.nan) - self._baseline
+            self._log.close()
 
 
 def timed_calls(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None):

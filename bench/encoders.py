@@ -28,6 +28,7 @@ def _jittor(args):
     from models.runtime import jittor
 
     jt = jittor()
+    jt.flags.no_grad = 1  # what jt.no_grad() sets; this process only measures
     x = np.load(args.input)
     if args.model == "convnext":
         from models import convnext
@@ -41,12 +42,7 @@ def _jittor(args):
         model.trim_context = args.task != "text-full"
         enc = model.encode_image if args.task == "image" else model.encode_text
         call = lambda: enc(x).numpy().copy()  # noqa: E731
-
-    def no_grad_call():
-        with jt.no_grad():
-            return call()
-
-    return no_grad_call, lambda: jt.sync_all(True), jt.__version__, B.device(jt)
+    return call, lambda: jt.sync_all(True), jt.__version__, B.device(jt)
 
 
 def _torch(args):
@@ -59,11 +55,12 @@ def _torch(args):
     from tests import _reference as R
 
     dev = torch.device(args.torch_device)
+    torch.set_grad_enabled(False)  # this process only measures
     tensors, cfg = load_file(args.weights), read_info(args.weights)["config"]
     x = torch.from_numpy(np.load(args.input)).to(dev)
     if args.model == "convnext":
         model = R.hf_convnextv2(cfg, tensors).to(dev)
-        fn = lambda: model.convnextv2(x).pooler_output  # noqa: E731
+        call = lambda: model.convnextv2(x).pooler_output.float().cpu().numpy()  # noqa: E731
     else:
         model = R.openai_model().CLIP(**{k: cfg[k] for k in FULL_SIZE_CLIP["RN101"]}).float()
         state = {k: torch.from_numpy(v) for k, v in tensors.items()}
@@ -71,13 +68,8 @@ def _torch(args):
         model.load_state_dict(state, strict=True)
         model = model.eval().to(dev)
         enc = model.encode_image if args.task == "image" else model.encode_text
-        fn = lambda: enc(x)  # noqa: E731
+        call = lambda: enc(x).float().cpu().numpy()  # noqa: E731
     del tensors
-
-    def call():
-        with torch.no_grad():
-            return fn().float().cpu().numpy()
-
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     threads = f"{torch.get_num_threads()} threads"
     return call, sync, torch.__version__, f"{dev.type} ({threads})"

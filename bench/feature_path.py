@@ -42,14 +42,11 @@ def _jittor_dataset(paths, pre, batch: int, workers: int):
     jt = jittor()
 
     class Photos(jt.dataset.Dataset):
-        def __init__(self) -> None:
-            super().__init__(batch_size=batch, shuffle=False, num_workers=workers)
-            self.set_attrs(total_len=len(paths))
-
         def __getitem__(self, i):
             return pre(load_rgb(paths[i]))
 
-    return Photos()
+    attrs = dict(batch_size=batch, shuffle=False, num_workers=workers, total_len=len(paths))
+    return Photos().set_attrs(**attrs)
 
 
 def cmd_decode(args) -> list[dict]:

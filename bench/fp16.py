@@ -51,15 +51,12 @@ def load(name: str, path: Path, convnext_size: int):
 
 def encode_all(model, encode, paths, pre, batch: int) -> tuple[np.ndarray, float]:
     """Features of every image (float32 numpy) and the seconds spent in the encoder."""
-    from models.runtime import jittor
     from pipeline.images import iter_batches
 
-    jt = jittor()
     out, seconds = [], 0.0
     for b in iter_batches(paths, pre, batch):
         t = time.perf_counter()
-        with jt.no_grad():
-            out.append(encode(model, b.images["orig"]).float32().numpy().copy())
+        out.append(encode(model, b.images["orig"]).float32().numpy().copy())
         seconds += time.perf_counter() - t
     return np.concatenate(out), seconds
 
@@ -80,8 +77,7 @@ def compare(name: str, path: Path, paths: list[str], args) -> dict:
     for dtype in args.dtypes.split(","):
         if dtype == "float16":
             model.float16()
-        with jt.no_grad():  # compile outside the timings
-            encode(model, np.zeros((args.batch, 3, size, size), np.float32)).sync()
+        encode(model, np.zeros((args.batch, 3, size, size), np.float32)).sync()  # compile
         jt.sync_all(True)
         jt.gc()
         B.reset_peak_rss()
@@ -134,6 +130,7 @@ def main() -> None:
     from models.runtime import jittor
 
     jt = jittor()
+    jt.flags.no_grad = 1  # what jt.no_grad() sets: inference only
     if args.images:
         from pipeline.lists import list_test_images
 

@@ -6,9 +6,10 @@ class) the extrapolation to the challenge's sizes (docs/PERFORMANCE.md, sections
     python -m bench.pipeline --test-runs 2 --json out/bench/pipeline_subset.json   # CPU: 10 min
     python -m bench.pipeline --full --test-runs 2 --json out/bench/pipeline_full.json  # GPU
 
-Extrapolation: a step that grows with the images (classes, expert views) is scaled by the
-challenge's count over the count here, its model loads taken out; feature-level steps are not
-scaled; the expert gets the dogs' share of the test images (random weights route arbitrarily).
+The scripts inherit the environment (WORKERS, BATCH_SIZE). Extrapolation: a step that grows with
+the images (classes, expert views) is scaled by the challenge's count over the count here, its
+model loads taken out; feature-level steps are not scaled; the expert gets the dogs' share of the
+test images (random weights route arbitrarily).
 """
 
 from __future__ import annotations
@@ -123,8 +124,6 @@ def main() -> None:
     ap.add_argument("--lpp-epochs", type=int, default=300)
     ap.add_argument("--set", action="append", default=[], help="a settings line, e.g. 'amu: true'")
     ap.add_argument("--test-runs", type=int, default=1, help="2: again, kernels compiled")
-    ap.add_argument("--workers", type=int, help="WORKERS for the scripts")
-    ap.add_argument("--batch-size", type=int, help="BATCH_SIZE for the scripts")
     ap.add_argument("--out", default="out/bench/pipeline")
     ap.add_argument("--weights-dir", default=B.WEIGHTS_DIR)
     args = ap.parse_args()
@@ -161,9 +160,6 @@ def main() -> None:
                CLIP_VIT=str(files["vit"].resolve()), CLIP_RN=str(files["rn"].resolve()),
                CONVNEXT=str(files["convnext"].resolve()), SHOTS=str(args.shots),
                VAL_PER_CLASS=str(args.val_per_class))  # fmt: skip
-    for key, value in (("WORKERS", args.workers), ("BATCH_SIZE", args.batch_size)):
-        if value is not None:
-            env[key] = str(value)
     print(f"sizes here: {sizes}", flush=True)
     process = run("process.py", env, out / "log-process.txt")
     records = {"train": run("train.py", env, out / "log-train.txt")}

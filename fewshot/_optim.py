@@ -14,21 +14,17 @@ from fewshot._tensor import jt
 
 
 def cosine_lr(base_lr: float, step: int, total: int, eta_min: float = 0.0) -> float:
-    """Learning rate of torch's CosineAnnealingLR(T_max=total) after `step` scheduler steps.
-
-    Past ``total`` steps the cosine goes on (up again, period 2 x total), as the schedulers of
-    torch and Jittor both do when they are stepped longer than T_max."""
+    """Learning rate of torch's CosineAnnealingLR(T_max=total) after `step` scheduler steps (past
+    ``total`` the cosine goes on up again, as torch's and Jittor's schedulers do)."""
     return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * step / total)) / 2.0
 
 
 def jittor_cosine_lr(base_lr: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float:
     """Learning rate in epoch ``epoch`` (0-based) of a loop that steps Jittor 1.3's
-    CosineAnnealingLR(T_max=t_max) once after every epoch, as the challenge solution does.
-
-    Jittor's first ``step()`` sets last_epoch to 0, which returns the base rate again, so its
-    schedule lags torch's by one epoch: base, base, then torch's value of step e - 1. Its
-    recursive update equals the closed form in exact arithmetic, restarts included (with
-    T_max 15 over 31 epochs the last epoch runs at the base rate again)."""
+    CosineAnnealingLR(T_max=t_max) after every epoch, as the challenge solution does. Jittor's
+    first ``step()`` sets last_epoch to 0 (the base rate again), so it lags torch by one epoch; its
+    recursive update equals the closed form, restarts included (T_max 15 over 31 epochs: the last
+    epoch runs at the base rate again)."""
     return base_lr if epoch == 0 else cosine_lr(base_lr, epoch - 1, t_max, eta_min)
 
 
@@ -62,11 +58,7 @@ class AdamW:
         self.v = [j.zeros(p.shape, "float32") for p in params]
 
     def step(self, params: Sequence, grads: Sequence, lr: float) -> list:
-        """One update with learning rate lr; returns the new parameters (and keeps the moments).
-
-        The update runs without autograd record and the new parameters are fresh leaves, so the
-        history of earlier steps is never kept.
-        """
+        """One update; returns the new parameters as fresh leaves (no history of earlier steps)."""
         self.t += 1
         bc1 = 1.0 - self.b1**self.t
         bc2_sqrt = math.sqrt(1.0 - self.b2**self.t)
@@ -95,7 +87,7 @@ class SGDMomentum:
         self.buf = [jt().zeros(p.shape, "float32") for p in params]
 
     def step(self, params: Sequence, grads: Sequence, lr: float) -> list:
-        """One update with learning rate lr; returns the new parameters (fresh leaves)."""
+        """One update; returns the new parameters as fresh leaves."""
         out = []
         with jt().no_grad():
             for i, (p, g) in enumerate(zip(params, grads)):

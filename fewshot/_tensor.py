@@ -1,41 +1,27 @@
-"""Array plumbing shared by the few-shot methods: numpy/jt.Var in, float32 Jittor inside, numpy out.
-
-Also the numerically stable primitives every method needs (softmax, log-softmax, cross-entropy,
-column/row L2 normalisation) written once, so each method module only states its algorithm.
-"""
+"""Array plumbing shared by the few-shot methods (numpy/jt.Var in, float32 Jittor inside, numpy
+out) and the numerically stable primitives they all need, written once."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import numpy as np
 
-from models.runtime import jittor
+# jt(): the Jittor module, imported once by models.runtime (CUDA when present, quiet logs)
+from models.runtime import jittor as jt
 
 
-def jt():
-    """The Jittor module, imported once through models.runtime (CUDA when present, quiet logs)."""
-    return jittor()
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def forward_only(fn: F) -> F:
-    """Run fn under jt.no_grad().
-
-    Jittor records every op on float Vars for a possible backward pass: a 2000-step loop
-    (W = W - lr G) would keep every step's [n, C] intermediates alive, ~16 MB per InMaP step at
-    the challenge's sizes. Loops that never differentiate run without that record.
-    """
+def forward_only(fn: Callable) -> Callable:
+    """Run fn under jt.no_grad(): Jittor records every op on float Vars for a backward pass, and a
+    2000-step loop would keep every step's [n, C] intermediates (~16 MB per InMaP step)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with jt().no_grad():
             return fn(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def is_var(x: Any) -> bool:
@@ -43,17 +29,14 @@ def is_var(x: Any) -> bool:
     return type(x).__name__ == "Var" and type(x).__module__.startswith("jittor")
 
 
-def as_var(x: Any, name: str = "array", ndim: int | None = None, dtype: str = "float32"):
-    """numpy array, jt.Var or nested list -> jt.Var of `dtype`; checks the rank when asked.
-
-    Floating inputs are cast to float32 (the official codes compute in float32 on GPU; CLIP's fp16
-    features are upcast here, as InMaP's main.py does before its loops).
-    """
+def as_var(x: Any, name: str = "array", ndim: int | None = None):
+    """numpy array, jt.Var or nested list -> float32 jt.Var (the official codes compute in float32;
+    InMaP's main.py upcasts CLIP's fp16 features too); checks the rank when asked."""
     j = jt()
     if is_var(x):
-        v = x if str(x.dtype) == dtype else x.astype(dtype)
+        v = x if str(x.dtype) == "float32" else x.astype("float32")
     else:
-        v = j.array(np.ascontiguousarray(np.asarray(x), dtype=dtype))
+        v = j.array(np.ascontiguousarray(np.asarray(x), dtype=np.float32))
     if ndim is not None and v.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(v.shape)}")
     return v
@@ -112,11 +95,8 @@ for (index_t i = 0; i < in0_shape0; i++) {
 
 
 def row_softmax(x):
-    """Softmax over dim 1 of a 2-D float32 jt.Var, forward only (no gradient flows through it).
-
-    Same formula as :func:`softmax` (max subtracted, exp, divided by the sum); on the CPU it is
-    one hand-written kernel, on CUDA the generic fused ops.
-    """
+    """:func:`softmax` over dim 1 of a 2-D float32 jt.Var, forward only: one hand-written kernel on
+    the CPU, the generic fused ops on CUDA."""
     j = jt()
     if j.flags.use_cuda or x.ndim != 2 or str(x.dtype) != "float32":
         return softmax(x, dim=1)
@@ -129,19 +109,15 @@ def log_softmax(x, dim: int = -1):
     return z - z.exp().sum(dim=dim, keepdims=True).log()
 
 
-def logsumexp(x, dim: int, keepdims: bool = True):
-    """log(sum(exp(x))) along dim with the max factored out (finite for finite x)."""
+def logsumexp(x, dim: int):
+    """log(sum(exp(x))) along dim (kept) with the max factored out (finite for finite x)."""
     m = x.max(dim=dim, keepdims=True)
-    out = m + (x - m).exp().sum(dim=dim, keepdims=True).log()
-    return out if keepdims else out.squeeze(dim)
+    return m + (x - m).exp().sum(dim=dim, keepdims=True).log()
 
 
 def cross_entropy(logits, onehot, weights=None):
-    """Mean cross-entropy against one-hot targets (torch's F.cross_entropy, reduction 'mean').
-
-    weights: optional [n] row weights summing to 1; padded rows of a fixed-shape batch get 0, so
-    a short last batch runs through the same compiled kernels as the full ones.
-    """
+    """Mean cross-entropy against one-hot targets (torch's F.cross_entropy); weights: optional [n]
+    row weights summing to 1 (0 on the padded rows of a fixed-shape batch, fewshot._batches)."""
     nll = -(log_softmax(logits, dim=1) * onehot).sum(dim=1)
     if weights is None:
         return nll.mean()
@@ -152,15 +128,3 @@ def l2_normalize(x, dim: int):
     """x / max(||x||, 1e-12) along `dim` (torch.nn.functional.normalize's definition)."""
     norm = (x * x).sum(dim=dim, keepdims=True).sqrt()
     return x / norm.maximum(1e-12)
-
-
-def np_l2_normalize(x: np.ndarray, axis: int) -> np.ndarray:
-    """numpy twin of :func:`l2_normalize`, for host-side set-up steps."""
-    norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=axis, keepdims=True))
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
-
-
-def accuracy_count(logits, labels_var):
-    """Number of rows whose argmax equals the label, as a jt.Var [1] (stays on the device)."""
-    pred, _ = jt().argmax(logits, dim=1)
-    return (pred == labels_var).sum()

@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot._batches import as_views, epoch_batches
-from fewshot._optim import AdamW, cosine_lr
+from fewshot._batches import as_views, train_adamw
 from fewshot._tensor import (
     as_labels,
     as_numpy,
@@ -64,7 +63,7 @@ OFFICIAL = AMUConfig()
 
 
 def _std(x, dim: int):
-    """Standard deviation with Bessel's correction (torch.std's default)."""
+    """torch.std (Bessel's correction)."""
     n = x.shape[dim]
     mu = x.mean(dim=dim, keepdims=True)
     return (((x - mu) ** 2).sum(dim=dim, keepdims=True) / (n - 1)).sqrt()
@@ -93,12 +92,8 @@ def _uncertainty(clip_logits, kind: str, power: float):
 
 @forward_only
 def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) -> np.ndarray:
-    """Fusion factor [n, 1] from CLIP logits [n, C].
-
-    'moment': p = softmax(logits); k = mean_c ((p - mean p) / std p)^4 (std with n - 1);
-    factor = 1 / (k / 250)^power. Peaked predictions (large k) get a small factor, flat ones a
-    large one; an exactly uniform p gives 0/0 (NaN), as in the official code. 'none': ones.
-    """
+    """Fusion factor [n, 1] from CLIP logits [n, C] (module docstring; 'none': ones). Peaked
+    predictions get a small factor; an exactly uniform p gives 0/0 (NaN), as officially."""
     lv = as_var(clip_logits, "clip logits", ndim=2)
     f = _uncertainty(lv, kind, power)
     if kind == "none":
@@ -108,11 +103,8 @@ def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) ->
 
 @forward_only
 def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
-    """Feature-initialised probe weight [C, d_aux] (official ``Linear_Adapter`` init).
-
-    aux_features: [views, N, d_aux] or [N, d_aux] raw features; averaged over views, rows
-    L2-normalised (``load_aux_weight``), summed per class and divided by N / C.
-    """
+    """Probe weight [C, d_aux] from raw features [views, N, d_aux] or [N, d_aux] (module
+    docstring; official ``Linear_Adapter`` init, rows normalised as ``load_aux_weight`` does)."""
     j = jt()
     v = as_views(aux_features, "aux features")
     f = l2_normalize(v.mean(dim=0), dim=1)
@@ -124,12 +116,9 @@ def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
 
 
 class AMUTuning:
-    """AMU-Tuning over cached features.
-
-    ``fit(clip_features, aux_features, labels, T, val=(clip_val, aux_val, y_val))`` then
-    ``logits(clip_X, aux_X)``. Train features are [views, N, d] or [N, d] (epoch e uses view
-    e mod views; both inputs must have the same number of views or one of them a single view).
-    """
+    """``fit(clip_features, aux_features, labels, T, val=(clip_val, aux_val, y_val))`` then
+    ``logits(clip_X, aux_X)``. Train features are [views, N, d] or [N, d] (epoch e uses view e mod
+    views; both inputs have the same number of views, or one of them a single view)."""
 
     def __init__(self, config: AMUConfig = OFFICIAL, **overrides: Any) -> None:
         self.config = replace(config, **overrides)
@@ -168,39 +157,27 @@ class AMUTuning:
         lab = as_labels(labels, N, C)
         Y = one_hot(lab, C)
         W = j.array(init_aux_weight(va if init_aux is None else init_aux, lab, C))
-        opt = AdamW([W], eps=cfg.eps, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(cfg.seed)
-        total = cfg.epochs * -(-N // min(cfg.batch_size, N))
         lam = cfg.lambda_merge
+
+        def batch_loss(W, epoch: int, idx, w):
+            fc, fa = vc[epoch % vc.shape[0]], va[epoch % va.shape[0]]
+            logits, aux = self._forward(fc[idx], fa[idx], W, Tv)
+            y_b = Y[idx]
+            return lam * cross_entropy(logits, y_b, w) + (1 - lam) * cross_entropy(aux, y_b, w)
+
+        val_count = None
         if val is not None:
             xc_val = as_var(val[0], "val CLIP features", ndim=2)
             xa_val = as_var(val[1], "val auxiliary features", ndim=2)
             y_val = j.array(as_labels(val[2], xc_val.shape[0], C, "val labels").astype(np.int32))
-            best_count, best_W, best_epoch = -1, W, 0
+
+            def val_count(W) -> int:
+                lv, _ = self._forward(xc_val, xa_val, W, Tv)
+                return int((j.argmax(lv, dim=1)[0] == y_val).int32().sum().item())
+
         j.sync([vc, va, Tv, Y, W])
-        step = 0
-        for epoch in range(cfg.epochs):
-            fc, fa = vc[epoch % vc.shape[0]], va[epoch % va.shape[0]]
-            for idx, w in epoch_batches(N, cfg.batch_size, rng):
-                idx_v, w_v = j.array(idx), j.array(w)
-                logits, aux = self._forward(fc[idx_v], fa[idx_v], W, Tv)
-                y_b = Y[idx_v]
-                loss = lam * cross_entropy(logits, y_b, w_v) + (1 - lam) * cross_entropy(
-                    aux, y_b, w_v
-                )
-                (gW,) = j.grad(loss, [W])
-                (W,) = opt.step([W], [gW], cosine_lr(cfg.lr, step, total))
-                step += 1
-                j.sync([W, *opt.state()])
-            if val is not None:
-                with j.no_grad():
-                    lv, _ = self._forward(xc_val, xa_val, W, Tv)
-                    pred, _ = j.argmax(lv, dim=1)
-                    count = int((pred == y_val).int32().sum().item())
-                if count > best_count:  # official: strictly better keeps the new epoch
-                    best_count, best_W, best_epoch = count, W, epoch
-        self.W = as_numpy(best_W if val is not None else W)
-        self.best_epoch = best_epoch if val is not None else cfg.epochs - 1
+        W, self.best_epoch = train_adamw(W, batch_loss, N, cfg, val_count)
+        self.W = as_numpy(W)
         self.T = as_numpy(Tv)
         return self
 

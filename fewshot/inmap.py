@@ -9,14 +9,14 @@ Official algorithm (idstcv/InMaP, main.py), default here:
    softmax(X W / tau_i) against the pseudo-labels: G = X^T P - X^T Y, the step lr / (n tau_i),
    lr halved whenever ||G||_F grows, columns of W L2-normalised after every step.
 
-``inmap_challenge`` is the variant of the challenge solution this project follows (see
-docs/METHODS.md): softmax(T) text logits, no Sinkhorn on them, tau_i = 1, 20 steps, no hard labels,
-no column normalisation, lr halved on the first step, then Sinkhorn (100 iterations) on the
-proxies' logits and a second proxy pass that starts where the first ended.
+``inmap_challenge`` is the challenge solution's variant, which this project follows
+(docs/METHODS.md): pseudo-labels softmax((X @ softmax(T over classes)) / tau_t), no Sinkhorn on
+them; proxies from W = T with tau_i = 1, 20 steps, no hard labels (alpha 1), no column
+normalisation, lr halved on the first step; then Sinkhorn (100 iterations) on X @ W1 and a second
+proxy pass that starts from W1 (the original updated its text classifier in place), lr reset.
 
 Every loop runs in Jittor with fixed shapes; the lr-halving decision stays on the device (a
-ternary on the norm comparison), so no scalar travels to the host per iteration. All functions
-take numpy arrays or jt.Var and return float32 numpy arrays.
+ternary on the norm comparison), so no scalar travels to the host per iteration.
 """
 
 from __future__ import annotations
@@ -58,13 +58,8 @@ CHALLENGE = InMaPConfig(iters_sinkhorn=100, iters_proxy=20, tau_i=1.0, alpha=1.0
 
 
 def _sinkhorn(M, tau_t: float, gamma: float, iters: int):
-    """Sinkhorn on a jt.Var [n, C] (see :func:`sinkhorn`); returns a jt.Var.
-
-    Runs on log P: dividing by a column or row sum is subtracting its logsumexp. Same numbers as
-    the official multiplicative loop, but an entry exp(-200) that float32 flushes to 0 stays
-    representable, so a class whose whole column underflows (the official code then divides 0 by
-    0 and returns NaN everywhere) still receives its share of the mass.
-    """
+    """:func:`sinkhorn` on a jt.Var, in the log domain: the official loop's numbers, but a class
+    whose whole column underflows in float32 (officially 0/0: NaN everywhere) keeps its share."""
     j = jt()
     n, C = M.shape
     logP = log_softmax(M / tau_t, dim=1) - float(np.log(n))
@@ -89,13 +84,9 @@ def sinkhorn(
     gamma: float = OFFICIAL.gamma,
     iters: int = OFFICIAL.iters_sinkhorn,
 ) -> np.ndarray:
-    """Pseudo-labels [n, C] from logits M [n, C] by Sinkhorn scaling, as in InMaP's main.py.
-
-    P = softmax(M / tau_t) / n; the class marginal q is uniform (1/C) when gamma == 0, else
-    colsum(P)^gamma normalised to sum 1 (computed once, before the loop). Each iteration scales
-    the columns to sum to q, then the rows to sum to 1/n. Returns P * n: every row sums to 1, and
-    after convergence column c sums to n q_c. Computed in the log domain (see ``_sinkhorn``).
-    """
+    """Pseudo-labels [n, C] (rows sum to 1) from logits M [n, C] by Sinkhorn scaling (InMaP's
+    main.py): P = softmax(M / tau_t) / n, class marginal q = 1/C, or with gamma > 0 colsum(P)^gamma
+    normalised (once); each iteration scales columns to q, then rows to 1/n. Returns P * n."""
     Mv = as_var(M, "M", ndim=2)
     return as_numpy(_sinkhorn(Mv, tau_t, gamma, iters))
 
@@ -111,7 +102,7 @@ def _hard_labels(Y, alpha: float):
 
 @forward_only
 def hard_labels(Y, alpha: float = OFFICIAL.alpha) -> np.ndarray:
-    """Public form of the pseudo-label sharpening step (rows with max > alpha -> one-hot)."""
+    """Rows of Y whose maximum exceeds alpha become one-hot (step 2)."""
     return as_numpy(_hard_labels(as_var(Y, "Y", ndim=2), alpha))
 
 
@@ -169,12 +160,8 @@ def vision_proxies(
     tau_i: float = OFFICIAL.tau_i,
     alpha: float = OFFICIAL.alpha,
 ) -> np.ndarray:
-    """Official InMaP proxy learning (``image_opt``): W [d, C] from X [n, d], T [d, C], Y [n, C].
-
-    Y rows with max > alpha become one-hot; W starts at T; each step P = softmax(X W / tau_i),
-    G = X^T P - X^T Y, lr halved when ||G||_F exceeds the previous one, W -= lr/(n tau_i) G, then
-    every column of W is L2-normalised.
-    """
+    """Official InMaP proxy learning (``image_opt``, steps 2-3 above): W [d, C] from X [n, d],
+    T [d, C] and pseudo-labels Y [n, C]."""
     Xv, Tv = _check_xt(X, T)
     Yv = as_var(Y, "Y (pseudo-labels [n, C])", ndim=2)
     if tuple(Yv.shape) != (Xv.shape[0], Tv.shape[1]):
@@ -195,11 +182,8 @@ def inmap(
     tau_i: float = OFFICIAL.tau_i,
     alpha: float = OFFICIAL.alpha,
 ) -> np.ndarray:
-    """Official InMaP: Sinkhorn pseudo-labels from X @ T, then vision proxies. Returns W [d, C].
-
-    X: L2-normalised image features [n, d] (all test images at once); T: text classifier [d, C]
-    with unit columns. Predict with ``X @ W``.
-    """
+    """Official InMaP over all test features X [n, d] at once. Returns W [d, C]: predict with
+    ``X @ W``."""
     Xv, Tv = _check_xt(X, T)
     Y = _sinkhorn(Xv @ Tv, tau_t, gamma, iters_sinkhorn)
     W, _ = _proxy_descent(Xv, Tv, Y, lr, iters_proxy, tau_i, alpha, True, False)
@@ -218,15 +202,8 @@ def inmap_challenge(
     tau_i: float = CHALLENGE.tau_i,
     alpha: float = CHALLENGE.alpha,
 ) -> np.ndarray:
-    """The challenge solution's InMaP variant. Returns the second-pass proxies W [d, C].
-
-    1. text logits X @ softmax(T over classes); pseudo-labels softmax(logits / tau_t);
-    2. proxies from W = T: tau_i, iters_proxy steps, lr halved on the first step (and whenever
-       ||G||_F grows), no column normalisation, hard labels only above alpha (never, at 1);
-    3. pseudo-labels by Sinkhorn(X @ W1, tau_t, gamma, iters_sinkhorn);
-    4. a second pass of step 2 that starts from W1 (the original updated its text classifier in
-       place) with lr reset to its initial value.
-    """
+    """The challenge solution's InMaP variant (module docstring). Returns the second pass's
+    proxies W [d, C]."""
     Xv, Tv = _check_xt(X, T)
     Y0 = softmax((Xv @ softmax(Tv, dim=1)) / tau_t, dim=1)
     W1, _ = _proxy_descent(Xv, Tv, Y0, lr, iters_proxy, tau_i, alpha, False, True)
@@ -239,8 +216,7 @@ VARIANTS = {"official": inmap, "challenge": inmap_challenge}
 
 
 def run_inmap(X, T, variant: str = "official", **params) -> np.ndarray:
-    """Dispatch by name: variant 'official' (:func:`inmap`) or 'challenge'
-    (:func:`inmap_challenge`); params override that variant's defaults."""
+    """:func:`inmap` ('official') or :func:`inmap_challenge` ('challenge'), params overriding."""
     if variant not in VARIANTS:
         raise ValueError(f"InMaP variant must be one of {sorted(VARIANTS)}, not {variant!r}")
     return VARIANTS[variant](X, T, **params)

@@ -18,12 +18,9 @@ chosen on the validation features given to ``fit`` (the official script reports 
 at the best validation epoch; nothing here ever sees test labels). Computation in float32 (the
 official probe runs in the CLIP model's dtype, fp16 on GPU).
 
-``CHALLENGE`` holds what the challenge solution did (few_lp.py, train.sh): frozen alpha, 1000
-epochs, Jittor's CosineAnnealingLR stepped per epoch (T_max 1000 for ViT-B/32, 500 for RN101, so
-RN101's rate restarts; see ``fewshot._optim.jittor_cosine_lr``), the bias of Jittor's nn.Linear
-(uniform +-1/sqrt(d)), and the best validation epoch with a strict ``>`` (the earliest of ties).
-Gradients are the closed forms of the cross-entropy (G = (softmax - onehot) / N; dW = G^T F,
-db = sum_i G, dalpha = sum_i G (.) F@T), computed in Jittor without an autograd graph.
+``CHALLENGE``: the challenge solution (few_lp.py, train.sh; docs/METHODS.md). Gradients are the
+closed forms (G = (softmax - onehot) / N; dW = G^T F, db = sum_i G, dalpha = sum_i G (.) F@T),
+computed in Jittor without an autograd graph.
 """
 
 from __future__ import annotations
@@ -70,19 +67,16 @@ CHALLENGE = LPPConfig(
     epochs=1000, learn_alpha=False, schedule="jittor-cosine", strict_best=True, bias_init="uniform"
 )
 SCHEDULES = {"none": None, "cosine": cosine_lr, "jittor-cosine": jittor_cosine_lr}
+_STATE = ("weight", "bias", "alpha", "text")
 
 
 @forward_only
 def lpp_init(
     F, y, T, alpha_scale: float = OFFICIAL.alpha_scale, lr_w_scale: float = OFFICIAL.lr_w_scale
 ) -> dict[str, Any]:
-    """The data-driven initialisation of LP++ (numpy out, for inspection and tests).
-
-    Returns W0 [C, d] (per-class sums of F), alpha0 = alpha_scale * m, lr_w = lr_w_scale * N /
-    lambda_max(F^T F) and lr_alpha = N / (4 max_k sum_i (F@T)_ik^2). m averages, for every class
-    that has training images, the mean over its images of their text logit for that same class,
-    over those classes (not the mean of all C x C class-mean logits).
-    """
+    """LP++'s data-driven initialisation (module docstring): W0 [C, d], alpha0, lr_w, lr_alpha.
+    alpha0's mean runs over the classes that have training images (per class: the mean own-class
+    text logit of its images), not over all C x C class-mean logits."""
     j = jt()
     Fv = as_var(F, "F (train features [N, d])", ndim=2)
     Tv = as_var(T, "T (text classifier [d, C])", ndim=2)
@@ -228,36 +222,23 @@ class LPPlusPlus:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays needed to compute logits: weight [C, d], bias [C], alpha [C], text [d, C]."""
         self._check_fitted()
-        return {
-            "weight": self.W.copy(),
-            "bias": self.b.copy(),
-            "alpha": self.alpha.copy(),
-            "text": self.T.copy(),
-        }
+        return {k: a.copy() for k, a in zip(_STATE, (self.W, self.b, self.alpha, self.T))}
 
     def info(self) -> dict[str, Any]:
         """JSON-friendly record of the configuration and the fitted scalars."""
-        return {
-            "config": asdict(self.config),
-            "alpha0": self.alpha0,
-            "lr_w": self.lr_w,
-            "lr_alpha": self.lr_alpha,
-            "best_epoch": self.best_epoch,
-        }
+        scalars = ("alpha0", "lr_w", "lr_alpha", "best_epoch")
+        return {"config": asdict(self.config), **{k: getattr(self, k) for k in scalars}}
 
     @classmethod
     def from_state_dict(
         cls, state: dict[str, np.ndarray], config: LPPConfig = OFFICIAL
     ) -> LPPlusPlus:
         """Restore a fitted probe from :meth:`state_dict` output (e.g. read from safetensors)."""
-        missing = {"weight", "bias", "alpha", "text"} - set(state)
+        missing = set(_STATE) - set(state)
         if missing:
             raise KeyError(f"LP++ state is missing {sorted(missing)} (has {sorted(state)})")
         obj = cls(config)
-        obj.W = as_numpy(state["weight"])
-        obj.b = as_numpy(state["bias"])
-        obj.alpha = as_numpy(state["alpha"])
-        obj.T = as_numpy(state["text"])
+        obj.W, obj.b, obj.alpha, obj.T = (as_numpy(state[k]) for k in _STATE)
         C, d = obj.W.shape
         if obj.b.shape != (C,) or obj.alpha.shape != (C,) or obj.T.shape != (d, C):
             raise ValueError(

@@ -1,19 +1,11 @@
 """Prompt templates and class-name cleaning for the zero-shot text classifier.
 
-Template sets:
-  * ``single``: "a photo of a {}." (CLIP's default prompt);
-  * ``ensemble7``: the 7 templates of the CLIP ImageNet notebook that InMaP uses;
-  * ``domain``: one template per class from its challenge domain prefix ("..., a type of dog." for
-    Thu-dog, food for Food-101, car for Stanford-Cars, the plain prompt for Animal / Caltech-101);
-  * ``challenge``: the challenge solution's stage-2 prompts (test.py, few_lp.py): "a photo of a
-    {}" with ", a type of dog" / ", a type of food" for those domains, no final full stop;
-  * ``bare``: the challenge solution's stage-1 (InMaP) text: the class name alone, after the
-    domain prefix, underscores kept ("Faces_easy");
-  * ``descriptions``: user sentences per class from a JSON file {class name: [sentence, ...]}.
-
-``name_edits`` maps a raw class-list name to the name written into its prompts, in the raw form
-(the challenge solution renamed two Audi classes: "Audi_R8_Coupe_2012" became
-"Audi_R8_Coupe_2012_Exotic_Premium").
+Template sets (docs/METHODS.md): ``single`` (CLIP's default prompt), ``ensemble7`` (the CLIP
+ImageNet notebook's 7, as InMaP), ``domain`` (by challenge domain prefix), ``challenge`` (the
+challenge solution's stage-2 prompts, test.py and few_lp.py, no final full stop), ``bare`` (its
+stage-1 text: the name after the domain prefix, underscores kept), ``descriptions`` (a JSON file
+{class name: [sentence, ...]}). ``name_edits``: raw class-list name -> the raw name its prompts use
+(the challenge solution renamed "Audi_R8_Coupe_2012" to "Audi_R8_Coupe_2012_Exotic_Premium").
 """
 
 from __future__ import annotations

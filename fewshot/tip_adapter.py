@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot._batches import as_views, epoch_batches
-from fewshot._optim import AdamW, cosine_lr
+from fewshot._batches import as_views, train_adamw
 from fewshot._tensor import (
     as_labels,
     as_numpy,
@@ -62,11 +61,8 @@ OFFICIAL = TipConfig()
 
 @forward_only
 def build_cache_keys(features) -> np.ndarray:
-    """Cache keys [NK, d] from [views, NK, d] (averaged over views) or [NK, d] image features.
-
-    The official cache averages the raw encode_image outputs of 10 augmented passes, then
-    L2-normalises each row.
-    """
+    """Cache keys [NK, d]: [views, NK, d] or [NK, d] raw image features averaged over the views
+    (officially 10 augmented passes), rows L2-normalised."""
     v = as_views(features, "cache features")
     return as_numpy(l2_normalize(v.mean(dim=0), dim=1))
 
@@ -121,13 +117,9 @@ def search_hp(
     clip_scale: float = OFFICIAL.clip_scale,
     max_elems: int = 1 << 25,
 ) -> tuple[float, float, float]:
-    """Grid search of (beta, alpha) on validation features X [n, d], labels y. Returns
-    (beta, alpha, accuracy). As in the official search, the first strictly better pair wins and
-    (0, 0) comes back when no pair classifies any image correctly.
-
-    Vectorised over the alpha grid and over chunks of the beta grid (``max_elems`` bounds the
-    [betas, alphas, n, C] block); the last chunk is padded so every chunk has the same shape.
-    """
+    """The official grid search of (beta, alpha) on validation features X [n, d], labels y:
+    (beta, alpha, accuracy), (0, 0, 0) when no pair classifies any image. Vectorised over alphas
+    and chunks of betas (``max_elems`` bounds the [betas, alphas, n, C] block; the last padded)."""
     j = jt()
     Xv = as_var(X, "X", ndim=2)
     Tv = as_var(T, "T", ndim=2)
@@ -160,11 +152,8 @@ def search_hp(
 
 
 class TipAdapter:
-    """Training-free Tip-Adapter: cache from the few-shot set, (beta, alpha) searched on val.
-
-    ``fit(train_features, labels, T, val=(X_val, y_val))``; ``logits(X)`` -> numpy [n, C].
-    train_features: raw (or normalised) image features [views, N, d] or [N, d] for the keys.
-    """
+    """Training-free Tip-Adapter: ``fit(train_features, labels, T, val=(X_val, y_val))`` (keys
+    from [views, N, d] or [N, d] features; (beta, alpha) searched on val), ``logits(X)``."""
 
     def __init__(self, config: TipConfig = OFFICIAL, **overrides: Any) -> None:
         self.config = replace(config, **overrides)
@@ -241,10 +230,9 @@ class TipAdapter:
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys fine-tuned with cross-entropy, then (beta, alpha) searched.
 
-    ``fit(train_features, labels, T, val=(X_val, y_val), cache_features=None)``:
-    train_features [views, N, d] or [N, d] are the training-set features seen by the trainer
-    (rows L2-normalised here, as the official loop does; epoch e uses view e mod views);
-    cache_features (default: train_features) build the initial keys.
+    ``fit(train_features, labels, T, val=(X_val, y_val), cache_features=None)``: train_features
+    [views, N, d] or [N, d] (rows L2-normalised here, as officially; epoch e uses view e mod
+    views); cache_features (default: train_features) build the initial keys.
     """
 
     def fit(
@@ -258,41 +246,27 @@ class TipAdapterF(TipAdapter):
         if N != self.keys.shape[0]:
             raise ValueError(f"train features have {N} rows but the cache has {self.keys.shape[0]}")
         C = self.T.shape[1]
-        lab = as_labels(labels, N, C)
-        Tv, L = j.array(self.T), j.array(self.values)
-        Y = one_hot(lab, C)
-        K = j.array(self.keys)
-        opt = AdamW([K], eps=cfg.eps, weight_decay=cfg.weight_decay)
+        Tv, L, K = j.array(self.T), j.array(self.values), j.array(self.keys)
+        Y = one_hot(as_labels(labels, N, C), C)
         beta, alpha = cfg.init_beta, cfg.init_alpha
-        rng = np.random.default_rng(cfg.seed)
-        steps_per_epoch = -(-N // min(cfg.batch_size, N))
-        total = cfg.epochs * steps_per_epoch
+
+        def batch_loss(K, epoch: int, idx, w):
+            f = views[epoch % V][idx]
+            logits = cfg.clip_scale * (f @ Tv) + alpha * _cache_logits(f, K, L, beta)
+            return cross_entropy(logits, Y[idx], w)
+
+        val_count = None
         if val is not None:
             Xval = as_var(val[0], "val features", ndim=2)
             yval = j.array(as_labels(val[1], Xval.shape[0], C, "val labels").astype(np.int32))
             clip_val = cfg.clip_scale * (Xval @ Tv)
-            best_count, best_K = -1, K
             j.sync([clip_val, yval])
+
+            def val_count(K) -> int:
+                lv = clip_val + alpha * _cache_logits(Xval, K, L, beta)
+                return int((j.argmax(lv, dim=1)[0] == yval).int32().sum().item())
+
         j.sync([views, Tv, L, Y, K])
-        step = 0
-        for epoch in range(cfg.epochs):
-            Fe = views[epoch % V]
-            for idx, w in epoch_batches(N, cfg.batch_size, rng):
-                idx_v = j.array(idx)
-                f, y_b, w_v = Fe[idx_v], Y[idx_v], j.array(w)
-                logits = cfg.clip_scale * (f @ Tv) + alpha * _cache_logits(f, K, L, beta)
-                loss = cross_entropy(logits, y_b, w_v)
-                (gK,) = j.grad(loss, [K])
-                (K,) = opt.step([K], [gK], cosine_lr(cfg.lr, step, total))
-                step += 1
-                j.sync([K, *opt.state()])
-            if val is not None:
-                with j.no_grad():
-                    lv = clip_val + alpha * _cache_logits(Xval, K, L, beta)
-                    pred, _ = j.argmax(lv, dim=1)
-                    count = int((pred == yval).int32().sum().item())
-                if count > best_count:  # official: strictly better keeps the new epoch
-                    best_count, best_K = count, K
-        self.keys = as_numpy(best_K if val is not None else K)
+        self.keys = as_numpy(train_adamw(K, batch_loss, N, cfg, val_count)[0])
         self._search(val)
         return self

@@ -1,13 +1,9 @@
-"""Zero-shot CLIP text classifier T [d, C] from class names and prompts.
+"""Zero-shot CLIP text classifier T [d, C]: column c is the L2-normalised mean of the
+L2-normalised embeddings of class c's prompts (CLIP's notebook); zero-shot logits ``100 X @ T``.
 
-As in CLIP's notebook and every method's official code: encode every prompt of a class, L2-normalise
-each embedding, average them, L2-normalise the average. Column c of T is class c. Zero-shot logits
-are ``100 X @ T`` (CLIP's learned logit scale is exp(log 100) for the released models).
-
-The model is duck-typed: anything with ``encode_text(tokens) -> jt.Var [n, d]`` (models.clip's
-CLIP), and a ``tokenize(list[str]) -> int array [n, 77]`` (default: models.clip.tokenize, imported
-only when needed). All prompts are encoded in fixed-size batches (the last one padded by repeating
-rows), so the text tower compiles for one batch shape.
+The model is duck-typed (``encode_text(tokens) -> jt.Var [n, d]``); ``tokenize`` defaults to
+models.clip.tokenize, imported when needed. Prompts are encoded in fixed-size batches (the last one
+padded by repeating rows), so the text tower compiles for one batch shape.
 """
 
 from __future__ import annotations
@@ -63,8 +59,7 @@ def text_classifier_from_prompts(
     tokenize: Callable[[list[str]], Any] | None = None,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """T [d, C] from a list (one per class) of prompt lists: normalised mean of normalised
-    embeddings per class."""
+    """T [d, C] from a list (one per class) of prompt lists."""
     counts = np.array([len(p) for p in prompts])
     if len(prompts) == 0 or (counts == 0).any():
         raise ValueError("every class needs at least one prompt")
@@ -87,12 +82,8 @@ def build_text_classifier(
     tokenize: Callable[[list[str]], Any] | None = None,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Zero-shot text classifier T [d, C] (float32 numpy, unit columns).
-
-    class_names: class-list names (domain prefix and " <id>" allowed; cleaned here).
-    templates: "single", "ensemble7", "domain", "descriptions" or a sequence of "{}" templates
-    (see fewshot.templates); descriptions: mapping or JSON path for "descriptions".
-    """
+    """Zero-shot text classifier T [d, C] (unit columns) of class-list names (cleaned here);
+    templates and descriptions: see :func:`fewshot.templates.class_prompts`."""
     prompts = class_prompts(class_names, templates, descriptions)
     return text_classifier_from_prompts(model, prompts, tokenize, batch_size)
 

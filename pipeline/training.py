@@ -1,7 +1,6 @@
-"""train.py's work: the text classifiers, the domain expert, the board-shaped validation that
-makes every choice of the cascade (pipeline.selection), and the seen-class heads of the chosen
-configuration, into ``$OUT_DIR/heads`` (with ``cascade.json``: the choices and the predicted
-board score), ``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``."""
+"""train.py's work: text classifiers, the domain expert, every choice of the cascade
+(pipeline.selection) and the chosen seen-class head, into ``$OUT_DIR/heads`` (``cascade.json``:
+the choices and the predicted board score), ``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``."""
 
 from __future__ import annotations
 
@@ -178,9 +177,8 @@ def train_expert_stage(
     yval: np.ndarray,
     expert_ids: np.ndarray,
 ) -> tuple[dict[str, Any], Optional[np.ndarray]]:
-    """Train the ConvNeXt-V2 expert on the training images of its classes, selecting on the
-    ``fit`` half of their validation images; returns its summary and its logits [n_val, K] on
-    the validation images of its classes (zeros elsewhere), for the validation."""
+    """Train the expert on its classes' shots, selecting on the ``fit`` half of their validation
+    images; returns its summary and logits [n_val, K] on those images (zeros elsewhere)."""
     from models.convnext import preprocess
     from pipeline.expert import train_expert
 
@@ -197,24 +195,12 @@ def train_expert_stage(
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
         if not sel.any():
             log.warning("no validation images of the expert's classes: the last epoch is kept")
+        # The settings expert_<option> but expert_domain are train_expert's options.
+        options = {k[7:]: v for k, v in s.as_dict().items() if k.startswith("expert_")}
+        del options["domain"]
+        val = feats[sel], yval[rows][sel]
         expert = train_expert(
-            ws.convnext,
-            items,
-            feats[sel],
-            yval[rows][sel],
-            expert_ids.tolist(),
-            epochs=s.expert_epochs,
-            views=s.expert_views,
-            seed=env.seed,
-            train_resize=s.expert_train_resize,
-            train_crop=s.expert_train_crop,
-            eval_size=s.expert_eval_size,
-            resample=s.expert_resample,
-            weight_decay=s.expert_weight_decay,
-            schedule=s.expert_schedule,
-            t_max=s.expert_t_max,
-            eta_min=s.expert_eta_min,
-            select=s.expert_select,
+            ws.convnext, items, *val, expert_ids.tolist(), seed=env.seed, **options
         )
         expert.save(ws.expert_dir)
         logits[rows] = expert.logits(feats)

@@ -49,9 +49,7 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
             return expert.logits(feats)
 
     ids = None if expert is None else expert.class_ids
-    result = run_stages(
-        choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen, ids, expert_logits
-    )
+    result = run_stages(choice, stage1, np.arange(C), seen_scores, seen, ids, expert_logits)
     return result, failed, choice
 
 

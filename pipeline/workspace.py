@@ -91,6 +91,11 @@ class Workspace:
             "peak_rss_mb": round(peak_kb / 1024, 1),
         }
 
+    def _loader(self, batch_divisor: int = 1) -> dict[str, Any]:
+        """The feature cache's loading options (the seed only draws the "aug" view)."""
+        batch_size = max(1, self.env.batch_size // batch_divisor)
+        return dict(batch_size=batch_size, workers=self.env.workers, seed=self.env.seed)
+
     def read_list(self, path: Path, what: str) -> LabeledList:
         if not path.is_file():
             raise FileNotFoundError(f"{what} list not found: {path} (run process.py first)")
@@ -121,15 +126,8 @@ class Workspace:
         out: dict[str, FeatureSet] = {}
         with self.timed(f"features {label}"):
             for group in groups.values():
-                sets = self.cache.get(
-                    [bb.encoder(label) for bb in group],
-                    paths,
-                    group[0].preprocess,
-                    views,
-                    batch_size=self.env.batch_size,
-                    workers=self.env.workers,
-                    seed=self.env.seed,
-                )
+                encoders = [bb.encoder(label) for bb in group]
+                sets = self.cache.get(encoders, paths, group[0].preprocess, views, **self._loader())
                 out.update({bb.name: fs for bb, fs in zip(group, sets)})
         failed = sorted(set().union(*(fs.failed for fs in out.values())))
         return {name: out[name] for name in self.backbones}, tuple(failed)
@@ -154,13 +152,7 @@ class Workspace:
         """Pooled ConvNeXt-V2 features [n, D] of ``paths`` (cached), and the undecodable images."""
         enc = self.convnext.encoder(label, str(preprocess.size))
         with self.timed(f"features {label} convnext"):
-            (fs,) = self.cache.get(
-                [enc],
-                paths,
-                preprocess,
-                batch_size=max(1, self.env.batch_size // 4),
-                workers=self.env.workers,
-            )
+            (fs,) = self.cache.get([enc], paths, preprocess, **self._loader(batch_divisor=4))
         return fs["orig"], fs.failed
 
     def aux_features(self, paths: Sequence[str], label: str) -> np.ndarray:

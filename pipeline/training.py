@@ -125,6 +125,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     )
     summary.update(ws.record())
     write_text_atomic(env.out_dir / "train.json", json.dumps(summary, indent=1, default=str) + "\n")
+    log.info("done: %s", env.out_dir / "train.json")
     return summary
 
 

@@ -144,8 +144,9 @@ def _plots(out: Path, groups: dict[str, dict], timings: dict[str, float]) -> Non
 
 def _board_section(board: dict) -> list[str]:
     p = board["predicted_top1"]
-    md = ["## Predicted board score", ""]
-    md += [
+    md = [
+        "## Predicted board score",
+        "",
         f"Board-shaped validation ({len(board['folds'])} folds; unseen share "
         f"{board['unseen_share']:.2f}; {board['n_test'] or 'unknown number of'} test images): "
         f"predicted top-1 **{_fmt(p['value'])}**, 95% interval {_fmt(p['low'])} - "
@@ -160,22 +161,20 @@ def _board_section(board: dict) -> list[str]:
     rows = [[k, v["share"], float("nan") if v["top1"] is None else v["top1"]] for k, v in stages]
     md += ["", _table(["stage", "share of images", "predicted top-1"], rows)]
     if board["candidates"]:
-        md += ["", "## Candidates", ""]
         md += [
+            "",
+            "## Candidates",
+            "",
             "Each open choice in turn, from the challenge solution's: an option replaces the",
             "current one only when its gain exceeds the gain's standard error.",
             "",
         ]
-        rows = [
-            [
-                c["choice"],
-                str(c["option"]) + (" (chosen)" if c.get("chosen") else ""),
-                c["estimate"]["value"],
-                f"{_fmt(c['estimate']['low'])} - {_fmt(c['estimate']['high'])}",
-                f"{c['gain']:+.4f} +- {c['se']:.4f}",
-            ]
-            for c in board["candidates"]
-        ]
+        rows = []
+        for c in board["candidates"]:
+            e, chosen = c["estimate"], " (chosen)" if c.get("chosen") else ""
+            interval = f"{_fmt(e['low'])} - {_fmt(e['high'])}"
+            gain = f"{c['gain']:+.4f} +- {c['se']:.4f}"
+            rows.append([c["choice"], f"{c['option']}{chosen}", e["value"], interval, gain])
         md.append(_table(["choice", "option", "predicted top-1", "95% interval", "gain"], rows))
     return md
 

@@ -95,14 +95,10 @@ class DomainExpert:
                 f"({recorded['path']}); set CONVNEXT to that file or run train.sh again"
             )
         tensors, _ = weights.load(Path(out_dir) / WEIGHTS_FILE, expect_family=EXPERT_FAMILY)
+        head = tensors["head.weight"], tensors["head.bias"], info["class_ids"]
+        t = info["transforms"]
         return cls(
-            tensors["head.weight"],
-            tensors["head.bias"],
-            info["class_ids"],
-            recorded["fingerprint"],
-            int(info["transforms"]["eval_size"]),
-            info,
-            info["transforms"].get("resample", "bicubic"),
+            *head, recorded["fingerprint"], int(t["eval_size"]), info, t.get("resample", "bicubic")
         )
 
 

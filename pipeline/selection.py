@@ -1,5 +1,5 @@
-"""Every choice of the cascade, made on the board-shaped validation (pipeline.validation): the
-search and its rules are described in docs/METHODS.md ("How train.sh chooses")."""
+"""Every choice of the cascade, made on the board-shaped validation (pipeline.validation); the
+rules: docs/METHODS.md ("How train.sh chooses")."""
 
 from __future__ import annotations
 

@@ -67,13 +67,11 @@ class Workspace:
     def timed(self, name: str) -> Iterator[None]:
         """Add the block's wall time to ``timings[name]``, its model loading to ``loads_in``."""
         t, loaded = time.time(), sum(self._load_seconds().values())
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
-            inside = sum(self._load_seconds().values()) - loaded
-            if inside:
-                self.loads_in[name] = self.loads_in.get(name, 0.0) + inside
+        yield  # a failed step is not recorded: the run ends with its error
+        self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
+        inside = sum(self._load_seconds().values()) - loaded
+        if inside:
+            self.loads_in[name] = self.loads_in.get(name, 0.0) + inside
 
     def record(self) -> dict[str, Any]:
         """What train.json / test.json report: the device, wall time per step (steps may nest;
@@ -103,8 +101,7 @@ class Workspace:
 
     # ------------------------------------------------------------------ features
     def text_classifiers(self, prompts: str) -> dict[str, np.ndarray]:
-        """T [d, C] per backbone for the prompt set ``prompts`` ("bare", or "templates": the
-        settings' template set)."""
+        """T [d, C] per backbone for ``prompts``: "bare", or "templates" (the settings' set)."""
         s = self.settings
         templates = s.templates if prompts == "templates" else prompts
         with self.timed("text classifiers"):

@@ -49,10 +49,10 @@ def load_head(path: Path, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray]
     return arrays, info
 
 
-def read_json_artefact(path: str | os.PathLike) -> dict:
+def read_json_artefact(path: str | os.PathLike, remedy: str = "re-run bash train.sh") -> dict:
     """A JSON object that train.py or process.py wrote; a missing, unreadable or corrupted file is
-    a one-line HeadError naming it."""
-    path, remedy = Path(path), "re-run bash train.sh"
+    a one-line HeadError naming it and ``remedy``."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -30,30 +30,21 @@ INFO_FILE = "expert.json"
 
 
 class DomainExpert:
-    """A linear head over ``class_ids`` on the pooled features of one ConvNeXt-V2 file, whose
-    evaluation view (square resize to ``eval_size``) is ``preprocess``."""
+    """A linear head over ``info["class_ids"]`` on the pooled features of one ConvNeXt-V2 file;
+    ``preprocess`` is its evaluation view (``info["transforms"]``: square resize to eval_size)."""
 
-    def __init__(
-        self,
-        head_weight: np.ndarray,
-        head_bias: np.ndarray,
-        class_ids: Sequence[int],
-        backbone_fingerprint: str,
-        eval_size: int = 384,
-        info: Optional[dict[str, Any]] = None,
-        resample: str = "bicubic",
-    ) -> None:
+    def __init__(self, head_weight: np.ndarray, head_bias: np.ndarray, info: dict[str, Any]):
         self.head_weight = np.asarray(head_weight, np.float32)
         self.head_bias = np.asarray(head_bias, np.float32)
-        self.class_ids = np.asarray(class_ids, np.int64)
+        self.class_ids = np.asarray(info["class_ids"], np.int64)
         k = len(self.class_ids)
         if self.head_weight.shape[0] != k or self.head_bias.shape != (k,):
             raise ValueError(
                 f"head {self.head_weight.shape} / {self.head_bias.shape} does not fit {k} classes"
             )
-        self.backbone_fingerprint = backbone_fingerprint
-        self.preprocess = convnext.EvalTransform(eval_size, resample)
-        self.info = info or {}
+        t = info["transforms"]
+        self.preprocess = convnext.EvalTransform(int(t["eval_size"]), t.get("resample", "bicubic"))
+        self.info = info
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits [n, K] over ``class_ids`` from pooled features [n, D]."""
@@ -95,11 +86,7 @@ class DomainExpert:
                 f"({recorded['path']}); set CONVNEXT to that file or run train.sh again"
             )
         tensors, _ = weights.load(Path(out_dir) / WEIGHTS_FILE, expect_family=EXPERT_FAMILY)
-        head = tensors["head.weight"], tensors["head.bias"], info["class_ids"]
-        t = info["transforms"]
-        return cls(
-            *head, recorded["fingerprint"], int(t["eval_size"]), info, t.get("resample", "bicubic")
-        )
+        return cls(tensors["head.weight"], tensors["head.bias"], info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,7 +303,4 @@ def train_expert(
         "skipped_train": skipped,
         "seconds": {"features": round(t_feat, 2), "training": round(time.time() - t0 - t_feat, 2)},
     }
-    return DomainExpert(
-        best["head.weight"], best["head.bias"], class_ids, info["backbone"]["fingerprint"],
-        eval_size, info, resample,
-    )  # fmt: skip
+    return DomainExpert(best["head.weight"], best["head.bias"], info)

@@ -69,9 +69,7 @@ def read_json_artefact(path: str | os.PathLike, remedy: str = "re-run bash train
 
 
 def _j(x):  # JSON for numpy scalars and arrays
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
+    if isinstance(x, (np.generic, np.ndarray)):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 

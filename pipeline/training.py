@@ -100,9 +100,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     choice = Choice(**result["choice"])
     p = result["predicted_top1"]
     log.info("chosen: %s", result["choice"])
-    log.info(
-        "predicted board top-1 %.4f (95%% interval %.4f-%.4f)", p["value"], p["low"], p["high"]
-    )
+    log.info("predicted board top-1 %(value).4f (95%% interval %(low).4f-%(high).4f)", p)
 
     with ws.timed("seen-class head"):
         shots = data.train_aug if choice.lpp_views == "aug" else data.train[choice.flip_tta]
@@ -162,9 +160,7 @@ def _test_set_facts(ws: Workspace, text: dict, unseen: np.ndarray) -> tuple[Opti
     with ws.timed("stage 1 on the test set"):
         s1 = stage1_scores(X, text[prompts], choice.stage1, settings.inmap_fusion)
     share = float(np.isin(s1.argmax(1), unseen).mean())
-    log.info(
-        "stage 1 routes %.1f%% of the %d test images to unseen classes", 100 * share, len(names)
-    )
+    log.info("stage 1 routes %.1f%% of %d test images to unseen classes", 100 * share, len(names))
     if share <= 0:
         log.warning("stage 1 routes no test image: validating with the default unseen share")
         return n_test, validation.DEFAULT_UNSEEN_SHARE

@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 
-# ---------------------------------------------------------------------------- metrics
-
-
 @dataclass(frozen=True)
 class Accuracy:
     n: int
@@ -93,9 +90,6 @@ def cascade_metrics(
             "expert": asdict(routing(stage, labels, EXPERT, expert_ids)),
         },
     }
-
-
-# ----------------------------------------------------------------------------- report
 
 
 def _fmt(x) -> str:
@@ -224,9 +218,6 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
-
-
-# ------------------------------------------------------------------------- evaluation
 
 
 def parameter_counts(ws: Workspace, expert) -> dict[str, int]:

@@ -89,10 +89,6 @@ class DomainExpert:
         return cls(tensors["head.weight"], tensors["head.bias"], info)
 
 
-# --------------------------------------------------------------------------------------------
-# Training
-
-
 def _decode_train(
     items: Sequence[tuple[str, int]], transform: convnext.TrainTransform
 ) -> tuple[list[Image.Image], list[int], list[str]]:

@@ -64,8 +64,6 @@ def stage1_scores(
     return fuse(logits, [fusion[b] for b in fusion])
 
 
-# ------------------------------------------------------------------------------ seen heads
-
 HEAD_METHODS = {"lpp": ("lpp",), "tip": ("tip",), "lpp+tip": ("lpp", "tip"), "amu": ("amu",)}
 # The LPPConfig fields that the settings lpp_<field> set (and lpp_t_max, per backbone).
 LPP_SETTINGS = ("epochs", "learn_alpha", "schedule", "strict_best", "bias_init")
@@ -126,9 +124,6 @@ def head_scores(
     return fuse(per_backbone, [fusion[b] for b in fusion])
 
 
-# ------------------------------------------------------------------------------ TransCLIP
-
-
 def cascade_distribution(
     stage1: Optional[np.ndarray], seen_scores: np.ndarray, cols: np.ndarray, seen: np.ndarray
 ) -> np.ndarray:
@@ -182,9 +177,6 @@ def apply_transclip(
     if mode == "stage2":
         return stage1, seen_log
     return (z_log if stage1 is not None else None), seen_log
-
-
-# ------------------------------------------------------------------------------ the cascade
 
 
 def trained_scores(

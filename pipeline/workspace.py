@@ -99,7 +99,6 @@ class Workspace:
             raise FileNotFoundError(f"{what} list not found: {path} (run process.py first)")
         return read_labeled_list(path, self.classes, self.env.data_dir)
 
-    # ------------------------------------------------------------------ features
     def text_classifiers(self, prompts: str) -> dict[str, np.ndarray]:
         """T [d, C] per backbone for ``prompts``: "bare", or "templates" (the settings' set)."""
         s = self.settings
@@ -160,7 +159,6 @@ class Workspace:
         pre = preprocess(self.settings.expert_eval_size, self.settings.expert_resample)
         return l2_normalize(self.convnext_features(paths, label, pre)[0])
 
-    # ------------------------------------------------------------------ trained heads
     def head_expect(self, name: str) -> dict[str, str]:
         """What a head of backbone ``name`` must have been trained with to be used now."""
         return {

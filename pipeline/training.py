@@ -193,7 +193,9 @@ def train_expert_stage(
         if not sel.any():
             log.warning("no validation images of the expert's classes: the last epoch is kept")
         # The settings expert_<option> but expert_domain are train_expert's options.
-        options = {k[7:]: v for k, v in s.as_dict().items() if k.startswith("expert_")}
+        options = {
+            k.removeprefix("expert_"): v for k, v in s.as_dict().items() if k.startswith("expert_")
+        }
         del options["domain"]
         val = feats[sel], yval[rows][sel]
         expert = train_expert(

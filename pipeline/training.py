@@ -22,6 +22,9 @@ from pipeline.settings import Settings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
+# The options of train_expert that the settings expert_<option> set.
+EXPERT_OPTIONS = ("epochs", "views", "train_resize", "train_crop", "eval_size", "resample")
+EXPERT_OPTIONS += ("weight_decay", "schedule", "t_max", "eta_min", "select")
 
 
 def train(env: Env, settings: Settings) -> dict[str, Any]:
@@ -192,11 +195,7 @@ def train_expert_stage(
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
         if not sel.any():
             log.warning("no validation images of the expert's classes: the last epoch is kept")
-        # The settings expert_<option> but expert_domain are train_expert's options.
-        options = {
-            k.removeprefix("expert_"): v for k, v in s.as_dict().items() if k.startswith("expert_")
-        }
-        del options["domain"]
+        options = {k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
         val = feats[sel], yval[rows][sel]
         expert = train_expert(
             ws.convnext, items, *val, expert_ids.tolist(), seed=env.seed, **options

@@ -26,13 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def work(env, settings):
-        if args.eval:
-            from pipeline.evaluation import evaluate
+        from pipeline import evaluation, predict
 
-            return evaluate(env, settings)
-        from pipeline.predict import predict
-
-        return predict(env, settings)
+        return (evaluation.evaluate if args.eval else predict.predict)(env, settings)
 
     return run_main(args, work, "eval" if args.eval else "test")
 

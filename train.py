@@ -9,7 +9,6 @@ and ``$OUT_DIR/train.json``. Features are cached under ``$OUT_DIR/cache``: a re-
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from pipeline.cli import add_common_arguments, run_main
@@ -25,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     def work(env, settings):
         from pipeline.training import train
 
-        summary = train(env, settings)
-        logging.getLogger("train").info("done: %s", env.out_dir / "train.json")
-        return summary
+        return train(env, settings)
 
     return run_main(args, work, "train")
 

@@ -38,10 +38,10 @@ def combine_views(fs: FeatureSet, flip_tta: bool, view: str = "orig") -> np.ndar
 
 
 class _LazyEncoder:
-    """A weight file whose model loads on first use, run without gradients batch by batch."""
+    """A weight file whose model (subclasses' ``_build``) loads on first use, run without
+    gradients."""
 
-    family = ""
-    name = ""
+    family = name = ""
 
     def __init__(self, weights_path: str | os.PathLike) -> None:
         self.path = Path(weights_path)
@@ -54,9 +54,6 @@ class _LazyEncoder:
             )
         self._model = None
         self.load_seconds = 0.0
-
-    def _build(self) -> Any:
-        raise NotImplementedError
 
     @property
     def model(self) -> Any:
@@ -128,10 +125,8 @@ class ClipBackbone(_LazyEncoder):
         from fewshot.templates import class_prompts
 
         prompts = class_prompts(class_names, templates, descriptions, name_edits)
-        key = {
-            "weights": self.fingerprint(),
-            "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-        }
+        digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
+        key = {"weights": self.fingerprint(), "prompts": digest}
         path = Path(out_dir) / f"text_{self.name}_{templates}.safetensors"
         if path.is_file():
             try:
@@ -145,9 +140,8 @@ class ClipBackbone(_LazyEncoder):
         t = time.time()
         T = text_classifier_from_prompts(self.model, prompts)
         log.info("text classifier %s: %d classes in %.1fs", self.name, T.shape[1], time.time() - t)
-        weights.save(
-            path, {"T": T}, family=TEXT_FAMILY, config={"key": key, "templates": templates}
-        )
+        config = {"key": key, "templates": templates}
+        weights.save(path, {"T": T}, family=TEXT_FAMILY, config=config)
         return T
 
 

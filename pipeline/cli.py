@@ -20,20 +20,9 @@ from pipeline.split import SplitError
 log = logging.getLogger("pipeline")
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or a missing step: reported in one line, no traceback."""
-    return (
-        FileNotFoundError,
-        FloatingPointError,
-        ConfigError,
-        DeviceError,
-        FeatureError,
-        ImageError,
-        ListError,
-        SettingsError,
-        SplitError,
-        WeightsError,
-    )
+# Errors that mean bad input or a missing step: reported in one line, no traceback.
+USER_ERRORS = (FileNotFoundError, FloatingPointError, ConfigError, DeviceError, FeatureError)
+USER_ERRORS += (ImageError, ListError, SettingsError, SplitError, WeightsError)
 
 
 def add_common_arguments(ap: argparse.ArgumentParser) -> None:
@@ -52,8 +41,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _trained_settings(env: Env, script: str) -> Settings | None:
-    """test.py and the evaluation start from the settings train.py ran with (recorded in
-    heads/cascade.json), so that test.sh needs no SETTINGS; a SETTINGS file overrides them."""
+    """The settings train.py ran with (heads/cascade.json), for test.py and the evaluation: so
+    test.sh needs no SETTINGS; a SETTINGS file overrides them."""
     if script == "train":
         return None
     from pipeline.heads import read_json_artefact
@@ -82,11 +71,9 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
     except KeyboardInterrupt:
         # Only before Jittor is imported (then SIGINT is its quick exit, status 1); either way
         # files are written atomically and the feature cache keeps its completed chunks.
-        log.error(
-            "interrupted: finished work is kept (feature cache, saved heads); re-run to resume"
-        )
+        log.error("interrupted: finished work is kept (feature cache, heads); re-run to resume")
         return 130
-    except user_errors() as e:
+    except USER_ERRORS as e:
         if args.verbose:
             raise
         log.error("%s", e)

@@ -1,26 +1,223 @@
-"""``test.py --eval``: the report in ``$OUT_DIR/report/`` (pipeline.report) of train.py's predicted
-board score and candidates, and of the trained cascade and its seen-class heads on validation."""
+"""``test.py --eval``: accuracy and routing of the trained cascade on the labelled validation list,
+and the report in ``$OUT_DIR/report/`` (Markdown, PNG plots) with train.py's predicted board
+score and candidates."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+import os
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models import weights
 from pipeline.backbones import combine_views
-from pipeline.cascade import topk
+from pipeline.cascade import EXPERT, STAGE_NAMES, UNSEEN, topk
 from pipeline.env import Env
-from pipeline.metrics import accuracy, cascade_metrics
 from pipeline.predict import cascade
 from pipeline.scores import head_scores
 from pipeline.settings import Settings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
+# Jittor's kernels switch the CPU to flush-denormals-to-zero; numpy then warns, once per float
+# type, when matplotlib asks for the type's limits. Harmless for plots.
+warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    n: int
+    top1: float
+    top5: float
+
+
+@dataclass(frozen=True)
+class Routing:
+    """precision: routed images whose true class the stage owns; recall: images of owned classes
+    that were routed to the stage."""
+
+    routed: int
+    owned: int
+    precision: float
+    recall: float
+
+
+def accuracy(top5: np.ndarray, labels: np.ndarray) -> Accuracy:
+    """Top-1 and top-5 accuracy (NaN on an empty set)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return Accuracy(0, float("nan"), float("nan"))
+    top5 = np.asarray(top5)
+    hit5 = (top5 == labels[:, None]).any(1)
+    return Accuracy(int(labels.size), float((top5[:, 0] == labels).mean()), float(hit5.mean()))
+
+
+def routing(stage: np.ndarray, labels: np.ndarray, stage_id: int, owned_ids) -> Routing:
+    """Routing quality of one stage over the classes it owns."""
+    routed = np.asarray(stage) == stage_id
+    owned = np.isin(labels, np.asarray(owned_ids))
+    both = int((routed & owned).sum())
+    precision = both / routed.sum() if routed.any() else float("nan")
+    recall = both / owned.sum() if owned.any() else float("nan")
+    return Routing(int(routed.sum()), int(owned.sum()), precision, recall)
+
+
+def cascade_metrics(
+    top5: np.ndarray,
+    stage: np.ndarray,
+    labels: np.ndarray,
+    domains_of_labels: np.ndarray,
+    unseen_ids,
+    expert_ids,
+) -> dict:
+    """All metrics of a cascade run as a JSON-ready dict."""
+    top5, stage, labels = np.asarray(top5), np.asarray(stage), np.asarray(labels)
+    domains = np.asarray(domains_of_labels)
+
+    def acc(rows: np.ndarray) -> dict:
+        return asdict(accuracy(top5[rows], labels[rows]))
+
+    return {
+        "overall": asdict(accuracy(top5, labels)),
+        "per_domain": {str(d): acc(domains == d) for d in np.unique(domains)},
+        "per_stage": {name: acc(stage == i) for i, name in enumerate(STAGE_NAMES)},
+        "routing": {
+            "unseen": asdict(routing(stage, labels, UNSEEN, unseen_ids)),
+            "expert": asdict(routing(stage, labels, EXPERT, expert_ids)),
+        },
+    }
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return "n/a" if np.isnan(x) else f"{x:.4f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _accuracy_table(first: str, count: str, groups: dict[str, dict]) -> str:
+    rows = [[k, v["n"], v["top1"], v["top5"]] for k, v in groups.items()]
+    return _table([first, count, "top-1", "top-5"], rows)
+
+
+def _plots(out: Path, groups: dict[str, dict], timings: dict[str, float]) -> None:
+    """per_domain.png (top-1 and top-5 of ``groups``) and timings.png (seconds per stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(groups)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.2))
+    for i, key in enumerate(("top1", "top5")):
+        ax.bar(x + (i - 0.5) * 0.4, [np.nan_to_num(groups[n][key]) for n in names], 0.4, label=key)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_title("accuracy per domain")
+    ax.legend(loc="lower right")
+    fig2, ax = plt.subplots(figsize=(6, 0.4 * len(timings) + 1.2))
+    ax.barh(list(timings), list(timings.values()))
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("wall time per stage")
+    for name, f in (("per_domain.png", fig), ("timings.png", fig2)):
+        f.tight_layout()
+        f.savefig(out / name, dpi=100)
+        plt.close(f)
+
+
+def _board_section(board: dict) -> list[str]:
+    p = board["predicted_top1"]
+    md = [
+        "## Predicted board score",
+        "",
+        f"Board-shaped validation ({len(board['folds'])} folds; unseen share "
+        f"{board['unseen_share']:.2f}; {board['n_test'] or 'unknown number of'} test images): "
+        f"predicted top-1 **{_fmt(p['value'])}**, 95% interval {_fmt(p['low'])} - "
+        f"{_fmt(p['high'])}.",
+        "",
+        "Chosen: " + ", ".join(f"{k} = {v}" for k, v in board["choice"].items()) + ".",
+        "",
+    ]
+    b = board["breakdown"]
+    md.append(_table(["domain", "predicted top-1"], [[k, v] for k, v in b["per_domain"].items()]))
+    stages = b["per_stage"].items()
+    rows = [[k, v["share"], float("nan") if v["top1"] is None else v["top1"]] for k, v in stages]
+    md += ["", _table(["stage", "share of images", "predicted top-1"], rows)]
+    if board["candidates"]:
+        md += [
+            "",
+            "## Candidates",
+            "",
+            "Each open choice in turn, from the challenge solution's: an option replaces the",
+            "current one only when its gain exceeds the gain's standard error.",
+            "",
+        ]
+        rows = []
+        for c in board["candidates"]:
+            e, chosen = c["estimate"], " (chosen)" if c.get("chosen") else ""
+            interval = f"{_fmt(e['low'])} - {_fmt(e['high'])}"
+            gain = f"{c['gain']:+.4f} +- {c['se']:.4f}"
+            rows.append([c["choice"], f"{c['option']}{chosen}", e["value"], interval, gain])
+        md.append(_table(["choice", "option", "predicted top-1", "95% interval", "gain"], rows))
+    return md
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    metrics: dict,
+    timings: dict[str, float],
+    params: dict[str, int],
+    board: dict | None = None,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write ``report.md``, ``metrics.json`` and PNG plots into ``out_dir``; returns report.md.
+    metrics: :func:`cascade_metrics` (optionally with "seen_heads": head -> accuracy); timings:
+    stage -> seconds; params: model -> parameter count; board: train.py's heads/cascade.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    o = metrics["overall"]
+    md = ["# Evaluation report", ""]
+    if board:
+        md += _board_section(board) + [""]
+    md += ["## Validation images", ""]
+    md += [f"Validation images: {o['n']}. Top-1 **{_fmt(o['top1'])}**, top-5 {_fmt(o['top5'])}."]
+    md += ["", "### Per domain", "", _accuracy_table("domain", "images", metrics["per_domain"])]
+    md += ["", "![per domain](per_domain.png)", "", "### Per stage", ""]
+    md.append(_accuracy_table("stage", "images answered", metrics["per_stage"]))
+    md += ["", "Routing (precision: routed images whose true class the stage owns; recall: images"]
+    md += ["of owned classes that were routed there):", ""]
+    routing = metrics["routing"].items()
+    rows = [[s, v["routed"], v["owned"], v["precision"], v["recall"]] for s, v in routing]
+    md.append(_table(["stage", "routed", "owned", "precision", "recall"], rows))
+    if metrics.get("seen_heads"):
+        md += ["", "### Seen-class heads", ""]
+        md += ["Each head alone on the validation images of the seen classes (no routing):", ""]
+        md.append(_accuracy_table("head", "images", metrics["seen_heads"]))
+    md += ["", "## Timings", ""]
+    md.append(_table(["stage", "seconds"], [[k, round(v, 3)] for k, v in timings.items()]))
+    md += ["", "![timings](timings.png)", "", "## Parameters", ""]
+    total = sum(params.values())
+    md.append(_table(["model", "parameters"], [[k, f"{v:,}"] for k, v in params.items()]))
+    md += ["", f"Total parameters loaded: **{total:,}** ({total / 1e6:.1f} M)."]
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    _plots(out, metrics["per_domain"], timings)
+    everything = {"metrics": metrics, "timings": timings, "params": params, "board": board}
+    (out / "metrics.json").write_text(json.dumps(everything, indent=2, default=float))
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
 
 
 def parameter_counts(ws: Workspace, expert) -> dict[str, int]:
@@ -38,7 +235,6 @@ def parameter_counts(ws: Workspace, expert) -> dict[str, int]:
 def evaluate(env: Env, settings: Settings) -> Path:
     """The cascade on the labelled validation split; writes $OUT_DIR/report/report.md."""
     from fewshot.zeroshot import zero_shot_logits
-    from pipeline.report import write_report
 
     ws = Workspace.open(env, settings)
     val = ws.read_list(env.val_list, "validation")

@@ -1,13 +1,6 @@
-"""The domain expert: a frozen ConvNeXt-V2 with a linear head over the classes of one domain (the
-challenge: the dog breeds of ``Thu-dog``); docs/CONVNEXT.md section 3 has its options, training,
-selection rule and artefact format.
-
-- :class:`DomainExpert`, the artefact: ``expert.safetensors`` (the head) and ``expert.json``
-  (written last: marks a complete expert); loading refuses another backbone file. Its input
-  features come from the feature cache (``preprocess`` is the view).
-- :func:`train_expert`: ``views`` seeded augmented views per training image, encoded once;
-  :func:`fit_head` trains the head on them, every epoch showing each image through one view.
-"""
+"""The domain expert: a frozen ConvNeXt-V2 with a linear head over the classes of one domain;
+its artefact (:class:`DomainExpert`) and training (:func:`train_expert`). docs/CONVNEXT.md
+section 3 has its options, training, selection rule and artefact format."""
 
 from __future__ import annotations
 
@@ -37,30 +30,21 @@ INFO_FILE = "expert.json"
 
 
 class DomainExpert:
-    """A linear head over ``class_ids`` on the pooled features of one ConvNeXt-V2 file, whose
-    evaluation view (square resize to ``eval_size``) is ``preprocess``."""
+    """A linear head over ``info["class_ids"]`` on the pooled features of one ConvNeXt-V2 file;
+    ``preprocess`` is its evaluation view (``info["transforms"]``: square resize to eval_size)."""
 
-    def __init__(
-        self,
-        head_weight: np.ndarray,
-        head_bias: np.ndarray,
-        class_ids: Sequence[int],
-        backbone_fingerprint: str,
-        eval_size: int = 384,
-        info: Optional[dict[str, Any]] = None,
-        resample: str = "bicubic",
-    ) -> None:
+    def __init__(self, head_weight: np.ndarray, head_bias: np.ndarray, info: dict[str, Any]):
         self.head_weight = np.asarray(head_weight, np.float32)
         self.head_bias = np.asarray(head_bias, np.float32)
-        self.class_ids = np.asarray(class_ids, np.int64)
+        self.class_ids = np.asarray(info["class_ids"], np.int64)
         k = len(self.class_ids)
         if self.head_weight.shape[0] != k or self.head_bias.shape != (k,):
             raise ValueError(
                 f"head {self.head_weight.shape} / {self.head_bias.shape} does not fit {k} classes"
             )
-        self.backbone_fingerprint = backbone_fingerprint
-        self.preprocess = convnext.EvalTransform(eval_size, resample)
-        self.info = info or {}
+        t = info["transforms"]
+        self.preprocess = convnext.EvalTransform(int(t["eval_size"]), t.get("resample", "bicubic"))
+        self.info = info
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits [n, K] over ``class_ids`` from pooled features [n, D]."""
@@ -102,19 +86,7 @@ class DomainExpert:
                 f"({recorded['path']}); set CONVNEXT to that file or run train.sh again"
             )
         tensors, _ = weights.load(Path(out_dir) / WEIGHTS_FILE, expect_family=EXPERT_FAMILY)
-        return cls(
-            tensors["head.weight"],
-            tensors["head.bias"],
-            info["class_ids"],
-            recorded["fingerprint"],
-            int(info["transforms"]["eval_size"]),
-            info,
-            info["transforms"].get("resample", "bicubic"),
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Training
+        return cls(tensors["head.weight"], tensors["head.bias"], info)
 
 
 def _decode_train(
@@ -158,19 +130,6 @@ def _view_features(
     return out.reshape(n, views, d)
 
 
-def _head(num_features: int, num_classes: int, seed: int):
-    """A fresh Linear head, initialised like the official head (trunc-normal .02, zero bias)."""
-    from models.runtime import jittor
-
-    jt = jittor()
-    rng = np.random.default_rng([seed, 7])
-    w = np.clip(rng.normal(0.0, 0.02, size=(num_classes, num_features)), -2.0, 2.0)
-    head = jt.nn.Linear(num_features, num_classes)
-    head.weight.assign(jt.array(w.astype(np.float32)))
-    head.bias.assign(jt.zeros(num_classes))
-    return head
-
-
 def selection_key(record: dict[str, float]) -> tuple[float, float]:
     """Higher validation accuracy, then lower loss; fit_head keeps the first of equal keys."""
     return (record["val_acc"], -record["val_loss"])
@@ -203,18 +162,26 @@ def fit_head(
 
     jt = jittor()
     n, views, d = feats.shape
-    head = _head(d, num_classes, seed)
+    # Initialised like the official head: normal with std .02 clipped at 2, zero bias.
+    w = np.clip(np.random.default_rng([seed, 7]).normal(0.0, 0.02, (num_classes, d)), -2.0, 2.0)
+    head = jt.nn.Linear(d, num_classes)
+    head.weight.assign(jt.array(w.astype(np.float32)))
+    head.bias.assign(jt.zeros(num_classes))
     # Epoch e shows image i through view order[i][e % views]: every view in turn.
     view_order = np.stack(
         [np.random.default_rng([seed, 2, i]).permutation(views) for i in range(n)]
     )
     optimizer = jt.nn.AdamW([head.weight, head.bias], lr, weight_decay=weight_decay)
+    rate = jittor_cosine_lr if schedule == "jittor-cosine" else cosine_lr
     order_rng = np.random.default_rng([seed, 3])
+
+    def state() -> dict[str, np.ndarray]:
+        return {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
+
     history: list[dict[str, Any]] = []
     best_key, best_epoch, best = None, epochs, {}
     bar = tqdm(range(epochs), desc="expert epochs", unit="epoch")
     for epoch in bar:
-        rate = jittor_cosine_lr if schedule == "jittor-cosine" else cosine_lr
         optimizer.lr = rate(lr, epoch, t_max or epochs, eta_min)
         order = order_rng.permutation(n)
         total = 0.0
@@ -232,15 +199,13 @@ def fit_head(
                 record["val_acc"] = float((as_numpy(logits).argmax(1) == val_labels).mean())
                 record["val_loss"] = float(val_loss.item())
             if select == "best" and (best_key is None or selection_key(record) > best_key):
-                best_key, best_epoch = selection_key(record), epoch + 1
-                best = {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
+                best_key, best_epoch, best = selection_key(record), epoch + 1, state()
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=record.get("val_acc", "-"))
     if select == "last" or not len(val_labels):
         if select == "best":
             log.warning("no validation images: keeping the last epoch (no checkpoint selection)")
-        best_epoch = epochs
-        best = {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
+        best_epoch, best = epochs, state()
     return best, history, best_epoch
 
 
@@ -294,20 +259,16 @@ def train_expert(
         )
     y_train = np.array([index[c] for c in train_cids], np.int64)
     y_val = np.array([index[int(c)] for c in val_class_ids], np.int64)
-    log.info(
-        "expert: %d classes, %d train (%d skipped) / %d val images",
-        len(class_ids),
-        len(y_train),
-        len(skipped),
-        len(y_val),
-    )
+    counts = len(class_ids), len(y_train), len(skipped), len(y_val)
+    log.info("expert: %d classes, %d train (%d skipped) / %d val images", *counts)
     feats = _view_features(backbone, resized, train_tf, views, seed, feature_batch)
     t_feat = time.time() - t0
+    selected = len(y_val) and select == "best"
     hyper = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
-    rule = dict(schedule=schedule, t_max=t_max, eta_min=eta_min, select=select)
+    rule = dict(seed=seed, schedule=schedule, t_max=t_max, eta_min=eta_min, select=select)
     val = np.asarray(val_features, np.float32)
     best, history, best_epoch = fit_head(
-        feats, y_train, val, y_val, len(class_ids), **hyper, seed=seed, **rule
+        feats, y_train, val, y_val, len(class_ids), **hyper, **rule
     )
     info = {
         "version": ARTEFACT_VERSION,
@@ -332,15 +293,10 @@ def train_expert(
         },
         "history": history,
         "best_epoch": best_epoch,
-        "selection": "max val_acc, ties: min val_loss, then earliest"
-        if len(y_val) and select == "best"
-        else "last epoch",
+        "selection": "max val_acc, ties: min val_loss, then earliest" if selected else "last epoch",
         "n_train": len(y_train),
         "n_val": len(y_val),
         "skipped_train": skipped,
         "seconds": {"features": round(t_feat, 2), "training": round(time.time() - t0 - t_feat, 2)},
     }
-    return DomainExpert(
-        best["head.weight"], best["head.bias"], class_ids, info["backbone"]["fingerprint"],
-        eval_size, info, resample,
-    )  # fmt: skip
+    return DomainExpert(best["head.weight"], best["head.bias"], info)

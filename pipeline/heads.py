@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +69,9 @@ def read_json_artefact(path: str | os.PathLike, remedy: str = "re-run bash train
 
 
 def _j(x):  # JSON for numpy scalars and arrays
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
+    if isinstance(x, (np.generic, np.ndarray)):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def _model_class(method: str):
-    from fewshot.amu import AMUTuning
-    from fewshot.lpp import LPPlusPlus
-    from fewshot.tip_adapter import TipAdapterF
-
-    return {"lpp": LPPlusPlus, "tip": TipAdapterF, "amu": AMUTuning}[method]
 
 
 def save_models(
@@ -99,17 +90,19 @@ def load_models(
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """(method -> backbone -> model, their infos) of ``methods`` for every backbone of
     ``expect`` (backbone -> what its models must have been trained with)."""
-    from dataclasses import fields
+    from fewshot.amu import AMUTuning
+    from fewshot.lpp import LPPlusPlus
+    from fewshot.tip_adapter import TipAdapterF
 
     models: dict[str, dict[str, Any]] = {}
     infos = []
     for method in methods:
-        cls = _model_class(method)
+        cls = {"lpp": LPPlusPlus, "tip": TipAdapterF, "amu": AMUTuning}[method]
+        config_type = type(cls().config)
+        names = {f.name for f in fields(config_type)}
         for b, wanted in expect.items():
             path = head_path(heads_dir, method, b)
             arrays, info = load_head(path, wanted)
-            config_type = type(cls().config)
-            names = {f.name for f in fields(config_type)}
             try:
                 config = config_type(**{k: v for k, v in info["config"].items() if k in names})
                 models.setdefault(method, {})[b] = cls.from_state_dict(arrays, config)

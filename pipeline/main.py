@@ -20,7 +20,12 @@ from pipeline.cli import setup_logging
 
 log = logging.getLogger("main")
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("process", "train", "test", "eval")
+COMMANDS = {  # the steps, in order
+    "process": [sys.executable, "process.py"],
+    "train": ["bash", "train.sh"],
+    "test": ["bash", "test.sh"],
+    "eval": ["bash", "test.sh", "--eval"],
+}
 
 
 def prepare_demo(env: dict[str, str], seed: int) -> None:
@@ -40,29 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    steps_help = f"comma-separated subset of {','.join(STEPS)} (default: all)"
-    ap.add_argument("--steps", default=",".join(STEPS), help=steps_help)
+    steps_help = f"comma-separated subset of {','.join(COMMANDS)} (default: all)"
+    ap.add_argument("--steps", default=",".join(COMMANDS), help=steps_help)
     args = ap.parse_args(argv)
     setup_logging()
     steps = [s for s in args.steps.split(",") if s]
-    unknown = set(steps) - set(STEPS)
+    unknown = set(steps) - set(COMMANDS)
     if unknown:
         ap.error(f"unknown steps {sorted(unknown)}")
 
     env = dict(os.environ)
     if not env.get("DATA_DIR"):
         prepare_demo(env, int(env.get("SEED", "0")))
-    commands = {
-        "process": [sys.executable, "process.py"],
-        "train": ["bash", "train.sh"],
-        "test": ["bash", "test.sh"],
-        "eval": ["bash", "test.sh", "--eval"],
-    }
     timings = {}
     for step in steps:
-        log.info("=== %s: %s", step, " ".join(commands[step]))
+        log.info("=== %s: %s", step, " ".join(COMMANDS[step]))
         t = time.time()
-        r = subprocess.run(commands[step], cwd=ROOT, env=env)
+        r = subprocess.run(COMMANDS[step], cwd=ROOT, env=env)
         timings[step] = time.time() - t
         if r.returncode != 0:
             log.error("step %s failed (exit %d)", step, r.returncode)

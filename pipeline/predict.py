@@ -49,15 +49,13 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
             return expert.logits(feats)
 
     ids = None if expert is None else expert.class_ids
-    result = run_stages(
-        choice, s.lpp_fusion, stage1, np.arange(C), seen_scores, seen, ids, expert_logits
-    )
+    result = run_stages(choice, stage1, np.arange(C), seen_scores, seen, ids, expert_logits)
     return result, failed, choice
 
 
 def _transclip_sets(ws: Workspace, choice: Choice, seen: np.ndarray) -> tuple[tuple, tuple]:
-    """TransCLIP's support (the shots in the head's training view) and validation images (they
-    choose gamma), of the seen classes, from train.py's feature cache."""
+    """TransCLIP's support (the shots in the head's training view) and validation images (for
+    gamma) of the seen classes, from train.py's feature cache."""
     env = ws.env
     aug = choice.lpp_views == "aug"
 
@@ -91,13 +89,9 @@ def predict(env: Env, settings: Settings) -> Path:
     log.info("answered by stage: %s", stage_counts(result))
     log.info("timings: %s", {k: round(v, 2) for k, v in ws.timings.items()})
     # Which stage answered each image: for inspection, never read by the pipeline.
-    rows = [
-        f"{n}\t{STAGE_NAMES[st]}\t{' '.join(map(str, t5))}"
-        for n, st, t5 in zip(names, result.stage, result.top5)
-    ]
-    write_text_atomic(
-        env.out_dir / "predictions.tsv", "name\tstage\ttop5\n" + "\n".join(rows) + "\n"
-    )
+    top5 = [" ".join(map(str, t5)) for t5 in result.top5]
+    rows = [f"{n}\t{STAGE_NAMES[st]}\t{t}" for n, st, t in zip(names, result.stage, top5)]
+    write_text_atomic(env.out_dir / "predictions.tsv", "\n".join(["name\tstage\ttop5", *rows, ""]))
     summary = {
         "images": len(names),
         "undecodable": len(failed),

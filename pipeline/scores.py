@@ -64,23 +64,9 @@ def stage1_scores(
     return fuse(logits, [fusion[b] for b in fusion])
 
 
-# ------------------------------------------------------------------------------ seen heads
-
 HEAD_METHODS = {"lpp": ("lpp",), "tip": ("tip",), "lpp+tip": ("lpp", "tip"), "amu": ("amu",)}
-
-
-def lpp_config(settings: Settings, backbone: str):
-    """LP++'s configuration for one backbone from the settings."""
-    from fewshot.lpp import LPPConfig
-
-    return LPPConfig(
-        epochs=settings.lpp_epochs,
-        learn_alpha=settings.lpp_learn_alpha,
-        schedule=settings.lpp_schedule,
-        t_max=settings.lpp_t_max.get(backbone),
-        strict_best=settings.lpp_strict_best,
-        bias_init=settings.lpp_bias_init,
-    )
+# The LPPConfig fields that the settings lpp_<field> set (and lpp_t_max, per backbone).
+LPP_SETTINGS = ("epochs", "learn_alpha", "schedule", "strict_best", "bias_init")
 
 
 def fit_head(
@@ -97,14 +83,16 @@ def fit_head(
     with labels y, columns of T (the seen classes); ``val`` = (features, labels) selects epochs
     and hyperparameters; ``aux`` = ConvNeXt features (of the shots, of val) for AMU."""
     from fewshot.amu import AMUTuning
-    from fewshot.lpp import LPPlusPlus
+    from fewshot.lpp import LPPConfig, LPPlusPlus
     from fewshot.tip_adapter import TipAdapterF
 
+    lpp = {k: getattr(settings, f"lpp_{k}") for k in LPP_SETTINGS}
     out: dict[str, dict[str, Any]] = {m: {} for m in HEAD_METHODS[kind]}
     for b in X:
         v = None if val is None or not len(val[1]) else (val[0][b], val[1])
         if "lpp" in out:
-            out["lpp"][b] = LPPlusPlus(lpp_config(settings, b), seed=seed).fit(X[b], y, T[b], v)
+            config = LPPConfig(**lpp, t_max=settings.lpp_t_max.get(b))
+            out["lpp"][b] = LPPlusPlus(config, seed=seed).fit(X[b], y, T[b], v)
         if "tip" in out:
             out["tip"][b] = TipAdapterF().fit(X[b], y, T[b], v)
         if "amu" in out:
@@ -134,9 +122,6 @@ def head_scores(
             parts = [as_numpy(log_softmax(jt().array(p), dim=1)) for p in parts]
         per_backbone.append(np.sum(parts, axis=0))
     return fuse(per_backbone, [fusion[b] for b in fusion])
-
-
-# ------------------------------------------------------------------------------ TransCLIP
 
 
 def cascade_distribution(
@@ -194,13 +179,6 @@ def apply_transclip(
     return (z_log if stage1 is not None else None), seen_log
 
 
-# ------------------------------------------------------------------------------ the cascade
-
-
-def _untimed(step: str) -> ContextManager:
-    return contextlib.nullcontext()
-
-
 def trained_scores(
     choice: Choice,
     settings: Settings,
@@ -211,7 +189,7 @@ def trained_scores(
     text: Callable[[str], dict[str, np.ndarray]],
     transclip_sets: Callable[[], tuple[tuple, tuple]],
     aux: Optional[np.ndarray] = None,
-    timed: Callable[[str], ContextManager] = _untimed,
+    timed: Callable[[str], ContextManager] = lambda step: contextlib.nullcontext(),
 ) -> tuple[Optional[np.ndarray], np.ndarray]:
     """(stage-1, stage-2) scores of the cascade ``choice`` with the head ``models`` trained on
     all ``seen`` classes, over all classes (as test.py): ``text(prompts)`` gives the text
@@ -241,7 +219,6 @@ def log_softmax_np(x: np.ndarray) -> np.ndarray:
 
 def run_stages(
     choice: Choice,
-    fusion: dict[str, float],
     stage1: Optional[np.ndarray],
     cols: np.ndarray,
     seen_scores: np.ndarray,

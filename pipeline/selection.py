@@ -1,5 +1,5 @@
-"""Every choice of the cascade, made on the board-shaped validation (pipeline.validation): the
-search and its rules are described in docs/METHODS.md ("How train.sh chooses")."""
+"""Every choice of the cascade, made on the board-shaped validation (pipeline.validation); the
+rules: docs/METHODS.md ("How train.sh chooses")."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ class Search:
                 self.s.inmap_fusion,
             )  # fmt: skip
         logits = None if d.expert_logits is None else d.expert_logits[fold.rows].__getitem__
-        return run_stages(choice, self.s.lpp_fusion, s1, cols, s2, seen, d.expert_ids, logits)
+        return run_stages(choice, s1, cols, s2, seen, d.expert_ids, logits)
 
     def estimate(self, choice: Choice) -> dict[str, float]:
         top1 = self.run(choice).top1

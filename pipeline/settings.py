@@ -1,12 +1,9 @@
-"""Method settings: which method each stage runs, and its hyperparameters, every value checked.
+"""Method settings: which method each stage runs and its hyperparameters, every value checked.
 
-The defaults below, then a YAML file (``--settings FILE`` or ``$SETTINGS``) overriding any field:
-``settings/default.yaml`` writes the defaults out with what each means, ``settings/challenge.yaml``
-is the challenge solution's recipe (docs/METHODS.md). The cascade's choices (CHOICE_OPTIONS)
-default to null: train.sh's board-shaped validation picks each (pipeline.selection); a value pins
-it. Paths and sizes come from pipeline.env. Nothing is tied to class ids: the unseen classes come
-from the training list, the expert's from ``expert_domain`` and the class list.
-"""
+The defaults below, overridden by a YAML file (``--settings FILE`` or ``$SETTINGS``);
+``settings/default.yaml`` explains each, ``settings/challenge.yaml`` is the challenge recipe.
+The cascade's choices (CHOICE_OPTIONS) default to null: train.sh's validation picks each
+(pipeline.selection); a value pins it. Nothing is tied to class ids."""
 
 from __future__ import annotations
 

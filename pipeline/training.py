@@ -1,7 +1,6 @@
-"""train.py's work: the text classifiers, the domain expert, the board-shaped validation that
-makes every choice of the cascade (pipeline.selection), and the seen-class heads of the chosen
-configuration, into ``$OUT_DIR/heads`` (with ``cascade.json``: the choices and the predicted
-board score), ``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``."""
+"""train.py's work: text classifiers, the domain expert, every choice of the cascade
+(pipeline.selection) and the chosen seen-class head, into ``$OUT_DIR/heads`` (``cascade.json``:
+the choices and the predicted board score), ``$OUT_DIR/expert`` and ``$OUT_DIR/train.json``."""
 
 from __future__ import annotations
 
@@ -23,6 +22,9 @@ from pipeline.settings import Settings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
+# The options of train_expert that the settings expert_<option> set.
+EXPERT_OPTIONS = ("epochs", "views", "train_resize", "train_crop", "eval_size", "resample")
+EXPERT_OPTIONS += ("weight_decay", "schedule", "t_max", "eta_min", "select")
 
 
 def train(env: Env, settings: Settings) -> dict[str, Any]:
@@ -101,9 +103,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     choice = Choice(**result["choice"])
     p = result["predicted_top1"]
     log.info("chosen: %s", result["choice"])
-    log.info(
-        "predicted board top-1 %.4f (95%% interval %.4f-%.4f)", p["value"], p["low"], p["high"]
-    )
+    log.info("predicted board top-1 %(value).4f (95%% interval %(low).4f-%(high).4f)", p)
 
     with ws.timed("seen-class head"):
         shots = data.train_aug if choice.lpp_views == "aug" else data.train[choice.flip_tta]
@@ -126,6 +126,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     )
     summary.update(ws.record())
     write_text_atomic(env.out_dir / "train.json", json.dumps(summary, indent=1, default=str) + "\n")
+    log.info("done: %s", env.out_dir / "train.json")
     return summary
 
 
@@ -162,9 +163,7 @@ def _test_set_facts(ws: Workspace, text: dict, unseen: np.ndarray) -> tuple[Opti
     with ws.timed("stage 1 on the test set"):
         s1 = stage1_scores(X, text[prompts], choice.stage1, settings.inmap_fusion)
     share = float(np.isin(s1.argmax(1), unseen).mean())
-    log.info(
-        "stage 1 routes %.1f%% of the %d test images to unseen classes", 100 * share, len(names)
-    )
+    log.info("stage 1 routes %.1f%% of %d test images to unseen classes", 100 * share, len(names))
     if share <= 0:
         log.warning("stage 1 routes no test image: validating with the default unseen share")
         return n_test, validation.DEFAULT_UNSEEN_SHARE
@@ -178,9 +177,8 @@ def train_expert_stage(
     yval: np.ndarray,
     expert_ids: np.ndarray,
 ) -> tuple[dict[str, Any], Optional[np.ndarray]]:
-    """Train the ConvNeXt-V2 expert on the training images of its classes, selecting on the
-    ``fit`` half of their validation images; returns its summary and its logits [n_val, K] on
-    the validation images of its classes (zeros elsewhere), for the validation."""
+    """Train the expert on its classes' shots, selecting on the ``fit`` half of their validation
+    images; returns its summary and logits [n_val, K] on those images (zeros elsewhere)."""
     from models.convnext import preprocess
     from pipeline.expert import train_expert
 
@@ -197,24 +195,10 @@ def train_expert_stage(
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
         if not sel.any():
             log.warning("no validation images of the expert's classes: the last epoch is kept")
+        options = {k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
+        val = feats[sel], yval[rows][sel]
         expert = train_expert(
-            ws.convnext,
-            items,
-            feats[sel],
-            yval[rows][sel],
-            expert_ids.tolist(),
-            epochs=s.expert_epochs,
-            views=s.expert_views,
-            seed=env.seed,
-            train_resize=s.expert_train_resize,
-            train_crop=s.expert_train_crop,
-            eval_size=s.expert_eval_size,
-            resample=s.expert_resample,
-            weight_decay=s.expert_weight_decay,
-            schedule=s.expert_schedule,
-            t_max=s.expert_t_max,
-            eta_min=s.expert_eta_min,
-            select=s.expert_select,
+            ws.convnext, items, *val, expert_ids.tolist(), seed=env.seed, **options
         )
         expert.save(ws.expert_dir)
         logits[rows] = expert.logits(feats)

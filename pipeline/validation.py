@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_UNSEEN_SHARE = 0.28  # board B: 29 car classes, about 28% of the 4,305 test images
-N_BOOT = 2000
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,9 @@ def make_folds(
     fold holding nothing out."""
     labels = np.asarray(labels, np.int64)
     rng = np.random.default_rng([seed, 17])
-    candidates = [
-        d
-        for d in dict.fromkeys(domains[seen].tolist())
-        if np.setdiff1d(seen[domains[seen] == d], exclude).size >= 2
-    ]
+    # Each domain's classes that may be held out, domains in class order.
+    pools = {d: np.setdiff1d(seen[domains[seen] == d], exclude) for d in domains[seen].tolist()}
+    candidates = [d for d, pool in pools.items() if pool.size >= 2]
     if num_unseen == 0 or share <= 0 or not candidates:
         rows = np.arange(len(labels))
         if len(rows) > batch:
@@ -64,7 +61,7 @@ def make_folds(
     out = []
     for f in range(folds):
         domain = candidates[f % len(candidates)]
-        pool = np.setdiff1d(seen[domains[seen] == domain], exclude)
+        pool = pools[domain]
         k = min(num_unseen, pool.size - 1)
         held = np.sort(rng.choice(pool, k, replace=False))
         u_rows = np.flatnonzero(np.isin(labels, held))
@@ -99,7 +96,7 @@ def bootstrap(
     *,
     seed: int,
     n_test: int | None = None,
-    n_boot: int = N_BOOT,
+    n_boot: int = 2000,
 ) -> np.ndarray:
     """Replicates of the folds' mean score: folds and the images of each (by part, held-out and
     seen) resampled with replacement; with ``n_test``, each replicate's score is then the share

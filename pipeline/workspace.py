@@ -67,13 +67,11 @@ class Workspace:
     def timed(self, name: str) -> Iterator[None]:
         """Add the block's wall time to ``timings[name]``, its model loading to ``loads_in``."""
         t, loaded = time.time(), sum(self._load_seconds().values())
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
-            inside = sum(self._load_seconds().values()) - loaded
-            if inside:
-                self.loads_in[name] = self.loads_in.get(name, 0.0) + inside
+        yield  # a failed step is not recorded: the run ends with its error
+        self.timings[name] = self.timings.get(name, 0.0) + time.time() - t
+        inside = sum(self._load_seconds().values()) - loaded
+        if inside:
+            self.loads_in[name] = self.loads_in.get(name, 0.0) + inside
 
     def record(self) -> dict[str, Any]:
         """What train.json / test.json report: the device, wall time per step (steps may nest;
@@ -91,15 +89,18 @@ class Workspace:
             "peak_rss_mb": round(peak_kb / 1024, 1),
         }
 
+    def _loader(self, batch_divisor: int = 1) -> dict[str, Any]:
+        """The feature cache's loading options (the seed only draws the "aug" view)."""
+        batch_size = max(1, self.env.batch_size // batch_divisor)
+        return dict(batch_size=batch_size, workers=self.env.workers, seed=self.env.seed)
+
     def read_list(self, path: Path, what: str) -> LabeledList:
         if not path.is_file():
             raise FileNotFoundError(f"{what} list not found: {path} (run process.py first)")
         return read_labeled_list(path, self.classes, self.env.data_dir)
 
-    # ------------------------------------------------------------------ features
     def text_classifiers(self, prompts: str) -> dict[str, np.ndarray]:
-        """T [d, C] per backbone for the prompt set ``prompts`` ("bare", or "templates": the
-        settings' template set)."""
+        """T [d, C] per backbone for ``prompts``: "bare", or "templates" (the settings' set)."""
         s = self.settings
         templates = s.templates if prompts == "templates" else prompts
         with self.timed("text classifiers"):
@@ -121,15 +122,8 @@ class Workspace:
         out: dict[str, FeatureSet] = {}
         with self.timed(f"features {label}"):
             for group in groups.values():
-                sets = self.cache.get(
-                    [bb.encoder(label) for bb in group],
-                    paths,
-                    group[0].preprocess,
-                    views,
-                    batch_size=self.env.batch_size,
-                    workers=self.env.workers,
-                    seed=self.env.seed,
-                )
+                encoders = [bb.encoder(label) for bb in group]
+                sets = self.cache.get(encoders, paths, group[0].preprocess, views, **self._loader())
                 out.update({bb.name: fs for bb, fs in zip(group, sets)})
         failed = sorted(set().union(*(fs.failed for fs in out.values())))
         return {name: out[name] for name in self.backbones}, tuple(failed)
@@ -154,13 +148,7 @@ class Workspace:
         """Pooled ConvNeXt-V2 features [n, D] of ``paths`` (cached), and the undecodable images."""
         enc = self.convnext.encoder(label, str(preprocess.size))
         with self.timed(f"features {label} convnext"):
-            (fs,) = self.cache.get(
-                [enc],
-                paths,
-                preprocess,
-                batch_size=max(1, self.env.batch_size // 4),
-                workers=self.env.workers,
-            )
+            (fs,) = self.cache.get([enc], paths, preprocess, **self._loader(batch_divisor=4))
         return fs["orig"], fs.failed
 
     def aux_features(self, paths: Sequence[str], label: str) -> np.ndarray:
@@ -171,7 +159,6 @@ class Workspace:
         pre = preprocess(self.settings.expert_eval_size, self.settings.expert_resample)
         return l2_normalize(self.convnext_features(paths, label, pre)[0])
 
-    # ------------------------------------------------------------------ trained heads
     def head_expect(self, name: str) -> dict[str, str]:
         """What a head of backbone ``name`` must have been trained with to be used now."""
         return {

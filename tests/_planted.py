@@ -137,7 +137,7 @@ def board_top1(p: dict[str, Any], choice, settings, seed: int = 0) -> float:
         lambda: ((shots, y["train"]), (val[0], y["val"])),
     )  # fmt: skip
     expert = None if p["expert"] is None else p["expert"]["test"].__getitem__
-    r = run_stages(choice, settings.lpp_fusion, s1, np.arange(C), s2, seen, p["expert_ids"], expert)
+    r = run_stages(choice, s1, np.arange(C), s2, seen, p["expert_ids"], expert)
     return float(np.mean(r.top1 == y["test"]))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.cascade import EXPERT, SEEN, UNSEEN, fuse, run_cascade, topk
-from pipeline.metrics import accuracy, cascade_metrics, routing
+from pipeline.evaluation import accuracy, cascade_metrics, routing
 
 # 10 classes: 0-5 seen (3-5 are "dogs" for the expert), 6-9 unseen.
 SEEN_IDS = np.arange(6)
@@ -134,7 +134,7 @@ def test_metrics_accuracy_and_routing():
 
 
 def test_report_writes_markdown_and_plots(tmp_path):
-    from pipeline.report import write_report
+    from pipeline.evaluation import write_report
 
     labels = np.array([7, 2, 5, 1])
     top5 = np.array([[7, 0, 1, 2, 3], [1, 2, 0, 3, 4], [5, 4, 3, 0, 1], [0, 2, 3, 4, 5]])

@@ -10,6 +10,7 @@ and turn its fatal log into a silent return, hiding e.g. a missing cuBLAS or cuD
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 from typing import Any
@@ -65,9 +66,53 @@ def _import_jittor(cpu_only: bool):
         import jittor_utils
 
         jittor_utils.LOG._log = _jittor_log
+    # On the CPU Jittor's parallel op compiler (8 threads on 2 cores here) is no faster than
+    # compiling in the calling thread (57 s against 78 s for a cold test file), and one of seven
+    # cold runs under load, and one CI run, died in it loading a truncated kernel
+    # (docs/RELIABILITY.md). nvcc is slow, so CUDA builds keep it.
+    if not os.environ.get("nvcc_path"):
+        os.environ.setdefault("use_parallel_op_compiler", "0")
     import jittor
+    from jittor_utils.lock import lock_path
 
+    # Under the record lock Jittor's compiles hold, so no kernel being written is taken for one.
+    with open(lock_path, "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        dropped = drop_truncated_kernels(os.path.join(jittor.flags.cache_path, "jit"))
+    if dropped:
+        log.warning("dropped %d truncated Jittor kernels (recompiled on use)", len(dropped))
     return jittor
+
+
+def drop_truncated_kernels(jit_dir: str) -> list[str]:
+    """Remove compiled kernels whose ELF file ends before its section table (a compile that was
+    killed or ran out of disk), with their ``.key``: Jittor trusts the key and would fail to load
+    the file in every later run. Returns the removed paths."""
+    dropped = []
+    try:
+        entries = [e for e in os.scandir(jit_dir) if e.name.endswith(".so")]
+    except OSError:
+        return dropped
+    for e in entries:
+        try:
+            with open(e.path, "rb") as f:
+                head = f.read(64)
+            size = e.stat().st_size
+        except OSError:
+            continue
+        if len(head) == 64 and head[:4] == b"\x7fELF":
+            shoff = int.from_bytes(head[0x28:0x30], "little")
+            entsize = int.from_bytes(head[0x3A:0x3C], "little")
+            count = int.from_bytes(head[0x3C:0x3E], "little")
+            if shoff + entsize * count <= size:
+                continue
+        for path in (e.path, e.path + ".key"):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        dropped.append(e.path)
+    return dropped
 
 
 def jittor(device: str | None = None):

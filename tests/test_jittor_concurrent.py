@@ -114,3 +114,38 @@ def test_installed_jittor_is_patched():
     assert jittor_concurrent.is_patched(jittor_concurrent.site_dir()), (
         "run bash scripts/setup.sh (or python scripts/jittor_concurrent.py)"
     )
+
+
+# Jittor's kernel cache inside one process: a kernel whose file was cut short (a killed compile,
+# a full disk) keeps its .key, so Jittor would load the short file in every later run.
+
+
+def test_truncated_kernels_are_dropped_with_their_keys(tmp_path):
+    import _ctypes  # an extension module: a real shared object to cut short
+
+    from models.runtime import drop_truncated_kernels
+
+    whole = Path(_ctypes.__file__).read_bytes()
+    kernels = {"whole": whole, "half": whole[: len(whole) // 2], "stub": whole[:10], "empty": b""}
+    for name, data in kernels.items():
+        (tmp_path / f"{name}_op.so").write_bytes(data)
+        (tmp_path / f"{name}_op.so.key").write_text("cmd\n")
+    (tmp_path / "whole_op.cc").write_text("// source")
+    dropped = drop_truncated_kernels(str(tmp_path))
+    assert sorted(Path(p).name for p in dropped) == ["empty_op.so", "half_op.so", "stub_op.so"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "whole_op.cc",
+        "whole_op.so",
+        "whole_op.so.key",
+    ]
+    assert drop_truncated_kernels(str(tmp_path / "missing")) == []
+
+
+def test_cpu_jittor_compiles_kernels_in_the_calling_thread():
+    # Jittor's parallel op compiler is where a cold run died loading a truncated kernel.
+    from models.runtime import jittor
+
+    jt = jittor()
+    if jt.flags.use_cuda:
+        pytest.skip("CUDA builds keep the parallel compiler (nvcc is slow)")
+    assert jt.flags.use_parallel_op_compiler == 0

@@ -67,7 +67,7 @@ def _import_jittor(cpu_only: bool):
 
         jittor_utils.LOG._log = _jittor_log
     # On the CPU Jittor's parallel op compiler (8 threads on 2 cores here) is no faster than
-    # compiling in the calling thread (57 s against 78 s for a cold test file), and one of seven
+    # compiling in the calling thread (57 s against 78 s for a cold test file), and one of eight
     # cold runs under load, and one CI run, died in it loading a truncated kernel
     # (docs/RELIABILITY.md). nvcc is slow, so CUDA builds keep it.
     if not os.environ.get("nvcc_path"):

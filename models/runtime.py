@@ -66,10 +66,10 @@ def _import_jittor(cpu_only: bool):
         import jittor_utils
 
         jittor_utils.LOG._log = _jittor_log
-    # On the CPU Jittor's parallel op compiler (8 threads on 2 cores here) is no faster than
-    # compiling in the calling thread (57 s against 78 s for a cold test file), and one of eight
-    # cold runs under load, and one CI run, died in it loading a truncated kernel
-    # (docs/RELIABILITY.md). nvcc is slow, so CUDA builds keep it.
+    # On the CPU, compile kernels in the calling thread: Jittor's parallel op compiler (8 threads
+    # on 2 cores here) saves little (a cold run of two test files: 57 s, not 78 s), and a CI run
+    # and one of eight cold runs under load died in it on a truncated kernel (docs/RELIABILITY.md).
+    # nvcc is slow, so CUDA builds keep it.
     if not os.environ.get("nvcc_path"):
         os.environ.setdefault("use_parallel_op_compiler", "0")
     import jittor

@@ -78,6 +78,7 @@ def test_predicted_interval_covers_the_measured_board(tmp_path, weights, seed, u
     board = measured_top1(data, tmp_path / "out" / "result.txt")
     truth = (data / "test_labels.txt").read_text().splitlines()
     unseen_share = sum(line.split()[1] in {"22", "23", "24", "25"} for line in truth) / len(truth)
+    print(f"predicted {p['value']:.3f} [{p['low']:.3f}, {p['high']:.3f}], measured {board:.3f}")
     if unseen_per_class:
         assert 0.28 <= unseen_share <= 0.32
     assert p["low"] <= board <= p["high"], (p, board, record["unseen_share"])

@@ -215,7 +215,7 @@ def cmd_selection(args) -> list[dict]:
     for seed in range(args.seed, args.seed + args.boards):
         p = board_problem(
             args.domains, val_per_class=args.val_per_class, n=args.n, share=args.share,
-            expert_domain=args.expert_domain, seed=seed,
+            expert_domain=args.expert_domain, seed=seed, spread=args.spread,
         )  # fmt: skip
         t = time.perf_counter()
         share = routed_share(p, start, settings)
@@ -372,6 +372,7 @@ def main() -> None:
     ap.add_argument("--domains", default=BOARD_B, help="selection: name:classes,... (last unseen)")
     ap.add_argument("--expert-domain", default="Thu-dog", help="selection: the expert's domain")
     ap.add_argument("--share", type=float, default=0.28, help="selection: unseen test share")
+    ap.add_argument("--spread", type=float, default=1.5, help="selection: image scatter")
     ap.add_argument("--val-per-class", type=int, default=20, help="selection")
     ap.add_argument("--boards", type=int, default=1, help="selection: seeds from --seed")
     ap.add_argument("--settings", help="selection: a settings YAML file (default: defaults)")

@@ -39,11 +39,13 @@ def board_problem(
     expert_domain: str = "Thu-dog",
     seed: int = 0,
     d: int = D,
+    spread: float = 1.5,
 ) -> dict[str, Any]:
     """A board-shaped problem: ``domains`` as "name:classes,..." (the last one unseen), features
     of two backbones in the views orig, flip and aug (perturbed copies), the prompt sets bare
     and templates, and expert logits (a prototype classifier on sharper features; on the
-    validation rows only for the expert's classes, as train.py knows them)."""
+    validation rows only for the expert's classes, as train.py knows them). ``spread``: the
+    images' scatter around their class centre (larger is harder)."""
     doms = [(x.split(":")[0], int(x.split(":")[1])) for x in domains.split(",")]
     dom = np.concatenate([[name] * k for name, k in doms]).astype(object)
     C = dom.size
@@ -65,7 +67,7 @@ def board_problem(
     }
     text: dict[str, dict[str, np.ndarray]] = {"bare": {}, "templates": {}}
     for i, b in enumerate(("vit", "rn")):
-        X, text["templates"][b] = planted(y_all, C, seed * 10 + i, d)
+        X, text["templates"][b] = planted(y_all, C, seed * 10 + i, d, spread=spread)
         text["bare"][b] = planted(y_all[:1], C, seed * 10 + i, d, text_noise=2.4)[1]
         for view, noise in (("orig", 0.0), ("flip", 0.4), ("aug", 0.8)):
             Xv = unit(X + noise * rng.normal(size=X.shape) / np.sqrt(d))

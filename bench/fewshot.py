@@ -218,7 +218,7 @@ def cmd_selection(args) -> list[dict]:
             expert_domain=args.expert_domain, seed=seed, spread=args.spread,
         )  # fmt: skip
         t = time.perf_counter()
-        share = routed_share(p, start, settings)
+        share = args.val_share or routed_share(p, start, settings)
         t_share = time.perf_counter() - t
         result = Search(validation_data(p), settings, share, args.n, seed).search()
         t_search = time.perf_counter() - t - t_share
@@ -228,7 +228,7 @@ def cmd_selection(args) -> list[dict]:
         t_board = time.perf_counter() - t
         changed = {k: v for k, v in result["choice"].items() if v != getattr(start, k)}
         rows.append({
-            "seed": seed, "unseen share": f"{args.share:.2f}, routed {share:.2f}",
+            "seed": seed, "unseen share": f"{args.share:.2f}, batches {share:.2f}",
             "chosen (vs the challenge's)": ", ".join(f"{k}={v}" for k, v in changed.items()) or "-",
             "predicted": f"{pred['value']:.3f} [{pred['low']:.3f}, {pred['high']:.3f}]",
             "board": board, "covered": pred["low"] <= board <= pred["high"],
@@ -373,6 +373,7 @@ def main() -> None:
     ap.add_argument("--expert-domain", default="Thu-dog", help="selection: the expert's domain")
     ap.add_argument("--share", type=float, default=0.28, help="selection: unseen test share")
     ap.add_argument("--spread", type=float, default=1.5, help="selection: image scatter")
+    ap.add_argument("--val-share", type=float, help="selection: batches' share (default: routed)")
     ap.add_argument("--val-per-class", type=int, default=20, help="selection")
     ap.add_argument("--boards", type=int, default=1, help="selection: seeds from --seed")
     ap.add_argument("--settings", help="selection: a settings YAML file (default: defaults)")

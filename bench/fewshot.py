@@ -218,7 +218,7 @@ def cmd_selection(args) -> list[dict]:
             expert_domain=args.expert_domain, seed=seed, spread=args.spread,
         )  # fmt: skip
         t = time.perf_counter()
-        share = args.val_share or routed_share(p, start, settings)
+        share = routed_share(p, start, settings) if args.val_share is None else args.val_share
         t_share = time.perf_counter() - t
         result = Search(validation_data(p), settings, share, args.n, seed).search()
         t_search = time.perf_counter() - t - t_share

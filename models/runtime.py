@@ -13,6 +13,7 @@ import ctypes
 import fcntl
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,7 @@ def drop_truncated_kernels(jit_dir: str) -> list[str]:
             if shoff + entsize * count <= size:
                 continue
         for path in (e.path, e.path + ".key"):
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
+            Path(path).unlink(missing_ok=True)
         dropped.append(e.path)
     return dropped
 

@@ -1,11 +1,7 @@
-"""Seeded, fixed-shape mini-batches over precomputed feature views, and the AdamW loop of
-Tip-Adapter-F and AMU over them.
-
-The official trainers re-encode freshly augmented images every epoch. Over cached features the
-equivalent is a stack of augmented views [V, N, d]: epoch e uses view e mod V. Batches follow a
-seeded permutation (torch's DataLoader(shuffle=True), drop_last=False). The short last batch is
-padded with real rows that get zero loss weight, so every step has the same shapes (one Jittor
-compile) and padded rows stay finite through z-scoring.
+"""Seeded, fixed-shape mini-batches over precomputed feature views (epoch e uses view e mod V), and
+the AdamW loop of Tip-Adapter-F and AMU over them (docs/METHODS.md, 'Tip-Adapter / Tip-Adapter-F').
+The short last batch is padded with real rows of zero loss weight, so every step has one shape
+(one Jittor compile) and padded rows stay finite through z-scoring.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
 """AMU-Tuning (Tang et al., CVPR 2024). Official code: TJU-sjyj/AMU-Tuning (clip/amu.py, train.py).
 
-An auxiliary feature extractor (MoCo-v3 in the paper; ConvNeXt-V2 in this project; any width)
-feeds a linear probe whose z-scored logits are added to zero-shot CLIP:
-
-    clip = 100 x_clip @ T                      (x_clip, x_aux: rows L2-normalised)
-    aux  = zscore_row(x_aux @ W^T)             zscore: (v - mean) / std, std with Bessel's n-1
-    logits = clip + factor(clip) * alpha * aux
-    loss = lambda * CE(logits, y) + (1 - lambda) * CE(aux, y)
-
-W [C, d_aux] starts at the per-class sum of the (view-averaged, L2-normalised) auxiliary training
-features divided by N / C (the per-class mean for a balanced few-shot set). Only W trains: AdamW
-lr 1e-3, weight decay 0.01, eps 1e-4, cosine schedule per step, batch 8, 50 epochs (run.sh).
-factor: 'none' -> 1 (what the released run.sh runs); 'moment' -> 1 / (kurtosis / 250)^power with
-the kurtosis of softmax(clip) over classes (the paper's uncertainty-based fusion).
-
-Deviation: the official script keeps the epoch with the best TEST accuracy; here the epoch is
-chosen on the validation features given to ``fit`` (the last epoch without them). Outputs are
-float32 numpy arrays; training is deterministic for a seed (seeded batch order, no random init).
+The fusion, the probe's init and training, the defaults and the deviation (the epoch is chosen on
+validation, not test, features): docs/METHODS.md, 'AMU-Tuning'.
 """
 
 from __future__ import annotations
@@ -92,8 +77,7 @@ def _uncertainty(clip_logits, kind: str, power: float):
 
 @forward_only
 def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) -> np.ndarray:
-    """Fusion factor [n, 1] from CLIP logits [n, C] (module docstring; 'none': ones). Peaked
-    predictions get a small factor; an exactly uniform p gives 0/0 (NaN), as officially."""
+    """Fusion factor [n, 1] from CLIP logits [n, C] ('none': ones; 'moment': docs/METHODS.md)."""
     lv = as_var(clip_logits, "clip logits", ndim=2)
     f = _uncertainty(lv, kind, power)
     if kind == "none":
@@ -103,8 +87,8 @@ def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) ->
 
 @forward_only
 def init_aux_weight(aux_features, labels, num_classes: int) -> np.ndarray:
-    """Probe weight [C, d_aux] from raw features [views, N, d_aux] or [N, d_aux] (module
-    docstring; official ``Linear_Adapter`` init, rows normalised as ``load_aux_weight`` does)."""
+    """Probe weight [C, d_aux] from raw features [views, N, d_aux] or [N, d_aux] (official
+    ``Linear_Adapter`` init, rows normalised as ``load_aux_weight`` does)."""
     j = jt()
     v = as_views(aux_features, "aux features")
     f = l2_normalize(v.mean(dim=0), dim=1)

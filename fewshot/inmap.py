@@ -1,22 +1,8 @@
 """InMaP (Qian, Xu & Hu, NeurIPS 2023): transductive vision proxies from unlabelled test features.
 
-Official algorithm (idstcv/InMaP, main.py), default here:
-
-1. text logits ``X @ T``; pseudo-labels by Sinkhorn with temperature tau_t (class marginal
-   uniform, or colsum^gamma when gamma > 0);
-2. rows of the pseudo-labels whose maximum exceeds alpha become one-hot (once);
-3. starting from W = T, ``iters`` steps of gradient descent on the cross-entropy of
-   softmax(X W / tau_i) against the pseudo-labels: G = X^T P - X^T Y, the step lr / (n tau_i),
-   lr halved whenever ||G||_F grows, columns of W L2-normalised after every step.
-
-``inmap_challenge`` is the challenge solution's variant, which this project follows
-(docs/METHODS.md): pseudo-labels softmax((X @ softmax(T over classes)) / tau_t), no Sinkhorn on
-them; proxies from W = T with tau_i = 1, 20 steps, no hard labels (alpha 1), no column
-normalisation, lr halved on the first step; then Sinkhorn (100 iterations) on X @ W1 and a second
-proxy pass that starts from W1 (the original updated its text classifier in place), lr reset.
-
-Every loop runs in Jittor with fixed shapes; the lr-halving decision stays on the device (a
-ternary on the norm comparison), so no scalar travels to the host per iteration.
+Official code: idstcv/InMaP, main.py (``inmap``); ``inmap_challenge`` is the challenge solution's
+variant, which this project follows. Both algorithms and the numerics (log-domain Sinkhorn, the
+lr halving decided on the device): docs/METHODS.md, 'InMaP'.
 """
 
 from __future__ import annotations
@@ -202,8 +188,7 @@ def inmap_challenge(
     tau_i: float = CHALLENGE.tau_i,
     alpha: float = CHALLENGE.alpha,
 ) -> np.ndarray:
-    """The challenge solution's InMaP variant (module docstring). Returns the second pass's
-    proxies W [d, C]."""
+    """The challenge solution's InMaP variant: the second pass's proxies W [d, C]."""
     Xv, Tv = _check_xt(X, T)
     Y0 = softmax((Xv @ softmax(Tv, dim=1)) / tau_t, dim=1)
     W1, _ = _proxy_descent(Xv, Tv, Y0, lr, iters_proxy, tau_i, alpha, False, True)

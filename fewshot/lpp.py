@@ -1,26 +1,8 @@
 """LP++ (Huang, Shakeri, Dolz, Boudiaf, Bekkouch & Ben Ayed, CVPR 2024): a strong linear probe.
 
-Official code: FereshteShakeri/FewShot-CLIP-Strong-Baseline, methods/linear_probe_p2.py.
-
-    logits = F W^T + b + alpha (.) (F @ T)          alpha: one weight per class, text logits F @ T
-
-* W starts at the per-class SUM of the training features (``compute_centroids``), b at 0 here;
-* step sizes from the data: lr_W = 4N / lambda_max(F^T F), alpha0 = 250 * mean over classes of the
-  own-class text logit averaged over that class's images, lr_alpha = N / (4 max_k sum_i (F@T)_ik^2);
-* full-batch cross-entropy, 300 epochs, SGD with momentum 0.9 on (W, b), no schedule, no decay;
-* every 10th epoch alpha -= lr_alpha * alpha.grad, where alpha.grad is never zeroed in the
-  official code: it is the SUM of the gradients of every epoch so far;
-* the epoch with the best validation accuracy is kept (ties: the later epoch, as ``>=`` there).
-
-Deviations, both explicit: the bias starts at zero (``bias_init="zero"``; the official nn.Linear
-draws it from U(-1/sqrt(d), 1/sqrt(d)), available as ``bias_init="uniform"``), and the best epoch is
-chosen on the validation features given to ``fit`` (the official script reports the test accuracy
-at the best validation epoch; nothing here ever sees test labels). Computation in float32 (the
-official probe runs in the CLIP model's dtype, fp16 on GPU).
-
-``CHALLENGE``: the challenge solution (few_lp.py, train.sh; docs/METHODS.md). Gradients are the
-closed forms (G = (softmax - onehot) / N; dW = G^T F, db = sum_i G, dalpha = sum_i G (.) F@T),
-computed in Jittor without an autograd graph.
+Official code: FereshteShakeri/FewShot-CLIP-Strong-Baseline, methods/linear_probe_p2.py. The
+updates, the defaults, ``CHALLENGE`` (the challenge solution's few_lp.py) and the deviations (zero
+bias init, float32 throughout): docs/METHODS.md, 'LP++'.
 """
 
 from __future__ import annotations
@@ -31,15 +13,7 @@ from typing import Any
 import numpy as np
 
 from fewshot._optim import SGDMomentum, cosine_lr, jittor_cosine_lr
-from fewshot._tensor import (
-    as_labels,
-    as_numpy,
-    as_var,
-    forward_only,
-    jt,
-    one_hot,
-    row_softmax,
-)
+from fewshot._tensor import as_labels, as_numpy, as_var, forward_only, jt, one_hot, row_softmax
 
 
 @dataclass(frozen=True)
@@ -74,9 +48,8 @@ _STATE = ("weight", "bias", "alpha", "text")
 def lpp_init(
     F, y, T, alpha_scale: float = OFFICIAL.alpha_scale, lr_w_scale: float = OFFICIAL.lr_w_scale
 ) -> dict[str, Any]:
-    """LP++'s data-driven initialisation (module docstring): W0 [C, d], alpha0, lr_w, lr_alpha.
-    alpha0's mean runs over the classes that have training images (per class: the mean own-class
-    text logit of its images), not over all C x C class-mean logits."""
+    """LP++'s data-driven initialisation (docs/METHODS.md, 'LP++'): W0 [C, d], alpha0, lr_w,
+    lr_alpha."""
     j = jt()
     Fv = as_var(F, "F (train features [N, d])", ndim=2)
     Tv = as_var(T, "T (text classifier [d, C])", ndim=2)

@@ -1,12 +1,5 @@
-"""Prompt templates and class-name cleaning for the zero-shot text classifier.
-
-Template sets (docs/METHODS.md): ``single`` (CLIP's default prompt), ``ensemble7`` (the CLIP
-ImageNet notebook's 7, as InMaP), ``domain`` (by challenge domain prefix), ``challenge`` (the
-challenge solution's stage-2 prompts, test.py and few_lp.py, no final full stop), ``bare`` (its
-stage-1 text: the name after the domain prefix, underscores kept), ``descriptions`` (a JSON file
-{class name: [sentence, ...]}). ``name_edits``: raw class-list name -> the raw name its prompts use
-(the challenge solution renamed "Audi_R8_Coupe_2012" to "Audi_R8_Coupe_2012_Exotic_Premium").
-"""
+"""Prompt templates and class-name cleaning for the zero-shot text classifier (the template sets
+and ``name_edits``: docs/METHODS.md, 'Zero-shot classifier')."""
 
 from __future__ import annotations
 

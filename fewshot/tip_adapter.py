@@ -1,21 +1,7 @@
 """Tip-Adapter and Tip-Adapter-F (Zhang et al., ECCV 2022). Official code: gaopengcuhk/Tip-Adapter.
 
-A key-value cache of the few-shot training set next to zero-shot CLIP:
-
-    keys K [NK, d]   = L2-normalise(mean over augmented views of the raw image features)
-    values L [NK, C] = one-hot labels
-    logits = 100 X @ T + alpha * exp(-beta (1 - X K^T)) @ L
-
-beta sets the sharpness of the affinities, alpha the weight of the cache. Tip-Adapter-F makes the
-keys learnable (a Linear(d, NK) initialised with K) and trains them with cross-entropy on the
-logits (AdamW lr 1e-3, eps 1e-4, torch's default weight decay 0.01, cosine schedule per step, 20
-epochs, batch 256, init beta/alpha fixed), then both variants grid-search beta and alpha on
-validation features: beta_i = 0.1 + i (s0 - 0.1) / n0, alpha_j = 0.1 + j (s1 - 0.1) / n1 for
-i < n0, j < n1; the first strictly best (beta outer, alpha inner) wins.
-
-Deviation: the official Tip-Adapter-F keeps the epoch with the best TEST accuracy; here the epoch is
-chosen on the validation features passed to ``fit`` (the last epoch without them). Keys here are
-rows ([NK, d]); the official stores their transpose. Outputs are float32 numpy arrays.
+The cache, the training, the (beta, alpha) search, the defaults and the deviation (the epoch is
+chosen on validation, not test, features): docs/METHODS.md, 'Tip-Adapter / Tip-Adapter-F'.
 """
 
 from __future__ import annotations

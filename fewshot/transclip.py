@@ -1,19 +1,8 @@
 """TransCLIP (Zanella, Gérin & Ben Ayed, NeurIPS 2024): transduction over zero- or few-shot CLIP.
 
 Official code: MaxZanella/transduction-for-vlms, TransCLIP_solver/TransCLIP.py and
-TransCLIP_utils.py. A Gaussian mixture over the unlabelled images (unit-norm means mu_k, ONE
-diagonal covariance shared by all classes), a cosine kNN graph W (each image's k nearest other
-images; each shot a node with fixed one-hot z and its k nearest images), initial predictions y_hat:
-
-    z_i  ∝ y_hat_i^lambda * exp( (log N(x_i; mu, Sigma) + (t / 2k) sum_j (W_ij + W_ji) z_j) / t )
-    mu_k ∝ (1/n) sum_i z_ik x_i + (gamma t / s) sum_{shots j of class k} x_j      (unit norm)
-    Sigma = [(1/n) sum_ik z_ik (x_i - mu_k)^2 + (gamma t / s) sum_j (x_j - mu_{y_j})^2]
-            / [(1/n) sum_ik z_ik + gamma t]                       (per dimension; t = 50)
-
-Defaults: ``TransCLIPConfig``. Where the released code is not the method (the few-shot graph's
-row order, a shot's nearest image, the class count, shotless classes, gamma's selection, ``init``
-kept as the anchor), the method is implemented: docs/METHODS.md (TransCLIP) gives each deviation
-and the numerics (no [n, C, d] tensor, z normalised in the log domain, variance floor, kNN blocks).
+TransCLIP_utils.py. The updates, the defaults, where the released code is not the method (and is
+not followed) and the numerics: docs/METHODS.md, 'TransCLIP'.
 """
 
 from __future__ import annotations

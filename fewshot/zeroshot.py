@@ -1,9 +1,6 @@
-"""Zero-shot CLIP text classifier T [d, C]: column c is the L2-normalised mean of the
-L2-normalised embeddings of class c's prompts (CLIP's notebook); zero-shot logits ``100 X @ T``.
-
-The model is duck-typed (``encode_text(tokens) -> jt.Var [n, d]``); ``tokenize`` defaults to
-models.clip.tokenize, imported when needed. Prompts are encoded in fixed-size batches (the last one
-padded by repeating rows), so the text tower compiles for one batch shape.
+"""Zero-shot CLIP text classifier T [d, C] and logits ``100 X @ T``: docs/METHODS.md, 'Zero-shot
+classifier'. Prompts are encoded in fixed-size batches (the last one padded by repeating rows), so
+the text tower compiles for one batch shape.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def np_knn_rows(sim, k):
 
 
 def np_transclip(X, T, shots=None, gamma=0.0, lam=1.0, iters=10, k=3, init=None):
-    """The method's updates as written in fewshot/transclip.py's docstring, float64, dense."""
+    """The method's updates as written in docs/METHODS.md (TransCLIP), float64, dense."""
     t, inner = 50.0, 5
     X = X.astype(np.float64)
     n, d = X.shape

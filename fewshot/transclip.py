@@ -102,24 +102,7 @@ def _knn(rows: np.ndarray, pool, k: int, exclude_self: bool, chunk: Optional[int
     return j.concat(idx, dim=0), j.concat(w, dim=0)
 
 
-@forward_only
-def knn_graph(features, k: int = OFFICIAL.neighbors, pool=None, chunk: Optional[int] = None):
-    """Cosine kNN affinity (indices int64 [r, k], weights [r, k]), best first, of L2-normalised
-    features: among the other rows, or among the rows of `pool` (a shot's among the images)."""
-    F = as_numpy(features)
-    if F.ndim != 2:
-        raise ValueError(f"features must be [r, d], got shape {F.shape}")
-    Pv = as_var(F if pool is None else pool, "pool", ndim=2)
-    if Pv.shape[1] != F.shape[1]:
-        raise ValueError(f"pool has d={Pv.shape[1]} but features have d={F.shape[1]}")
-    avail = Pv.shape[0] - (1 if pool is None else 0)
-    if not 1 <= k <= avail:
-        raise ValueError(f"k={k} neighbours need 1 <= k <= {avail} candidate rows")
-    i, v = _knn(F, Pv, k, pool is None, chunk)
-    return as_numpy(i, np.int64), as_numpy(v)
-
-
-def _start_means(X, P, shots, m: int):
+def _start_means(X, P, shots, m: int = OFFICIAL.n_confident):
     """(mu0, per-class shot sums or None) [C, d]: a class with shots starts at its normalised shot
     sum (official few-shot init), any other at the normalised sum of its m rows with the largest
     P[:, c], weighted by P (official zero-shot init; unweighted where all are 0, officially 0/0)."""
@@ -197,7 +180,7 @@ def _prepare(Xn: np.ndarray, Tv, yhat, shots, k: int, chunk) -> _Problem:
     idx_m = [idx[:, m] for m in range(k)]
     w_m = [w[:, m].unsqueeze(1) for m in range(k)]
     csr = _symmetric_csr(as_numpy(idx, np.int64), as_numpy(w))
-    mu0, shot_sum = _start_means(X, yhat, shots, OFFICIAL.n_confident)
+    mu0, shot_sum = _start_means(X, yhat, shots)
     shot_term = Sv = lab = None
     if shots is not None:
         Sn, labels = shots
@@ -389,17 +372,3 @@ def choose_gamma(
         acc[float(g)] = float((z[n:].argmax(axis=1) == v_lab).mean())
     best = max(acc, key=lambda g: (acc[g], -list(acc).index(g)))
     return best, acc
-
-
-@forward_only
-def initial_means(
-    query, probs, support=None, n_confident: int = OFFICIAL.n_confident
-) -> np.ndarray:
-    """The starting class means [C, d]: a class's normalised shot sum, or for a class without
-    shots its n_confident most probable query images' sum weighted by probs (unit rows)."""
-    Xv = as_var(query, "query", ndim=2)
-    Pv = as_var(probs, "probs", ndim=2)
-    if Pv.shape[0] != Xv.shape[0]:
-        raise ValueError(f"probs has {Pv.shape[0]} rows but query has {Xv.shape[0]}")
-    shots = None if support is None else _labelled(support, "support", Xv.shape[1], Pv.shape[1])
-    return as_numpy(_start_means(Xv, Pv, shots, n_confident)[0])

@@ -128,22 +128,29 @@ def agree(a, b):
 # ---- the kNN graph ----
 
 
+def knn(rows, pool=None, chunk=None):
+    """The 3 nearest neighbours (indices, cosines) of each of rows among the other rows, or among
+    the rows of pool (a shot's among the images)."""
+    Pv = jt().array(rows if pool is None else pool)
+    return tuple(a.numpy() for a in TC._knn(rows, Pv, 3, pool is None, chunk))
+
+
 def test_knn_graph_matches_brute_force_excludes_self_and_chunks_alike():
     X = P.X_test.copy()
     X[1] = X[0]  # a duplicate: row 0's best neighbour is row 1 (cosine 1), never row 0 itself
-    idx, w = TC.knn_graph(X, k=3)
+    idx, w = knn(X)
     sim = X.astype(np.float64) @ X.T.astype(np.float64)
     np.fill_diagonal(sim, -np.inf)
     top = np.argsort(-sim, axis=1, kind="stable")[:, :3]
-    assert idx.shape == (len(X), 3) and idx.dtype == np.int64 and w.dtype == np.float32
+    assert idx.shape == (len(X), 3) and w.dtype == np.float32
     assert idx[0, 0] == 1 and idx[1, 0] == 0 and (idx != np.arange(len(X))[:, None]).all()
     np.testing.assert_array_equal(idx, top)
     np.testing.assert_allclose(w, np.take_along_axis(sim, top, 1), atol=1e-6)
-    idx7, w7 = TC.knn_graph(X, k=3, chunk=37)  # 11 blocks, the last one padded
+    idx7, w7 = knn(X, chunk=37)  # 11 blocks, the last one padded
     np.testing.assert_array_equal(idx7, idx)
     np.testing.assert_allclose(w7, w, atol=1e-6)
     # A shot's neighbours among the images: its k nearest, the nearest included.
-    si, sw = TC.knn_graph(P.X_train, k=3, pool=P.X_test)
+    si, sw = knn(P.X_train, pool=P.X_test)
     ssim = P.X_train.astype(np.float64) @ P.X_test.T.astype(np.float64)
     np.testing.assert_array_equal(si, np.argsort(-ssim, axis=1, kind="stable")[:, :3])
     np.testing.assert_allclose(sw, np.sort(ssim, axis=1)[:, ::-1][:, :3], atol=1e-6)
@@ -204,7 +211,8 @@ def test_given_init_is_a_fixed_anchor():
 def test_classes_without_shots_start_from_their_most_confident_images():
     shots = shots_without(SHOTLESS)
     clip = np_softmax(100.0 * P.X_test.astype(np.float64) @ P.T)
-    mu = TC.initial_means(P.X_test, clip.astype(np.float32), shots)
+    mu = TC._start_means(jt().array(P.X_test), jt().array(clip.astype(np.float32)), shots)[0]
+    mu = mu.numpy()
     for c in SHOTLESS:  # the 8 most confident images, weighted by their probability
         top = np.argsort(-clip[:, c])[:8]
         want = (clip[top, c, None] * P.X_test[top]).sum(0)

@@ -36,21 +36,16 @@ def _leaves(params: list) -> list:
 
 
 class AdamW:
-    """torch.optim.AdamW (amsgrad off): decoupled decay, then Adam with torch's eps placement.
+    """torch.optim.AdamW (amsgrad off, torch's default betas 0.9, 0.999): decoupled decay, then
+    Adam with torch's eps placement.
 
     p <- p (1 - lr wd);  m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
 
-    def __init__(
-        self,
-        params: Sequence,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-    ) -> None:
+    def __init__(self, params: Sequence, eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         j = jt()
-        self.b1, self.b2 = betas
+        self.b1, self.b2 = 0.9, 0.999
         self.eps = eps
         self.wd = weight_decay
         self.t = 0

@@ -14,12 +14,6 @@ from fewshot._tensor import as_numpy, as_var, forward_only, jt, l2_normalize
 from fewshot.templates import class_prompts
 
 
-def _default_tokenize() -> Callable[[list[str]], np.ndarray]:
-    from models.clip import tokenize
-
-    return tokenize
-
-
 def encode_prompts(
     model: Any,
     prompts: Sequence[str],
@@ -28,7 +22,8 @@ def encode_prompts(
 ) -> np.ndarray:
     """L2-normalised text embeddings [P, d] of the prompts, encoded in batches of batch_size."""
     j = jt()
-    tokenize = tokenize or _default_tokenize()
+    if tokenize is None:
+        from models.clip import tokenize
     P = len(prompts)
     if P == 0:
         raise ValueError("no prompt to encode")

@@ -17,8 +17,7 @@ from fewshot._tensor import as_labels, as_numpy, as_var, forward_only, jt, one_h
 
 @dataclass(frozen=True)
 class TransCLIPConfig:
-    """The official hyperparameters (names of TransCLIP.py, TransCLIP_utils.py); the variances
-    start at 1/d (std_init). iters, neighbors, lambda_, gammas can be set per call."""
+    """The official hyperparameters (names of TransCLIP.py, TransCLIP_utils.py; docs/METHODS.md)."""
 
     iters: int = 10  # max_iter: rounds of z passes, mu, Sigma (new mu); a last z pass after them
     inner_iters: int = 5  # update_z max_iter: z passes per outer iteration

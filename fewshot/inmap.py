@@ -70,9 +70,8 @@ def sinkhorn(
     gamma: float = OFFICIAL.gamma,
     iters: int = OFFICIAL.iters_sinkhorn,
 ) -> np.ndarray:
-    """Pseudo-labels [n, C] (rows sum to 1) from logits M [n, C] by Sinkhorn scaling (InMaP's
-    main.py): P = softmax(M / tau_t) / n, class marginal q = 1/C, or with gamma > 0 colsum(P)^gamma
-    normalised (once); each iteration scales columns to q, then rows to 1/n. Returns P * n."""
+    """Pseudo-labels [n, C] (rows sum to 1) from logits M [n, C] by InMaP's Sinkhorn scaling
+    (docs/METHODS.md, 'InMaP', step 1)."""
     Mv = as_var(M, "M", ndim=2)
     return as_numpy(_sinkhorn(Mv, tau_t, gamma, iters))
 
@@ -94,12 +93,9 @@ def hard_labels(Y, alpha: float = OFFICIAL.alpha) -> np.ndarray:
 
 def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_first: bool):
     """Gradient descent on the proxies; jt.Var in, (W jt.Var, number of lr halvings) out.
-
-    halve_first: the challenge solution starts its previous-norm tracker at -100, so the first
-    comparison always succeeds and lr is halved before the first step; the official one starts at
-    +inf. The halving count lives on the device as a factor 2^-k, so the step scale
-    (lr / (n tau_i)) * 2^-k is the same float32 number torch computes from its Python lr.
-    """
+    halve_first: lr halved before the first step, as in the challenge solution (its previous-norm
+    tracker starts at -100; the official one at +inf). The halving count stays on the device as a
+    factor 2^-k: docs/METHODS.md, 'InMaP'."""
     j = jt()
     n = X.shape[0]
     Yh = _hard_labels(Y, alpha)

@@ -27,10 +27,8 @@ def as_views(x, name: str):
 def epoch_batches(
     n: int, batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (indices [B] int32, weights [B] float32) for one shuffled epoch over n rows.
-
-    B = min(batch_size, n) for every batch; weights are 1/len(real rows) on real rows, 0 on padding.
-    """
+    """Yield (indices [B] int32, weights [B] float32) for one shuffled epoch over n rows, with
+    B = min(batch_size, n) for every batch; weights 1/len(real rows) on real rows, 0 on padding."""
     bs = min(batch_size, n)
     order = rng.permutation(n)
     for start in range(0, n, bs):

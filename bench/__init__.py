@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -117,20 +117,6 @@ class GpuMemory:
             self._log.close()
 
 
-def timed_calls(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None):
-    """One untimed call (Jittor compiles its kernels), then ``repeats`` timed calls with the
-    peak RSS reset in between. Returns (first call s, [timed s], peak RSS MiB, last output)."""
-    times = []
-    for _ in range(repeats + 1):
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t)
-        if len(times) == 1:
-            reset_peak_rss()
-    return times[0], times[1:], rss_mb(peak=True), out
-
-
 def report(result: dict) -> None:
     """A child process's answer to :func:`run_child`."""
     print("RESULT " + json.dumps(result, default=float), flush=True)
@@ -150,23 +136,17 @@ def run_child(args: Sequence[str]) -> dict:
     return res
 
 
-def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
-    """A Markdown table; floats with 3 significant digits (integers from 100 on)."""
-    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+def table(rows: Sequence[dict]) -> str:
+    """A Markdown table; floats with 3 significant digits (integers from 100 on), NaN as "-"."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "-" if v != v else f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
         return "" if v is None else str(v)
 
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-
-    def line(vals: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(columns), rule] + [line(row) for row in cells])
+    lines = [columns, ["---"] * len(columns)] + [[fmt(r.get(c)) for c in columns] for r in rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

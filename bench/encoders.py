@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +76,25 @@ def _torch(args):
     return call, sync, torch.__version__, f"{dev.type} ({threads})"
 
 
+def timed_calls(fn, repeats: int, sync=lambda: None):
+    """One untimed call (Jittor compiles its kernels), then ``repeats`` timed calls with the
+    peak RSS reset in between. Returns (first call s, [timed s], peak RSS MiB, last output)."""
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        if len(times) == 1:
+            B.reset_peak_rss()
+    return times[0], times[1:], B.rss_mb(peak=True), out
+
+
 def child(args) -> None:
     rss0 = B.rss_mb()
     call, sync, version, dev = (_jittor if args.child == "jittor" else _torch)(args)
     rss_model = B.rss_mb()
-    first, times, peak, out = B.timed_calls(call, args.repeats, sync)
+    first, times, peak, out = timed_calls(call, args.repeats, sync)
     np.save(args.output, out)
     B.report(
         dict(first_s=first, times_s=times, median_s=float(np.median(times)), rss_start_mb=rss0,
@@ -172,7 +187,7 @@ def layouts(repeats: int) -> list[dict]:
     rows = []
     for name, fn in cases.items():
         with jt.no_grad():
-            _, times, _, _ = B.timed_calls(lambda fn=fn: fn().sync(), repeats)
+            _, times, _, _ = timed_calls(lambda fn=fn: fn().sync(), repeats)
         rows.append({"operation": name, "shape": f"[{n},{c},{h},{w}]",
                      "ms": 1000 * float(np.median(times))})  # fmt: skip
     return rows

@@ -6,14 +6,12 @@ with test images n and classes C (docs/METHODS.md, "Speed"; docs/PERFORMANCE.md,
     python -m bench.fewshot growth                    # n 1k..64k, C 403 and 1000: 8 min
     python -m bench.fewshot selection --boards 3      # the validation search at board B's size
 
-``speed``: Jittor (also on CUDA, ``--devices``) against tests/_reference.py's torch restatements
-of the official loops, same process, same planted features (tests/_planted.py), alternating over
-``--repeats``, the best time kept; and how often both predict the same class. ``agree``: each
-method on the CPU and on CUDA (without CUDA twice on the CPU: exactly equal). ``growth``: each
-(n, C) in its own process; InMaP official is computed from Sinkhorn and proxy loops timed at
-``--iters-lo`` and ``--iters-hi`` iterations (``--full-official``: run); fits ``a n^p C^q`` and
-``fixed + k n C``. ``selection``: train.py's validation search on a planted board-shaped problem,
-then the chosen cascade's top-1 on its test set against the predicted interval.
+speed: Jittor (also on CUDA, --devices) against tests/_reference.py's torch loops, same planted
+features (tests/_planted.py), best of --repeats alternating runs, and how often both predict the
+same class. agree: each method on the CPU and on CUDA (without CUDA twice on the CPU: exactly
+equal). growth: each (n, C) in its own process; InMaP official computed from timed Sinkhorn and
+proxy steps (--full-official: run); fits a n^p C^q and fixed + k n C. selection: train.py's
+validation search on a planted board, the chosen cascade's top-1 against the predicted interval.
 """
 
 from __future__ import annotations
@@ -239,6 +237,9 @@ def cmd_selection(args) -> list[dict]:
     return rows
 
 
+GROWTH_ITERS = (5, 25)  # Sinkhorn / proxy steps of the short and the long timed run
+
+
 def _measure(fn, jt, warm: bool = True) -> tuple[float, float]:
     """(seconds, extra peak RSS MiB) of one call, after an untimed warm-up call. Jittor's cached
     memory is released first, so the call is charged for what it allocates."""
@@ -263,7 +264,7 @@ def growth_child(args) -> None:
     from fewshot.transclip import transclip
     from pipeline.cascade import fuse, run_cascade
 
-    n, c, lo, hi = int(args.n), args.child_classes, args.iters_lo, args.iters_hi
+    n, c, (lo, hi) = int(args.n), args.child_classes, GROWTH_ITERS
     rng = np.random.default_rng(0)
     X, T = planted(rng.integers(0, c, n), c, 0)
     X2, T2 = planted(rng.integers(0, c, n), c, 1)  # the second backbone
@@ -336,7 +337,6 @@ def cmd_growth(args) -> tuple[list[dict], dict]:
     for c in [int(v) for v in args.classes.split(",")]:
         for n in [int(v) for v in args.n.split(",")]:
             cmd = ["bench.fewshot", "growth", "--child-classes", str(c), "--n", str(n)]
-            cmd += ["--iters-lo", str(args.iters_lo), "--iters-hi", str(args.iters_hi)]
             res = B.run_child(cmd + ["--full-official"] * args.full_official)
             results.append(res)
             print(f"n={n} C={c}: official {res['InMaP official']:.2f} s"
@@ -366,8 +366,6 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu,cuda", help="speed: Jittor devices (if present)")
     ap.add_argument("--skip-torch", action="store_true", help="speed: Jittor only")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--iters-lo", type=int, default=5, help="growth: short run per iteration")
-    ap.add_argument("--iters-hi", type=int, default=25, help="growth: long run per iteration")
     ap.add_argument("--full-official", action="store_true", help="growth: 2000 steps for real")
     ap.add_argument("--domains", default=BOARD_B, help="selection: name:classes,... (last unseen)")
     ap.add_argument("--expert-domain", default="Thu-dog", help="selection: the expert's domain")

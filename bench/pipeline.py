@@ -6,10 +6,8 @@ class) the extrapolation to the challenge's sizes (docs/PERFORMANCE.md, sections
     python -m bench.pipeline --test-runs 2 --json out/bench/pipeline_subset.json   # CPU: 10 min
     python -m bench.pipeline --full --test-runs 2 --json out/bench/pipeline_full.json  # GPU
 
-The scripts inherit the environment (WORKERS, BATCH_SIZE). Extrapolation: a step that grows with
-the images (classes, expert views) is scaled by the challenge's count over the count here, its
-model loads taken out; feature-level steps are not scaled; the expert gets the dogs' share of the
-test images (random weights route arbitrarily).
+The scripts inherit the environment (WORKERS, BATCH_SIZE). Extrapolation (docs/PERFORMANCE.md,
+section 3): each step that grows with the images, classes or expert views, model loads taken out.
 """
 
 from __future__ import annotations

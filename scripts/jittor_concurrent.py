@@ -3,12 +3,8 @@
     python scripts/jittor_concurrent.py [SITE_PACKAGES_DIR]   # default: the installed jittor's
     python scripts/jittor_concurrent.py --check [DIR]         # exit 1 when the patch is missing
 
-Every ``import jittor`` runs ``jittor_utils.home()``, which rewrites ``~/.cache/jittor/config.json``
-in place, unlocked, when it names another JITTOR_HOME: a process reading it meanwhile dies with a
-JSONDecodeError (measured, and why kernels need no patch: docs/RELIABILITY.md). The patch writes
-a temporary file and renames it over config.json, and reads an unreadable one as empty (as a
-missing one); nothing compiled depends on the file, so no kernel is rebuilt. Machinery and
-conventions: scripts/jittor_cuda13.py (exact texts, a marker, idempotent, others refused: exit 2).
+Why (a process reading config.json while another rewrites it dies with a JSONDecodeError) and
+what the patch does: docs/RELIABILITY.md. Machinery and conventions: scripts/jittor_cuda13.py.
 """
 
 from __future__ import annotations

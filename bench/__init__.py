@@ -163,7 +163,7 @@ def finish(args: argparse.Namespace, rows: list[dict], jt=None, **extra: Any) ->
     where = device(jt) if jt is not None else f"{cpu_name()}; GPUs: {gpu_names() or 'none'}"
     print(f"\n{where}; load average now {load_average()}")
     print(table(rows))
-    if getattr(args, "json", None):
+    if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"info": machine(jt), "args": vars(args), "results": rows, **extra}

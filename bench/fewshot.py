@@ -117,17 +117,16 @@ def cases(args) -> tuple[dict[str, Case], dict]:
             lpp_scores,
         ),
         "Tip-Adapter-F": Case(
-            f"{few}, {args.tip_epochs} epochs, batch {tip.batch_size}",
-            lambda: TA.TipAdapterF(epochs=args.tip_epochs).fit(F, y, T2),
-            lambda: R.torch_tip_f(F, y, T2, K0, L, args.tip_epochs, *tip_cfg),
+            f"{few}, {tip.epochs} epochs, batch {tip.batch_size}",
+            lambda: TA.TipAdapterF().fit(F, y, T2),
+            lambda: R.torch_tip_f(F, y, T2, K0, L, tip.epochs, *tip_cfg),
             lambda: TA.TipAdapterF(epochs=1).fit(F, y, T2),
             tip_scores,
         ),
         "AMU": Case(
-            f"{n} x {D} + {Aux.shape[1]}, C = {c}, {args.amu_epochs} epochs, "
-            f"batch {amu.batch_size}",
-            lambda: A.AMUTuning(epochs=args.amu_epochs).fit(F, Aux, y, T2),
-            lambda: R.torch_amu(F, Aux, y, T2, args.amu_epochs, *amu_cfg),
+            f"{n} x {D} + {Aux.shape[1]}, C = {c}, {amu.epochs} epochs, batch {amu.batch_size}",
+            lambda: A.AMUTuning().fit(F, Aux, y, T2),
+            lambda: R.torch_amu(F, Aux, y, T2, amu.epochs, *amu_cfg),
             lambda: A.AMUTuning(epochs=1).fit(F, Aux, y, T2),
             lambda out: Aux_v @ getattr(out, "W", out).T,
         ),
@@ -359,8 +358,6 @@ def main() -> None:
     ap.add_argument("--lpp-classes", type=int, default=374, help="speed: seen classes")
     ap.add_argument("--shots", type=int, default=4, help="speed: train (and val) images per class")
     ap.add_argument("--epochs", type=int, default=300, help="speed: LP++ epochs")
-    ap.add_argument("--tip-epochs", type=int, default=20, help="speed: Tip-Adapter-F epochs")
-    ap.add_argument("--amu-epochs", type=int, default=50, help="speed: AMU epochs")
     ap.add_argument("--methods", default=METHODS, help="speed: comma list")
     ap.add_argument("--repeats", type=int, default=2, help="speed: the best is reported")
     ap.add_argument("--devices", default="cpu,cuda", help="speed: Jittor devices (if present)")

@@ -101,9 +101,8 @@ def compare(name: str, path: Path, paths: list[str], args) -> dict:
     la, lb = classify(a), classify(b)
     res["top-1 agree %"] = 100 * float((la.argmax(1) == lb.argmax(1)).mean())
     t5a, t5b = np.argsort(-la, 1)[:, :5], np.argsort(-lb, 1)[:, :5]
-    res["top-5 overlap %"] = 100 * float(
-        np.mean([len(set(x) & set(y)) / 5 for x, y in zip(t5a, t5b)])
-    )
+    overlap = [len(set(x) & set(y)) / 5 for x, y in zip(t5a, t5b)]
+    res["top-5 overlap %"] = 100 * float(np.mean(overlap))
     top2 = np.sort(la, 1)[:, -2:]
     res["median top-1 margin"] = float(np.median(top2[:, 1] - top2[:, 0]))
     return res

@@ -64,15 +64,8 @@ def cpu_name() -> str:
     return f"{name or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
 
 
-def device(jt=None) -> str:
-    """Where Jittor computes: "cuda: <GPU>" or "cpu: <model>, N cores"."""
-    if jt is not None and bool(jt.flags.use_cuda):
-        return "cuda: " + (gpu_names() or ["unknown GPU"])[0]
-    return "cpu: " + cpu_name()
-
-
 def machine(jt=None) -> dict[str, Any]:
-    """Versions, machine and device, for the JSON records."""
+    """Versions and machine for the JSON records; with Jittor (``jt``), models.runtime's device."""
     info = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "python": platform.python_version(),
@@ -82,7 +75,9 @@ def machine(jt=None) -> dict[str, Any]:
         "load_average": load_average(),
     }
     if jt is not None:
-        info.update(jittor=jt.__version__, device=device(jt))
+        from models.runtime import device_record
+
+        info.update(device_record())
     return info
 
 
@@ -160,8 +155,10 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def finish(args: argparse.Namespace, rows: list[dict], jt=None, **extra: Any) -> None:
     """Print the table and the device; write ``--json`` when given."""
-    where = device(jt) if jt is not None else f"{cpu_name()}; GPUs: {gpu_names() or 'none'}"
-    print(f"\n{where}; load average now {load_average()}")
+    from models.runtime import describe
+
+    where = describe() if jt is not None else f"GPUs: {gpu_names() or 'none'}"
+    print(f"\n{cpu_name()}; {where}; load average now {load_average()}")
     print(table(rows))
     if args.json:
         path = Path(args.json)

@@ -26,7 +26,7 @@ MODELS = {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"}
 
 def _jittor(args):
     """(call, sync, version, device) of the Jittor encoder."""
-    from models.runtime import jittor
+    from models.runtime import device_record, jittor
 
     jt = jittor()
     jt.flags.no_grad = 1  # what jt.no_grad() sets; this process only measures
@@ -43,7 +43,7 @@ def _jittor(args):
         model.trim_context = args.task != "text-full"
         enc = model.encode_image if args.task == "image" else model.encode_text
         call = lambda: enc(x).numpy().copy()  # noqa: E731
-    return call, lambda: jt.sync_all(True), jt.__version__, B.device(jt)
+    return call, lambda: jt.sync_all(True), jt.__version__, device_record()["device"]
 
 
 def _torch(args):

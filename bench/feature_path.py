@@ -74,7 +74,7 @@ def cmd_decode(args) -> list[dict]:
 
 
 def cmd_gil(args) -> list[dict]:
-    from models.runtime import jittor
+    from models.runtime import device_record, jittor
 
     jt = jittor()
     a = jt.array(np.random.default_rng(0).standard_normal((1500, 1500)).astype(np.float32))
@@ -104,8 +104,9 @@ def cmd_gil(args) -> list[dict]:
         t1 = time.perf_counter()
         inside = [s for s in stamps if t0 < s < t1]
         gap = float(np.diff([t0, *inside, t1]).max())
-        rows.append({"call": f"Var.{mode}()", "device": B.device(jt), "call ms": 1000 * (t1 - t0),
-                     "wake-ups inside": len(inside), "longest gap ms": 1000 * gap,
+        rows.append({"call": f"Var.{mode}()", "device": device_record()["device"],
+                     "call ms": 1000 * (t1 - t0), "wake-ups inside": len(inside),
+                     "longest gap ms": 1000 * gap,
                      "GIL released": "no" if gap > 0.5 * (t1 - t0) else "yes"})  # fmt: skip
         time.sleep(0.2)
     stop.set()
@@ -128,16 +129,16 @@ def make_encoder(spec: str, weights_dir: str):
 
         return encode, _preprocessings()["CLIP 224"], spec
     files = B.weights(weights_dir)
-    from models.runtime import jittor
+    from models.runtime import device_record
     from pipeline.backbones import ClipBackbone, ConvNeXtBackbone
 
-    jt = jittor()
+    where = device_record()["device"]  # imports Jittor, after torch
     if spec == "convnext":
         bb = ConvNeXtBackbone(files["convnext"])
-        return bb.features, _preprocessings()["ConvNeXt 384"], f"ConvNeXt-V2-base ({B.device(jt)})"
+        return bb.features, _preprocessings()["ConvNeXt 384"], f"ConvNeXt-V2-base ({where})"
     bb = ClipBackbone(spec, files[spec])
     name = {"vit": "ViT-B/32", "rn": "RN101"}[spec]
-    return bb.encoder("bench").encode, bb.preprocess, f"{name} ({B.device(jt)})"
+    return bb.encoder("bench").encode, bb.preprocess, f"{name} ({where})"
 
 
 def extract_once(paths, encoders, pre, batch: int, workers: int, root: Path) -> dict:

@@ -255,7 +255,7 @@ def _measure(fn, jt, warm: bool = True) -> tuple[float, float]:
 
 
 def growth_child(args) -> None:
-    from models.runtime import jittor
+    from models.runtime import device_record, jittor
 
     jt = jittor()
     from fewshot import inmap as im
@@ -267,7 +267,7 @@ def growth_child(args) -> None:
     rng = np.random.default_rng(0)
     X, T = planted(rng.integers(0, c, n), c, 0)
     X2, T2 = planted(rng.integers(0, c, n), c, 1)  # the second backbone
-    out: dict[str, Any] = {"n": n, "C": c, "device": B.device(jt)}
+    out: dict[str, Any] = {"n": n, "C": c, "device": device_record()["device"]}
     M = X @ T
     Y = im.sinkhorn(M, iters=20)
     s_lo, m1 = _measure(lambda: im.sinkhorn(M, iters=lo), jt)

@@ -5,9 +5,7 @@ weights: items/s, resident memory, GPU memory peak, agreement (docs/PERFORMANCE.
     python -m bench.encoders --models vit --repeats 1 --batch 2   # a quick look
     python -m bench.encoders --layouts     # ConvNeXt-V2 block: layout micro-benchmark (Jittor)
 
-Each (encoder, library) runs in its own process: a warm-up call, then ``--repeats`` timed calls;
-over ``--rounds`` the order alternates, items/s from the best round's median call. Jittor's text
-tower also runs untrimmed (77 tokens, as OpenAI's always does). ``ratio``: Jittor / PyTorch.
+Each (encoder, library) runs in its own process, in alternating order over ``--rounds``.
 """
 
 from __future__ import annotations

@@ -4,11 +4,8 @@ float32, speed and memory of both (docs/PERFORMANCE.md, section 6).
     python -m bench.fp16 --models vit,convnext --n 32 --batch 16 --convnext-size 64   # CPU
     python -m bench.fp16 --devices cpu,cuda --ref-n 8     # GPU: also against the CPU's float32
 
-Compared: the features' cosine, and the top-1 (top-5 overlap) of the classifier the pipeline
-puts on top (CLIP: zero-shot over board B's 403 classes; ConvNeXt: its 1000-class head). Jittor's
-CPU float16 is 100-1000x slower than float32: ``--size auto`` is full size where nvidia-smi lists
-a GPU, else the demo's small models. ``--devices REF,DEV``: the first ``--ref-n`` images in
-float32 on REF against DEV's float32 and float16 (cpu,cpu: exactly equal).
+Compared: the features' cosine and the top-1 (top-5) of the pipeline's classifier on top. Jittor's
+CPU float16 is 100-1000x slower than float32, hence ``--size auto``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,8 @@
     python scripts/cuda_setup.py ENV_FILE
 
 Runs only when ``nvidia-smi -L`` lists a GPU and FEWSHOT_DEVICE is not ``cpu``; never downloads
-anything. The checks in order (driver, toolkit, host compiler, cuBLAS/cuDNN, cutt, the CUDA 13
-patch, a tiny CUDA computation in a child process), the exports written to ENV_FILE for
-scripts/env.sh and the messages (stderr, one line each): docs/GPU.md. Exit status 1 only when
-FEWSHOT_DEVICE=cuda asked for a GPU that cannot be used. Nothing is re-checked when no input
+anything. The checks, the exports written to ENV_FILE and the messages: docs/GPU.md. Exit status
+1 only when FEWSHOT_DEVICE=cuda asked for an unusable GPU. Nothing is re-checked when no input
 changed since the last success.
 """
 

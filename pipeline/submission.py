@@ -1,5 +1,5 @@
-"""The submission file ``result.txt`` (format and command line: docs/DATA.md): writing, reading
-and validating it, and ``warnings.txt``."""
+"""The submission file ``result.txt`` (format and command line: docs/DATA.md): writing and
+validating it, and ``warnings.txt``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from pipeline.lists import (
     list_test_images,
     preview,
     read_class_list,
-    read_lines,
     result_name_problem,
 )
 
@@ -50,20 +49,6 @@ def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> 
             raise ValueError(f"image name {n!r} {problem}")
     lines = [f"{n} {' '.join(map(str, row))}\n" for n, row in zip(names, ids.tolist())]
     write_text_atomic(path, "".join(lines))
-
-
-def read_result(path: PathLike) -> dict[str, list[int]]:
-    """Parse a result file into {image name: ids}; ListError naming the line on a bad line."""
-    out: dict[str, list[int]] = {}
-    for lineno, line in enumerate(read_lines(path), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            out[parts[0]] = [int(x) for x in parts[1:]]
-        except ValueError:
-            raise ListError(f"{path}:{lineno}: non-integer class id in {line.strip()!r}") from None
-    return out
 
 
 def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int) -> list[str]:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,42 +27,26 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
 
 
-@dataclass(frozen=True)
-class Accuracy:
-    n: int
-    top1: float
-    top5: float
-
-
-@dataclass(frozen=True)
-class Routing:
-    """precision: routed images whose true class the stage owns; recall: images of owned classes
-    that were routed to the stage."""
-
-    routed: int
-    owned: int
-    precision: float
-    recall: float
-
-
-def accuracy(top5: np.ndarray, labels: np.ndarray) -> Accuracy:
-    """Top-1 and top-5 accuracy (NaN on an empty set)."""
+def accuracy(top5: np.ndarray, labels: np.ndarray) -> dict:
+    """{"n", "top1", "top5"}: top-1 and top-5 accuracy (NaN on an empty set)."""
     labels = np.asarray(labels)
     if labels.size == 0:
-        return Accuracy(0, float("nan"), float("nan"))
+        return {"n": 0, "top1": float("nan"), "top5": float("nan")}
     top5 = np.asarray(top5)
-    hit5 = (top5 == labels[:, None]).any(1)
-    return Accuracy(int(labels.size), float((top5[:, 0] == labels).mean()), float(hit5.mean()))
+    top1 = float((top5[:, 0] == labels).mean())
+    in_top5 = float((top5 == labels[:, None]).any(1).mean())
+    return {"n": int(labels.size), "top1": top1, "top5": in_top5}
 
 
-def routing(stage: np.ndarray, labels: np.ndarray, stage_id: int, owned_ids) -> Routing:
-    """Routing quality of one stage over the classes it owns."""
+def routing(stage: np.ndarray, labels: np.ndarray, stage_id: int, owned_ids) -> dict:
+    """{"routed", "owned", "precision", "recall"} of one stage over the classes it owns, as the
+    report defines them."""
     routed = np.asarray(stage) == stage_id
     owned = np.isin(labels, np.asarray(owned_ids))
-    both = int((routed & owned).sum())
-    precision = both / routed.sum() if routed.any() else float("nan")
-    recall = both / owned.sum() if owned.any() else float("nan")
-    return Routing(int(routed.sum()), int(owned.sum()), precision, recall)
+    both, n_routed, n_owned = int((routed & owned).sum()), int(routed.sum()), int(owned.sum())
+    precision = both / n_routed if n_routed else float("nan")
+    recall = both / n_owned if n_owned else float("nan")
+    return {"routed": n_routed, "owned": n_owned, "precision": precision, "recall": recall}
 
 
 def cascade_metrics(
@@ -79,15 +62,15 @@ def cascade_metrics(
     domains = np.asarray(domains_of_labels)
 
     def acc(rows: np.ndarray) -> dict:
-        return asdict(accuracy(top5[rows], labels[rows]))
+        return accuracy(top5[rows], labels[rows])
 
     return {
-        "overall": asdict(accuracy(top5, labels)),
+        "overall": accuracy(top5, labels),
         "per_domain": {str(d): acc(domains == d) for d in np.unique(domains)},
         "per_stage": {name: acc(stage == i) for i, name in enumerate(STAGE_NAMES)},
         "routing": {
-            "unseen": asdict(routing(stage, labels, UNSEEN, unseen_ids)),
-            "expert": asdict(routing(stage, labels, EXPERT, expert_ids)),
+            "unseen": routing(stage, labels, UNSEEN, unseen_ids),
+            "expert": routing(stage, labels, EXPERT, expert_ids),
         },
     }
 
@@ -256,7 +239,7 @@ def evaluate(env: Env, settings: Settings) -> Path:
     mask = np.isin(y, seen)
 
     def acc(scores: np.ndarray) -> dict:
-        return asdict(accuracy(topk(scores, 5, seen), y[mask]))
+        return accuracy(topk(scores, 5, seen), y[mask])
 
     heads = {f"zero-shot {b}": acc(zero_shot_logits(X[b][mask], T[b][:, seen])) for b in X}
     if choice.seen_head != "amu":

@@ -1,15 +1,7 @@
-"""The three-stage cascade over per-stage scores.
-
-Stage 1 ("unseen"): a transductive classifier over *all* classes (InMaP on fused CLIP features).
-    Images whose top-1 class has no training image are answered by it directly.
-Stage 2 ("seen"): a few-shot probe over the seen classes (LP++ fused over backbones) answers the
-    rest.
-Stage 3 ("expert"): images whose stage-2 top-1 class belongs to the expert's classes (the dog
-    breeds) are re-ranked by the expert (ConvNeXt-V2) over its classes.
-
-This module only combines score arrays; computing them is the job of train/test. Which classes
-are unseen and which belong to the expert comes from the class list and the configuration.
-"""
+"""The three-stage cascade over per-stage scores (docs/METHODS.md, "The cascade and its
+choices"): stage 1 (InMaP over all classes) answers images whose top-1 class is unseen, stage 2
+(the seen-class head) the rest, stage 3 (the expert) re-ranks its classes. This module only
+combines score arrays; computing them is the job of train/test."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ section 3 has its options, training, selection rule and artefact format."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from models import convnext, weights
 from models.fileio import write_json_atomic
 from pipeline.backbones import ConvNeXtBackbone
+from pipeline.heads import read_json_artefact
 from pipeline.images import ImageError, load_rgb
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,7 @@ class DomainExpert:
         """The expert saved in ``out_dir``; ``backbone_path`` must be the file it was trained on
         (compared by fingerprint, so the file may have moved)."""
         info_path = Path(out_dir) / INFO_FILE
-        try:
-            info = json.loads(info_path.read_text())
-        except FileNotFoundError as e:
-            raise weights.WeightsError(f"{info_path}: no expert here (run train.sh)") from e
-        except ValueError as e:
-            raise weights.WeightsError(f"{info_path}: not valid JSON ({e}); run train.sh") from e
+        info = read_json_artefact(info_path, remedy="run train.sh to train the expert")
         if info.get("version") != ARTEFACT_VERSION:
             raise weights.WeightsError(
                 f"{info_path}: artefact version {info.get('version')}, expected "
@@ -234,8 +229,6 @@ def train_expert(
 ) -> DomainExpert:
     """The expert over ``class_ids`` (output order), trained on ``(image path, class id)`` items
     and selected on ``val_features`` [m, D] (evaluation view) of ``val_class_ids``."""
-    if epochs < 1 or batch_size < 1 or views < 1 or feature_batch < 1:
-        raise ValueError("epochs, batch_size, views and feature_batch must be >= 1")
     class_ids = [int(c) for c in class_ids]
     if len(set(class_ids)) != len(class_ids) or not class_ids:
         raise ValueError("class_ids must be non-empty and without duplicates")

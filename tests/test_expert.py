@@ -219,7 +219,7 @@ def test_input_errors(data, tmp_path):
     only_broken.append((data["broken"][0], CLASS_IDS[1]))
     with pytest.raises(ValueError, match=f"class ids \\[{CLASS_IDS[1]}\\]"):
         ex.train_expert(backbone, only_broken, *none, CLASS_IDS, **SIZES)
-    with pytest.raises(weights.WeightsError, match="no expert"):
+    with pytest.raises(weights.WeightsError, match="not found; run train.sh"):
         ex.DomainExpert.load(tmp_path / "nothing", data["backbone"])
 
 

@@ -71,8 +71,11 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     yval = val_list.labels[keep_val]
     val_paths = [val_list.resolve(env.data_dir)[i] for i in keep_val]
 
-    expert_ids = _domain_class_ids(ws, settings.expert_domain, seen)
-    expert_logits = None
+    expert_ids, expert_logits = np.zeros(0, np.int64), None
+    if settings.expert_domain in ws.classes.domain_names:
+        expert_ids = np.intersect1d(ws.classes.ids_in_domain(settings.expert_domain), seen)
+    elif settings.expert_domain:
+        log.warning("expert domain %r is not in the class list; no expert", settings.expert_domain)
     if expert_ids.size:
         summary["expert"], expert_logits = train_expert_stage(
             ws, train_list, val_paths, yval, expert_ids
@@ -128,15 +131,6 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     write_text_atomic(env.out_dir / "train.json", json.dumps(summary, indent=1, default=str) + "\n")
     log.info("done: %s", env.out_dir / "train.json")
     return summary
-
-
-def _domain_class_ids(ws: Workspace, domain: str | None, seen: np.ndarray) -> np.ndarray:
-    if not domain:
-        return np.zeros(0, np.int64)
-    if domain not in ws.classes.domain_names:
-        log.warning("expert domain %r is not in the class list; no expert", domain)
-        return np.zeros(0, np.int64)
-    return np.intersect1d(ws.classes.ids_in_domain(domain), seen)
 
 
 def _test_set_facts(ws: Workspace, text: dict, unseen: np.ndarray) -> tuple[Optional[int], float]:
@@ -202,7 +196,6 @@ def train_expert_stage(
         )
         expert.save(ws.expert_dir)
         logits[rows] = expert.logits(feats)
-    info = expert.info
-    best = info["best_epoch"]
-    val_acc = next((h.get("val_acc") for h in info["history"] if h.get("epoch") == best), None)
+    best = expert.info["best_epoch"]
+    val_acc = expert.info["history"][best - 1].get("val_acc")  # history[e - 1]: epoch e
     return {"best_epoch": best, "val_accuracy": val_acc}, logits

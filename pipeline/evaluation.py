@@ -229,11 +229,10 @@ def evaluate(env: Env, settings: Settings) -> Path:
     expert = ws.load_expert()
     unseen = np.setdiff1d(np.arange(ws.classes.num_classes), seen)
     expert_ids = expert.class_ids if expert is not None else np.zeros(0, np.int64)
-    domains = np.asarray(ws.classes.domains)[y]
+    domains = ws.classes.domain_array[y]
     metrics = cascade_metrics(result.top5[keep], result.stage[keep], y, domains, unseen, expert_ids)
-    # Each seen-class head alone, on the validation images (no routing).
-    views = ("orig", "flip") if choice.flip_tta else ("orig",)
-    sets, _ = ws.clip_views(paths, "val", views)  # the cascade's features, from the cache
+    # Each seen-class head alone, on the validation images (no routing; the cascade's features).
+    sets, _ = ws.clip_views(paths, "val", ("orig", "flip") if choice.flip_tta else ("orig",))
     X = {b: combine_views(fs, choice.flip_tta)[keep] for b, fs in sets.items()}
     T = ws.text_classifiers("templates")
     mask = np.isin(y, seen)
@@ -258,5 +257,4 @@ def evaluate(env: Env, settings: Settings) -> Path:
     log.info("validation top-1 %.4f top-5 %.4f (%d images)", o["top1"], o["top5"], o["n"])
     log.info("predicted board top-1 %.4f (%.4f-%.4f)", p["value"], p["low"], p["high"])
     log.info("report: %s", path)
-    (out / "cascade.json").write_text(json.dumps(record, indent=1) + "\n")
     return path

@@ -199,7 +199,7 @@ def fit_head(
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=record.get("val_acc", "-"))
     if select == "last" or not len(val_labels):
         if select == "best":
-            log.warning("no validation images: keeping the last epoch (no checkpoint selection)")
+            log.warning("expert: no validation images, so the last epoch is kept (no selection)")
         best_epoch, best = epochs, state()
     return best, history, best_epoch
 

@@ -187,8 +187,6 @@ def train_expert_stage(
         feats, failed = ws.convnext_features([val_paths[i] for i in rows], "val-expert", pre)
         fit, _ = validation.split_fit_score(yval)
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
-        if not sel.any():
-            log.warning("no validation images of the expert's classes: the last epoch is kept")
         options = {k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
         val = feats[sel], yval[rows][sel]
         expert = train_expert(

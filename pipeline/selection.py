@@ -85,20 +85,22 @@ class Search:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def shots(self, held: np.ndarray, choice: Choice):
+    def shots(self, held: np.ndarray, choice: Choice, final: bool = False):
         """(shots of the seen classes but ``held`` in the choice's view, their mask, the fit rows
-        of those classes, those class ids)."""
+        of those classes (``final``: all their validation rows), those class ids)."""
         d = self.d
         seen_f = np.setdiff1d(d.seen, held)
         shots = d.train_aug if choice.lpp_views == "aug" else d.train[choice.flip_tta]
         m = np.isin(d.train_y, seen_f)
-        fit_rows = self.fit_rows[np.isin(d.val_y[self.fit_rows], seen_f)]
+        rows = np.arange(d.val_y.size) if final else self.fit_rows
+        fit_rows = rows[np.isin(d.val_y[rows], seen_f)]
         return {b: v[m] for b, v in shots.items()}, m, fit_rows, seen_f
 
-    def heads(self, held: np.ndarray, choice: Choice):
-        """The seen-class head trained without the classes ``held``, and its class ids."""
+    def heads(self, held: np.ndarray, choice: Choice, final: bool = False):
+        """The seen-class head trained without the classes ``held``, and its class ids;
+        ``final``: selected on every validation image, as train.py saves it."""
         d = self.d
-        X, m, fit_rows, seen_f = self.shots(held, choice)
+        X, m, fit_rows, seen_f = self.shots(held, choice, final)
         index = np.full(len(d.domains), -1, np.int64)
         index[seen_f] = np.arange(seen_f.size)
 
@@ -111,7 +113,7 @@ class Search:
                 (Xv, index[d.val_y[fit_rows]]), aux, self.seed,
             )  # fmt: skip
 
-        key = ("heads", tuple(held), choice.seen_head, choice.flip_tta, choice.lpp_views)
+        key = ("heads", tuple(held), choice.seen_head, choice.flip_tta, choice.lpp_views, final)
         return self._once(key, fit), seen_f
 
     def stage1(self, f: int, choice: Choice) -> Optional[np.ndarray]:

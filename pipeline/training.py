@@ -16,7 +16,7 @@ from pipeline.backbones import combine_views
 from pipeline.env import Env
 from pipeline.heads import save_models
 from pipeline.lists import LabeledList, ListError, list_test_images, seen_class_ids
-from pipeline.scores import CHOICE_FILE, Choice, fit_head, stage1_scores
+from pipeline.scores import CHOICE_FILE, Choice, stage1_scores
 from pipeline.selection import Search, ValidationData
 from pipeline.settings import Settings
 from pipeline.workspace import Workspace
@@ -101,20 +101,16 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
         expert_logits=expert_logits,
         aux=aux,
     )
+    search = Search(data, settings, share, n_test, env.seed)
     with ws.timed("validation and choices"):
-        result = Search(data, settings, share, n_test, env.seed).search()
+        result = search.search()
     choice = Choice(**result["choice"])
     p = result["predicted_top1"]
     log.info("chosen: %s", result["choice"])
     log.info("predicted board top-1 %(value).4f (95%% interval %(low).4f-%(high).4f)", p)
 
     with ws.timed("seen-class head"):
-        shots = data.train_aug if choice.lpp_views == "aug" else data.train[choice.flip_tta]
-        index = np.full(C, -1, np.int64)
-        index[seen] = np.arange(seen.size)
-        T = {b: t[:, seen] for b, t in text["templates"].items()}
-        val = (data.val[choice.flip_tta], index[yval])
-        models = fit_head(choice.seen_head, settings, shots, index[ytr], T, val, aux, env.seed)
+        models, _ = search.heads(np.zeros(0, np.int64), choice, final=True)
     trained_with = {k: result["choice"][k] for k in ("flip_tta", "lpp_views", "seen_head")}
     info = {
         b: {**ws.head_expect(b), "seen_ids": seen.tolist(), "trained_with": trained_with}

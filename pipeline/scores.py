@@ -75,7 +75,7 @@ def fit_head(
     X: dict[str, np.ndarray],
     y: np.ndarray,
     T: dict[str, np.ndarray],
-    val: Optional[tuple[dict[str, np.ndarray], np.ndarray]],
+    val: tuple[dict[str, np.ndarray], np.ndarray],
     aux: Optional[tuple[np.ndarray, Optional[np.ndarray]]] = None,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
@@ -89,7 +89,7 @@ def fit_head(
     lpp = {k: getattr(settings, f"lpp_{k}") for k in LPP_SETTINGS}
     out: dict[str, dict[str, Any]] = {m: {} for m in HEAD_METHODS[kind]}
     for b in X:
-        v = None if val is None or not len(val[1]) else (val[0][b], val[1])
+        v = (val[0][b], val[1]) if len(val[1]) else None
         if "lpp" in out:
             config = LPPConfig(**lpp, t_max=settings.lpp_t_max.get(b))
             out["lpp"][b] = LPPlusPlus(config, seed=seed).fit(X[b], y, T[b], v)

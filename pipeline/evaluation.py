@@ -76,9 +76,9 @@ def cascade_metrics(
 
 
 def _fmt(x) -> str:
-    if isinstance(x, float):
-        return "n/a" if np.isnan(x) else f"{x:.4f}"
-    return str(x)
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "n/a"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -134,8 +134,7 @@ def _board_section(board: dict) -> list[str]:
     ]
     b = board["breakdown"]
     md.append(_table(["domain", "predicted top-1"], [[k, v] for k, v in b["per_domain"].items()]))
-    stages = b["per_stage"].items()
-    rows = [[k, v["share"], float("nan") if v["top1"] is None else v["top1"]] for k, v in stages]
+    rows = [[k, v["share"], v["top1"]] for k, v in b["per_stage"].items()]
     md += ["", _table(["stage", "share of images", "predicted top-1"], rows)]
     if board["candidates"]:
         md += [

@@ -23,10 +23,6 @@ from pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def stage_counts(result: CascadeResult) -> dict[str, int]:
-    return {name: int((result.stage == i).sum()) for i, name in enumerate(STAGE_NAMES)}
-
-
 def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult, tuple, Any]:
     """The trained cascade on ``paths``: (result, undecodable images, the choice)."""
     choice, models, seen, _ = ws.load_cascade()
@@ -86,7 +82,8 @@ def predict(env: Env, settings: Settings) -> Path:
     write_warnings(env.warnings_path, [(names[i], reason) for i in failed])
     if failed:
         log.warning("%d test images could not be decoded; see %s", len(failed), env.warnings_path)
-    log.info("answered by stage: %s", stage_counts(result))
+    counts = {name: int((result.stage == i).sum()) for i, name in enumerate(STAGE_NAMES)}
+    log.info("answered by stage: %s", counts)
     log.info("timings: %s", {k: round(v, 2) for k, v in ws.timings.items()})
     # Which stage answered each image: for inspection, never read by the pipeline.
     top5 = [" ".join(map(str, t5)) for t5 in result.top5]
@@ -95,7 +92,7 @@ def predict(env: Env, settings: Settings) -> Path:
     summary = {
         "images": len(names),
         "undecodable": len(failed),
-        "stages": stage_counts(result),
+        "stages": counts,
         "choice": choice.as_dict(),
         "clip_loaded": {name: bb.loaded for name, bb in ws.backbones.items()},
         **ws.record(),

@@ -16,8 +16,7 @@ UNSEEN, SEEN, EXPERT = 0, 1, 2
 
 @dataclass(frozen=True)
 class CascadeResult:
-    """top5 [n,5] global class ids best first; stage [n] in {UNSEEN, SEEN, EXPERT};
-    scores of the answering stage are not kept (the inputs are)."""
+    """top5 [n,5] global class ids best first; stage [n] in {UNSEEN, SEEN, EXPERT}."""
 
     top5: np.ndarray
     stage: np.ndarray
@@ -71,14 +70,12 @@ def run_cascade(
     expert_scores: Callable[[np.ndarray], np.ndarray] | None = None,
     k: int = 5,
 ) -> CascadeResult:
-    """Route every image once and combine the stages.
-
+    """Route every image once and combine the stages into top-k ids and the answering stage.
     all_scores [n, C]: stage-1 scores over all C classes (column c = class id c).
     unseen_ids: class ids with no training image (may be empty: then stage 1 answers nothing).
     seen_scores [n, S]: stage-2 scores, column j = class ``seen_ids[j]``.
     expert_ids [K] (seen classes) and ``expert_scores(rows) -> [len(rows), K]``: the expert's
         scores, asked only for the rows routed to it (it may be costly: images to encode).
-    Returns global top-k ids per image and which stage answered.
     """
     all_scores = np.asarray(all_scores)
     seen_scores = np.asarray(seen_scores)

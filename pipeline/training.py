@@ -120,10 +120,8 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     result["trained_with"] = trained_with
     result["settings"] = settings.as_dict()  # test.sh starts from these
     write_text_atomic(ws.heads_dir / CHOICE_FILE, json.dumps(result, indent=1) + "\n")
-    summary.update(
-        {k: result[k] for k in ("choice", "predicted_top1", "breakdown", "unseen_share", "n_test")}
-    )
-    summary.update(ws.record())
+    keys = ("choice", "predicted_top1", "breakdown", "unseen_share", "n_test")
+    summary.update({k: result[k] for k in keys}, **ws.record())
     write_text_atomic(env.out_dir / "train.json", json.dumps(summary, indent=1, default=str) + "\n")
     log.info("done: %s", env.out_dir / "train.json")
     return summary

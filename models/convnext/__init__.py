@@ -21,7 +21,6 @@ from models.convnext.transforms import (
     EvalTransform,
     TrainTransform,
     preprocess,
-    train_transform,
 )
 
 __all__ = [
@@ -36,19 +35,17 @@ __all__ = [
     "infer_config",
     "load",
     "matches",
-    "num_parameters",
     "param_shapes",
     "prepare_state_dict",
     "preprocess",
     "random_state_dict",
-    "train_transform",
     "variant_config",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # The Jittor-backed names load on first use, keeping `import models.convnext` light.
-    if name in ("ConvNeXtV2", "from_state_dict", "load", "num_parameters"):
+    if name in ("ConvNeXtV2", "from_state_dict", "load"):
         from models.convnext import model
 
         return getattr(model, name)

@@ -4,6 +4,7 @@ initialisation: numpy only, so convert.py can use it on any tensors."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,7 +25,7 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
 
-_BLOCK_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.dwconv\.weight$")
+_BLOCK_KEY = re.compile(r"^stages\.(\d+)\.\d+\.dwconv\.weight$")
 
 
 def make_config(depths, dims, num_classes, in_chans) -> dict[str, Any]:
@@ -60,10 +61,8 @@ def matches(state_dict: Mapping[str, Any]) -> bool:
 
 
 def prepare_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise an official-layout state dict: drop a DDP ``module.`` prefix, GRN to [1,1,1,C]."""
+    """Normalise an official-layout state dict: 1-D GRN parameters to [1,1,1,C]."""
     sd = dict(state_dict)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
     for k, v in sd.items():
         if k.endswith((".grn.gamma", ".grn.beta")) and np.ndim(v) == 1:
             sd[k] = np.asarray(v).reshape(1, 1, 1, -1)
@@ -74,20 +73,11 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Architecture from the weights: depths from the block keys, dims and classes from shapes."""
     if not matches(state_dict):
         raise WeightsError("not a ConvNeXt-V2 state dict (no stem/GRN block keys)")
-    blocks: dict[int, set[int]] = {}
-    for key in state_dict:
-        m = _BLOCK_KEY.match(key)
-        if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    n_stages = len(blocks)
-    if sorted(blocks) != list(range(n_stages)):
-        raise WeightsError(f"ConvNeXt-V2 state dict: stages {sorted(blocks)} not contiguous")
-    depths = []
-    for i in range(n_stages):
-        if sorted(blocks[i]) != list(range(len(blocks[i]))):
-            raise WeightsError(f"ConvNeXt-V2 state dict: stage {i} has gaps in its blocks")
-        depths.append(len(blocks[i]))
-    dims = [int(np.shape(state_dict[f"stages.{i}.0.dwconv.weight"])[0]) for i in range(n_stages)]
+    # Blocks counted per stage, as OpenAI's build_model counts CLIP's layers: a gap shows as
+    # missing and unexpected keys when the weights are loaded (models.weights.load_state).
+    blocks = Counter(int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k)))
+    depths = [blocks[i] for i in range(len(blocks))]
+    dims = [int(np.shape(state_dict[f"stages.{i}.0.dwconv.weight"])[0]) for i in range(len(blocks))]
     stem = np.shape(state_dict["downsample_layers.0.0.weight"])
     head = state_dict.get("head.weight")
     num_classes = int(np.shape(head)[0]) if head is not None else 0

@@ -4,7 +4,6 @@ depthwise conv is fast only in NCHW): docs/CONVNEXT.md section 2."""
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -70,30 +69,15 @@ class GRN(nn.Module):
         return out if dtype == "float32" else out.cast(dtype)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample while training."""
-
-    def __init__(self, p: float = 0.0):
-        self.p = float(p)
-
-    def execute(self, x):
-        if self.p <= 0.0 or not self.is_training():
-            return x
-        keep = 1.0 - self.p
-        mask = jt.floor(jt.rand((x.shape[0],) + (1,) * (x.ndim - 1)) + keep)
-        return x / keep * mask
-
-
 class Block(nn.Module):
     """ConvNeXt-V2 block: dwconv 7x7 -> LN -> Linear 4x -> GELU -> GRN -> Linear -> residual."""
 
-    def __init__(self, dim: int, drop_path: float = 0.0):
+    def __init__(self, dim: int):
         self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.norm = LayerNorm(dim)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.grn = GRN(4 * dim)
         self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.drop_path = DropPath(drop_path)
 
     def execute(self, x):
         n, c, h, w = x.shape
@@ -103,7 +87,7 @@ class Block(nn.Module):
         y = nn.gelu(self.pwconv1(self.norm(y)))  # nn.gelu is the exact erf form, as nn.GELU()
         y = self.grn(y.reshape(n, h * w, 4 * c)).reshape(n * h * w, 4 * c)
         y = self.pwconv2(y).reshape(n, h, w, c).permute(0, 3, 1, 2)
-        return x + self.drop_path(y)
+        return x + y
 
 
 class ConvNeXtV2(nn.Module):
@@ -115,7 +99,6 @@ class ConvNeXtV2(nn.Module):
         dims: Sequence[int] = VARIANTS["tiny"][1],
         num_classes: int = 1000,
         in_chans: int = 3,
-        drop_path_rate: float = 0.0,
         seed: int | None = 0,
     ):
         if len(depths) != len(dims) or not depths:
@@ -131,11 +114,9 @@ class ConvNeXtV2(nn.Module):
         for a, b in zip(dims, dims[1:]):
             down = nn.Sequential(LayerNorm(a, True), nn.Conv2d(a, b, 2, stride=2))
             self.downsample_layers.append(down)
-        # Drop-path rates rise linearly over all blocks, as upstream.
-        rates = iter(np.linspace(0.0, drop_path_rate, sum(self.depths)).tolist())
         self.stages = nn.ModuleList()
         for depth, dim in zip(self.depths, self.dims):
-            self.stages.append(nn.Sequential(*[Block(dim, next(rates)) for _ in range(depth)]))
+            self.stages.append(nn.Sequential(*[Block(dim) for _ in range(depth)]))
         self.norm = LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else None
         if seed is not None:
@@ -144,10 +125,6 @@ class ConvNeXtV2(nn.Module):
     def config(self) -> dict[str, Any]:
         """The architecture as stored in converted files (see :func:`infer_config`)."""
         return make_config(self.depths, self.dims, self.num_classes, self.in_chans)
-
-    @property
-    def num_features(self) -> int:
-        return self.dims[-1]
 
     def forward_features(self, x):
         """Pooled features after the final LayerNorm: ``[N, dims[-1]]``."""
@@ -195,8 +172,3 @@ def load(path: str | os.PathLike, device: str | None = None) -> ConvNeXtV2:
                 f"{path}: header says {key}={stored[key]} but the tensors say {inferred[key]}"
             )
     return from_state_dict(tensors, source=str(path))
-
-
-def num_parameters(model: ConvNeXtV2) -> int:
-    """Number of scalar parameters (for the challenge's parameter budget)."""
-    return int(sum(math.prod(p.shape) for p in model.parameters()))

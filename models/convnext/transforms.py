@@ -77,10 +77,3 @@ class TrainTransform:
 def preprocess(size: int = 384, resample: str = "bicubic") -> Callable[[Image.Image], np.ndarray]:
     """Evaluation transform: size x size (the challenge solution: 384, bilinear), ImageNet norm."""
     return EvalTransform(size, resample)
-
-
-def train_transform(
-    resize: int = 320, crop: int = 280, flip: bool = True, resample: str = "bicubic"
-) -> TrainTransform:
-    """Training transform: Resize 320 -> RandomCrop 280 -> flip (the challenge's, bilinear)."""
-    return TrainTransform(resize, crop, flip, resample)

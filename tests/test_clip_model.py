@@ -17,7 +17,7 @@ from models.runtime import jittor
 from models.weights import WeightsError
 
 jt = jittor("cpu")
-from models.clip.model import CLIP, build_model, num_parameters  # noqa: E402
+from models.clip.model import CLIP, build_model  # noqa: E402
 
 TOL = 1e-5
 PROMPTS = [
@@ -124,7 +124,6 @@ def test_parameter_names_and_shapes_are_the_checkpoint_keys():
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         want["logit_scale"] = (1,)  # Jittor has no 0-d arrays
         assert got == want
-        assert num_parameters(model) == sum(int(np.prod(s)) for s in want.values())
 
 
 def test_random_init_is_seeded_and_openai_like():
@@ -172,7 +171,8 @@ def test_full_size_architectures_equal_openai(arch, request):
     R.require_slow(request)
     ref = R.random_openai_clip(arch, seed=7)
     model = build_model(_state(ref))
-    assert model.config()["architecture"] == ("ViT-B/32" if arch is R.VIT_B_32 else "RN101")
+    architecture = infer_config(model.state_dict())["architecture"]
+    assert architecture == ("ViT-B/32" if arch is R.VIT_B_32 else "RN101")
     images = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
     tokens = tokenize(PROMPTS, truncate=True)
     want_img, want_txt = R.reference_features(ref, images, tokens)

@@ -1,14 +1,5 @@
-"""OpenAI CLIP in Jittor, with OpenAI's API shape.
-
-    from models import clip
-    model, preprocess = clip.load("out/weights/ViT-B-32.safetensors")   # a converted file
-    tokens = clip.tokenize(["a photo of a dog", "a photo of a cat"])    # numpy int64 [N, 77]
-    with jt.no_grad():
-        image_features = model.encode_image(preprocess.batch(images))  # jt.Var [N, embed_dim]
-        text_features = model.encode_text(tokens)
-        logits_per_image, logits_per_text = model(images_array, tokens)
-
-Converted files: docs/CONVERSION.md. Importing this package imports no Jittor; ``load`` and the
+"""OpenAI CLIP in Jittor, with OpenAI's API shape (``clip.load``, ``clip.tokenize``; usage and
+converted files: docs/CONVERSION.md). Importing this package imports no Jittor; ``load`` and the
 model classes do.
 """
 
@@ -38,7 +29,6 @@ __all__ = [
     "infer_config",
     "load",
     "matches",
-    "num_parameters",
     "tokenize",
 ]
 
@@ -59,7 +49,7 @@ def load(path: Union[str, os.PathLike], device: Optional[str] = None) -> tuple[C
 
 def __getattr__(name: str) -> Any:
     # The Jittor-backed names load on first use, keeping `import models.clip` light.
-    if name in ("CLIP", "build_model", "num_parameters"):
+    if name in ("CLIP", "build_model"):
         from models.clip import model
 
         return getattr(model, name)

@@ -14,25 +14,12 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from models.clip import attention
-from models.clip.config import architecture_name, infer_config, matches, prepare_state_dict
+from models.clip.config import infer_config, prepare_state_dict
 from models.runtime import jittor
 from models.weights import WeightsError, load_state
 
 jt = jittor()
 nn = jt.nn
-
-__all__ = [
-    "CLIP",
-    "ModifiedResNet",
-    "VisionTransformer",
-    "Transformer",
-    "build_model",
-    "num_parameters",
-    "matches",
-    "infer_config",
-    "prepare_state_dict",
-    "architecture_name",
-]
 
 # Additive mask value for the causal mask. Jittor compiles kernels with -Ofast (finite math
 # only), where -inf is not safe; exp(-1e30 - max) underflows to exactly 0 all the same.
@@ -492,15 +479,6 @@ class CLIP(jt.Module):
         text_features = text_features / text_features.norm(dim=-1, keepdims=True)
         logits_per_image = self.logit_scale.exp() * (image_features @ text_features.transpose())
         return logits_per_image, logits_per_image.transpose()
-
-    def config(self) -> dict[str, Any]:
-        """The architecture numbers, in :func:`infer_config`'s form (read from the shapes)."""
-        return infer_config(self.state_dict())
-
-
-def num_parameters(model: jt.Module) -> int:
-    """Number of parameter values (BatchNorm running statistics included, as in the file)."""
-    return int(sum(int(np.prod(v.shape)) for v in model.state_dict().values()))
 
 
 def _as_var(x: Union[np.ndarray, jt.Var], dtype: str) -> jt.Var:

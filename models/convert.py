@@ -97,38 +97,24 @@ def _tensor_to_numpy(t: Any) -> np.ndarray:
     return a.astype(np.float32) if a.dtype.kind == "f" else a
 
 
-def _dtype_name(t: Any) -> str:
-    d = getattr(t, "dtype", None)
-    return str(d).replace("torch.", "") if d is not None else type(t).__name__
-
-
 def _one_line(e: BaseException) -> str:
     """An exception's message on one line (torch's span several), at most 300 characters."""
     text = " ".join(str(e).split())
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _read_torchscript(path: Path) -> dict[str, Any]:
-    import torch
-
-    log.warning(
-        "%s is a TorchScript archive: torch.jit.load compiles and loads the program inside it. "
-        "Convert only files from a trusted source (OpenAI's official downloads).",
-        path,
-    )
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # torch raises RuntimeError and friends for damaged archives
-        raise ConversionError(
-            f"{path}: cannot load the TorchScript archive ({_one_line(e)})"
-        ) from e
-    return dict(module.state_dict())
-
-
-def _read_torch(path: Path) -> Any:
+def _read_torch(path: Path, fmt: str) -> Any:
     import torch
 
     try:
+        if fmt == "torchscript":
+            log.warning(
+                "%s is a TorchScript archive: torch.jit.load compiles and loads the program "
+                "inside it. Convert only files from a trusted source (OpenAI's official "
+                "downloads).",
+                path,
+            )
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, which would run whatever the pickle asks
@@ -139,7 +125,7 @@ def _read_torch(path: Path) -> Any:
             f"{path}: refused: the checkpoint {what}, which a file of weights never needs; "
             f"{_UNSAFE_ADVICE}"
         ) from e
-    except Exception as e:
+    except Exception as e:  # torch raises RuntimeError and friends for damaged files
         detail = _one_line(e)
         if "weights_only" in detail:  # never pass on advice to load unsafely
             detail = type(e).__name__
@@ -149,10 +135,18 @@ def _read_torch(path: Path) -> Any:
         ) from e
 
 
-def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
-    """An unpickler that resolves only the globals a pickled dict of tensors/arrays needs."""
+def _read_jittor_pickle(path: Path) -> Any:
+    """A jt.save file or bare pickle, through an unpickler that resolves only the globals a
+    pickled dict of tensors/arrays needs."""
     import torch
     import torch._utils
+
+    data = path.read_bytes()
+    if data.endswith(JITTOR_PICKLE_MAGIC):  # pickle, its SHA-1 (20 bytes), the magic
+        body, checksum = data[:-28], data[-28:-8]
+        if hashlib.sha1(body).digest() != checksum:
+            raise ConversionError(f"{path}: checksum mismatch: truncated or corrupt Jittor pickle")
+        data = body
 
     def load_storage(b: bytes):
         # torch.storage._load_from_bytes would call torch.load(weights_only=False); the bytes
@@ -188,18 +182,8 @@ def _restricted_unpickler(path: Path, data: bytes) -> pickle.Unpickler:
                 )
             return obj
 
-    return Restricted(io.BytesIO(data))
-
-
-def _read_jittor_pickle(path: Path) -> Any:
-    data = path.read_bytes()
-    if data.endswith(JITTOR_PICKLE_MAGIC):  # pickle, its SHA-1 (20 bytes), the magic
-        body, checksum = data[:-28], data[-28:-8]
-        if hashlib.sha1(body).digest() != checksum:
-            raise ConversionError(f"{path}: checksum mismatch: truncated or corrupt Jittor pickle")
-        data = body
     try:
-        return _restricted_unpickler(path, data).load()
+        return Restricted(io.BytesIO(data)).load()
     except ConversionError:
         raise
     except Exception as e:  # EOFError, UnpicklingError, ...: a damaged stream
@@ -242,11 +226,8 @@ def read_state_dict(path: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]
             info = None
         what = f"an already converted {info['family']} file" if info else "a safetensors file"
         raise ConversionError(f"{path}: {what}; convert the original checkpoint instead")
-    if fmt == "torchscript":
-        return _read_torchscript(path), fmt
-    if fmt in ("torch-zip", "torch-legacy"):
-        return _unwrap(_read_torch(path), path), fmt
-    return _unwrap(_read_jittor_pickle(path), path), fmt
+    obj = _read_jittor_pickle(path) if fmt == "jittor-pickle" else _read_torch(path, fmt)
+    return _unwrap(obj, path), fmt
 
 
 def family_module(family: str):
@@ -254,18 +235,6 @@ def family_module(family: str):
     if family not in FAMILIES:
         raise ConversionError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     return importlib.import_module(FAMILIES[family])
-
-
-def detect_family(state_dict: Mapping[str, Any], path: Union[str, os.PathLike] = "") -> str:
-    """The first family of :data:`FAMILIES` whose ``matches`` accepts the state dict."""
-    for family in FAMILIES:
-        if family_module(family).matches(state_dict):
-            return family
-    keys = sorted(state_dict)
-    raise ConversionError(
-        f"{path}: not a CLIP or ConvNeXt-V2 checkpoint ({len(keys)} tensors, e.g. "
-        f"{', '.join(keys[:5])})"
-    )
 
 
 def convert(
@@ -279,7 +248,7 @@ def convert(
             f"download: give another destination, e.g. out/weights/{src.stem}.safetensors"
         )
     raw, fmt = read_state_dict(src)
-    dtypes = collections.Counter(_dtype_name(v) for v in raw.values())
+    dtypes = collections.Counter(str(v.dtype).replace("torch.", "") for v in raw.values())
     sd = {k: _tensor_to_numpy(v) for k, v in raw.items()}
     del raw
     source = {
@@ -315,8 +284,14 @@ def save_converted(
 ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
     """:func:`convert` once the tensors are read (also ``pipeline.synthetic`` without torch):
     (family, config, prepared sd)."""
-    if family == "auto":
-        family = detect_family(sd, name)
+    if family == "auto":  # the first family whose matches() accepts the keys
+        family = next((f for f in FAMILIES if family_module(f).matches(sd)), None)
+        if family is None:
+            keys = sorted(sd)
+            raise ConversionError(
+                f"{name}: not a CLIP or ConvNeXt-V2 checkpoint ({len(keys)} tensors, e.g. "
+                f"{', '.join(keys[:5])})"
+            )
     module = family_module(family)
     if not module.matches(sd):
         raise ConversionError(f"{name}: does not look like a {family} checkpoint")

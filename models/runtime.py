@@ -2,9 +2,7 @@
 
 Import :func:`jittor` from here, not ``import jittor`` at module top: modules stay cheap where
 Jittor is never used, and the device is chosen once, before any model is built (``nn.Conv2d``
-picks a CUDA-only depthwise kernel at construction). Jittor's info logs (every compile) are
-dropped and its warnings and errors logged; its own ``log_silent=1`` would drop the errors too
-and turn its fatal log into a silent return, hiding e.g. a missing cuBLAS or cuDNN.
+picks a CUDA-only depthwise kernel at construction).
 """
 
 from __future__ import annotations
@@ -67,10 +65,9 @@ def _import_jittor(cpu_only: bool):
         import jittor_utils
 
         jittor_utils.LOG._log = _jittor_log
-    # On the CPU, compile kernels in the calling thread: Jittor's parallel op compiler (8 threads
-    # on 2 cores here) saves little (a cold run of two test files: 57 s, not 78 s), and a CI run
-    # and one of eight cold runs under load died in it on a truncated kernel (docs/RELIABILITY.md).
-    # nvcc is slow, so CUDA builds keep it.
+    # On the CPU, compile kernels in the calling thread: runs died in Jittor's parallel op
+    # compiler on a truncated kernel, and it saves little (docs/RELIABILITY.md). nvcc is slow,
+    # so CUDA builds keep it.
     if not os.environ.get("nvcc_path"):
         os.environ.setdefault("use_parallel_op_compiler", "0")
     import jittor
@@ -86,9 +83,8 @@ def _import_jittor(cpu_only: bool):
 
 
 def drop_truncated_kernels(jit_dir: str) -> list[str]:
-    """Remove compiled kernels whose ELF file ends before its section table (a compile that was
-    killed or ran out of disk), with their ``.key``: Jittor trusts the key and would fail to load
-    the file in every later run. Returns the removed paths."""
+    """Remove (and return) compiled kernels whose ELF file ends before its section table, with
+    their ``.key``, which Jittor would trust in every later run (docs/RELIABILITY.md)."""
     dropped = []
     try:
         entries = [e for e in os.scandir(jit_dir) if e.name.endswith(".so")]
@@ -197,10 +193,8 @@ def describe() -> str:
     rec = _cuda_facts()
     version = _jt.__version__
     if _device == "cuda" and rec:
-        libs = ", ".join(
-            f"{name} {'yes' if rec[key] else 'NO'}"
-            for name, key in (("cuBLAS", "cublas"), ("cuDNN", "cudnn"), ("cub", "cub"))
-        )
+        names = ("cuBLAS", "cuDNN", "cub")
+        libs = ", ".join(f"{name} {'yes' if rec[name.lower()] else 'NO'}" for name in names)
         archs = "/".join(f"sm_{a}" for a in rec["archs"]) or "arch unknown"
         return f"Jittor {version} on cuda:{rec['gpu']} (nvcc {rec['nvcc']}, {archs}; {libs})"
     why = f"asked for {_requested}"

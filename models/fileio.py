@@ -24,8 +24,7 @@ def write_atomic(path: PathLike, write: Callable[[IO[bytes]], Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -146,15 +146,12 @@ def load_state(model: Any, tensors: Mapping[str, Any], source: str = "state dict
     jt = jittor()
     own = model.state_dict()
 
-    def jt_shape(shape) -> tuple[int, ...]:
-        return tuple(int(s) for s in shape) if len(shape) else (1,)
-
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = [
         f"{k}: file {tuple(np.shape(tensors[k]))} vs model {tuple(own[k].shape)}"
         for k in sorted(set(own) & set(tensors))
-        if jt_shape(np.shape(tensors[k])) != tuple(own[k].shape)
+        if (np.shape(tensors[k]) or (1,)) != tuple(own[k].shape)  # Jittor has no 0-d arrays
     ]
     if missing or unexpected or wrong:
         parts = []

@@ -45,11 +45,8 @@ def test_vocabulary_is_openais(reference):
 
 
 @pytest.mark.parametrize("text", CORPUS)
-def test_encode_and_decode_equal_openai(text, reference):
-    tok = default_tokenizer()
-    ids = tok.encode(text)
-    assert ids == reference.encode(text)
-    assert tok.decode(ids) == reference.decode(ids)
+def test_encode_equals_openai(text, reference):
+    assert default_tokenizer().encode(text) == reference.encode(text)
 
 
 def test_tokenize_equals_clip_tokenize(reference):

@@ -8,7 +8,6 @@ statistics stay float32, as OpenAI's fp16 models) for GPUs (``python -m bench.fp
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
@@ -136,12 +135,8 @@ class Bottleneck(jt.Module):
         if stride > 1 or inplanes != planes * self.expansion:
             # Keys "downsample.0" (conv) and "downsample.1" (bn); OpenAI's "-1" is the pool.
             self.downsample = nn.Sequential(
-                OrderedDict(
-                    [
-                        ("0", Conv2d(inplanes, planes * self.expansion, 1, init)),
-                        ("1", BatchNorm2d(planes * self.expansion, init)),
-                    ]
-                )
+                Conv2d(inplanes, planes * self.expansion, 1, init),
+                BatchNorm2d(planes * self.expansion, init),
             )
 
     def execute(self, x: jt.Var) -> jt.Var:
@@ -417,11 +412,10 @@ class CLIP(jt.Module):
             std = pool.c_proj.weight.shape[1] ** -0.5
             for lin in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
                 lin.weight = ini.normal(lin.weight.shape, std)
-            for layer in (self.visual.layer1, self.visual.layer2, self.visual.layer3):
+            visual = self.visual
+            for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
                 for block in layer:
                     block.bn3.weight = ini.const(block.bn3.weight.shape, 0.0)
-            for block in self.visual.layer4:
-                block.bn3.weight = ini.const(block.bn3.weight.shape, 0.0)
         width, layers = self.transformer.width, self.transformer.layers
         proj_std = width**-0.5 * (2 * layers) ** -0.5
         attn_std = width**-0.5

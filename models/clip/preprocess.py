@@ -7,8 +7,6 @@ Normalize.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 from PIL import Image
 
@@ -66,10 +64,3 @@ class Preprocess:
         # Same float32 operations as ToTensor and Normalize, hence bit-identical results.
         x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
         return (x - _MEAN) / _STD
-
-    def batch(self, images: Iterable[Image.Image]) -> np.ndarray:
-        """Stack of preprocessed images [N, 3, n_px, n_px] float32."""
-        arrays = [self(img) for img in images]
-        if not arrays:
-            return np.zeros((0, 3, self.n_px, self.n_px), np.float32)
-        return np.stack(arrays)

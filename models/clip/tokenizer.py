@@ -47,7 +47,7 @@ def _clean(text: str) -> str:
 
 
 class Tokenizer:
-    """Encoder/decoder over the CLIP vocabulary, with a cache of BPE results per word."""
+    """Encoder over the CLIP vocabulary (OpenAI's encode), with a cache of BPE results per word."""
 
     def __init__(self, vocab_file: Union[str, Path] = VOCAB_FILE):
         lines = gzip.open(vocab_file).read().decode("utf-8").split("\n")
@@ -55,11 +55,9 @@ class Tokenizer:
         if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
             raise ValueError(f"{vocab_file}: not a CLIP BPE merges file")
         self.byte_encoder = byte_to_char()
-        self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         symbols = list(self.byte_encoder.values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
-        self.decoder = {i: tok for tok, i in self.encoder.items()}
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
         self.sot_token = self.encoder[SOT]
         self.eot_token = self.encoder[EOT]
@@ -111,12 +109,6 @@ class Tokenizer:
         for piece in self.pattern.findall(_clean(text).lower()):
             out.extend(self._piece_ids(piece))
         return out
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        """Text of token ids; end-of-word markers become spaces."""
-        text = "".join(self.decoder[int(t)] for t in tokens)
-        data = bytearray(self.byte_decoder[c] for c in text)
-        return data.decode("utf-8", errors="replace").replace("</w>", " ")
 
 
 _WS = regex.compile(r"\s+")

@@ -89,12 +89,9 @@ def param_shapes(config: Mapping[str, Any] | str) -> dict[str, tuple[int, ...]]:
     if isinstance(config, str):
         config = variant_config(config)
     dims, depths = [int(d) for d in config["dims"]], [int(d) for d in config["depths"]]
-    shapes: dict[str, tuple[int, ...]] = {
-        "downsample_layers.0.0.weight": (dims[0], int(config["in_chans"]), 4, 4),
-        "downsample_layers.0.0.bias": (dims[0],),
-        "downsample_layers.0.1.weight": (dims[0],),
-        "downsample_layers.0.1.bias": (dims[0],),
-    }
+    p = "downsample_layers.0"  # the stem: 4x4 stride-4 conv, LayerNorm
+    shapes: dict[str, tuple[int, ...]] = {f"{p}.0.weight": (dims[0], int(config["in_chans"]), 4, 4)}
+    shapes[f"{p}.0.bias"] = shapes[f"{p}.1.weight"] = shapes[f"{p}.1.bias"] = (dims[0],)
     for i in range(1, len(dims)):
         p = f"downsample_layers.{i}"
         shapes[f"{p}.0.weight"] = shapes[f"{p}.0.bias"] = (dims[i - 1],)

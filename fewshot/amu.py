@@ -55,16 +55,12 @@ def _std(x, dim: int):
 
 
 def _zscore(x):
+    """Per-row (v - mean) / std, std with n - 1 (the official ``logit_normalize``)."""
     return (x - x.mean(dim=1, keepdims=True)) / _std(x, 1)
 
 
-@forward_only
-def zscore_rows(x) -> np.ndarray:
-    """Per-row (v - mean) / std, std with n - 1 (the official ``logit_normalize``)."""
-    return as_numpy(_zscore(as_var(x, "logits", ndim=2)))
-
-
 def _uncertainty(clip_logits, kind: str, power: float):
+    """Fusion factor [n, 1] from CLIP logits [n, C] ('none': 1; 'moment': docs/METHODS.md)."""
     if kind == "none":
         return 1.0
     if kind != "moment":
@@ -73,16 +69,6 @@ def _uncertainty(clip_logits, kind: str, power: float):
     z = (p - p.mean(dim=1, keepdims=True)) / _std(p, 1)
     kurt = (z**4).mean(dim=1, keepdims=True)
     return 1.0 / (kurt / 250.0).pow(power)
-
-
-@forward_only
-def uncertainty_factor(clip_logits, kind: str = "moment", power: float = 0.4) -> np.ndarray:
-    """Fusion factor [n, 1] from CLIP logits [n, C] ('none': ones; 'moment': docs/METHODS.md)."""
-    lv = as_var(clip_logits, "clip logits", ndim=2)
-    f = _uncertainty(lv, kind, power)
-    if kind == "none":
-        return np.ones((lv.shape[0], 1), np.float32)
-    return as_numpy(f)
 
 
 @forward_only
@@ -181,13 +167,6 @@ class AMUTuning:
             j.array(self.T),
         )
         return as_numpy(lv)
-
-    @forward_only
-    def aux_logits(self, aux_X) -> np.ndarray:
-        """The z-scored auxiliary branch alone, [n, C]."""
-        self._check()
-        xa = l2_normalize(as_var(aux_X, "auxiliary features", ndim=2), 1)
-        return as_numpy(_zscore(xa @ jt().array(self.W).transpose(1, 0)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """aux_weight [C, d_aux] and text [d, C]."""

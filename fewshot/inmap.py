@@ -85,12 +85,6 @@ def _hard_labels(Y, alpha: float):
     return j.ternary((val > alpha).unsqueeze(1), onehot, Y)
 
 
-@forward_only
-def hard_labels(Y, alpha: float = OFFICIAL.alpha) -> np.ndarray:
-    """Rows of Y whose maximum exceeds alpha become one-hot (step 2)."""
-    return as_numpy(_hard_labels(as_var(Y, "Y", ndim=2), alpha))
-
-
 def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_first: bool):
     """Gradient descent on the proxies; jt.Var in, (W jt.Var, number of lr halvings) out.
     halve_first: lr halved before the first step, as in the challenge solution (its previous-norm

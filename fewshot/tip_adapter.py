@@ -61,23 +61,13 @@ def build_cache_values(labels, num_classes: int) -> np.ndarray:
 
 
 def _cache_logits(X, K, L, beta):
+    """exp(-beta (1 - X K^T)) @ L: X [n, d], keys [NK, d], values [NK, C] -> [n, C]."""
     return (-(beta - beta * (X @ K.transpose(1, 0)))).exp() @ L
 
 
 @forward_only
-def cache_logits(X, keys, values, beta: float) -> np.ndarray:
-    """exp(-beta (1 - X K^T)) @ L: X [n, d], keys [NK, d], values [NK, C] -> [n, C]."""
-    Xv = as_var(X, "X", ndim=2)
-    K = as_var(keys, "keys [NK, d]", ndim=2)
-    L = as_var(values, "values [NK, C]", ndim=2)
-    if K.shape[1] != Xv.shape[1] or L.shape[0] != K.shape[0]:
-        raise ValueError(f"shapes disagree: X {Xv.shape}, keys {K.shape}, values {L.shape}")
-    return as_numpy(_cache_logits(Xv, K, L, beta))
-
-
-@forward_only
 def tip_logits(X, T, keys, values, alpha: float, beta: float, clip_scale: float = 100.0):
-    """Tip-Adapter logits 100 X @ T + alpha * cache_logits(X, keys, values, beta) (numpy)."""
+    """Tip-Adapter logits clip_scale X @ T + alpha exp(-beta (1 - X K^T)) @ L (numpy)."""
     Xv = as_var(X, "X", ndim=2)
     Tv = as_var(T, "T [d, C]", ndim=2)
     K, L = as_var(keys, "keys", ndim=2), as_var(values, "values", ndim=2)

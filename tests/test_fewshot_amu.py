@@ -13,6 +13,7 @@ from _reference import torch_amu  # noqa: E402
 from test_fewshot_planted import accuracy, planted  # noqa: E402
 
 from fewshot import amu as A  # noqa: E402
+from fewshot._tensor import as_var  # noqa: E402
 
 Q = planted(paired=True)
 C = Q.T.shape[1]
@@ -27,21 +28,21 @@ def test_kurtosis_factor_of_a_peaked_and_of_a_flat_prediction():
     peaked = np.zeros((1, c), np.float32)
     peaked[0, 0] = 60.0  # softmax ~ one-hot
     two_level = np.tile(np.array([1.0, 0.0], np.float32), (1, c // 2))  # flattest non-uniform
-    f = A.uncertainty_factor(np.concatenate([peaked, two_level]), "moment", 0.4)
+    f = A._uncertainty(as_var(np.concatenate([peaked, two_level]), "x"), "moment", 0.4).numpy()
     # Kurtosis with torch.std's n-1: spike (C^2-3C+3)/(C-1) * ((C-1)/C)^2; two-level 1 * same.
     shrink = ((c - 1) / c) ** 2
     k_spike = (c * c - 3 * c + 3) / (c - 1) * shrink
     np.testing.assert_allclose(f[:, 0], [(250 / k_spike) ** 0.4, (250 / shrink) ** 0.4], rtol=1e-4)
     assert f[0, 0] < f[1, 0]  # confident CLIP -> less auxiliary weight
-    np.testing.assert_array_equal(A.uncertainty_factor(peaked, "none"), np.ones((1, 1)))
+    assert A._uncertainty(as_var(peaked, "x"), "none", 0.4) == 1.0
     with pytest.raises(ValueError, match="uncertainty kind"):
-        A.uncertainty_factor(peaked, "entropy")
+        A._uncertainty(as_var(peaked, "x"), "entropy", 0.4)
 
 
 def test_zscore_rows_use_bessel_corrected_std():
     x = np.random.default_rng(0).normal(size=(5, 9)).astype(np.float32) * 3 + 1
     ref = (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
-    np.testing.assert_allclose(A.zscore_rows(x), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(A._zscore(as_var(x, "x")).numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_feature_init_is_class_sum_over_n_per_class_of_view_averaged_unit_features():
@@ -78,8 +79,6 @@ def test_validation_selection_and_state_dict():
     assert 0 <= m.best_epoch < 4
     r = A.AMUTuning.from_state_dict(m.state_dict(), m.config)
     np.testing.assert_array_equal(r.logits(Q.X_test, Q.A_test), m.logits(Q.X_test, Q.A_test))
-    z = r.aux_logits(Q.A_test)
-    np.testing.assert_allclose(z.mean(1), 0, atol=1e-5)
 
 
 def test_amu_helps_when_the_auxiliary_features_carry_what_clip_lacks():

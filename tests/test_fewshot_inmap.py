@@ -133,7 +133,7 @@ def test_hard_labels_threshold_is_strictly_above_alpha():
     Y = np.array(
         [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.61, 0.19], [0.34, 0.33, 0.33]], np.float32
     )
-    H = I.hard_labels(Y, alpha=0.6)
+    H = I._hard_labels(as_var(Y, "Y", ndim=2), 0.6).numpy()
     np.testing.assert_array_equal(H[0], [1, 0, 0])
     np.testing.assert_allclose(H[1], Y[1])  # max == alpha stays soft
     np.testing.assert_array_equal(H[2], [0, 1, 0])

@@ -27,7 +27,8 @@ def test_cache_logits_is_exp_minus_beta_one_minus_affinity_times_values():
     np.testing.assert_array_equal(L, np.eye(C, dtype=np.float32)[P.y_train])
     A = P.X_val.astype(np.float64) @ K.T
     ref = np.exp(-2.5 * (1 - A)) @ L
-    np.testing.assert_allclose(TA.cache_logits(P.X_val, K, L, 2.5), ref, rtol=1e-5)
+    cache = TA.tip_logits(P.X_val, P.T, K, L, alpha=1.0, beta=2.5, clip_scale=0.0)
+    np.testing.assert_allclose(cache, ref, rtol=1e-5)
     tip = TA.tip_logits(P.X_val, P.T, K, L, alpha=1.7, beta=2.5)
     np.testing.assert_allclose(tip, 100 * P.X_val @ P.T + 1.7 * ref, rtol=1e-5, atol=1e-4)
 

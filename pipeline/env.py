@@ -159,10 +159,6 @@ class Env:
             is_demo=data_given is None,
         )
 
-    def replace(self, **changes: Any) -> Env:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
     def describe(self) -> str:
         """Multi-line summary for logs."""
         lines = []

@@ -101,11 +101,12 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 VIEWS = ("orig", "flip", "aug")
+PREFETCH = 4  # batches decoded ahead of the consumer
 AUG_SCALE = (0.5, 1.0)  # LP++'s RandomResizedCrop (official linear_probe_p2 data loader)
 AUG_RATIO = (3 / 4, 4 / 3)
 
-# One decoded image: its views' arrays, or None and the error message.
-Decoded = tuple[Optional[tuple[np.ndarray, ...]], Optional[str]]
+# One decoded image: its views' arrays, or None when it cannot be decoded.
+Decoded = Optional[tuple[np.ndarray, ...]]
 
 
 class Batch(NamedTuple):
@@ -175,11 +176,11 @@ def _decode_chunk(
     for j, p in enumerate(paths):
         try:
             im = load_rgb(p)
-        except ImageError as e:
-            out.append((None, str(e)))
+        except ImageError:
+            out.append(None)
             continue
         try:
-            out.append((_preprocess_views(im, preprocess, views, start + j, seed), None))
+            out.append(_preprocess_views(im, preprocess, views, start + j, seed))
         except Exception as e:
             # A preprocessing failure on a decoded image is a bug, not a bad file: surface it.
             raise RuntimeError(f"{p}: preprocessing failed ({type(e).__name__}: {e})") from e
@@ -204,19 +205,16 @@ def iter_batches(
     workers: Optional[int] = None,
     *,
     views: Sequence[str] = ("orig",),
-    prefetch: int = 4,
     fill_failed: bool = False,
-    on_error: Optional[Callable[[int, str], None]] = None,
     seed: int = 0,
     offset: int = 0,
 ) -> Iterator[Batch]:
-    """Decode ``paths`` on ``workers`` threads (0: in the calling thread), up to ``prefetch``
+    """Decode ``paths`` on ``workers`` threads (0: in the calling thread), up to PREFETCH
     batches ahead, and yield Batches in list order.
 
     ``views`` ("orig", "flip", "aug") are preprocessed from the same decoded image; "aug" is
     :func:`augment` drawn from ``[seed, offset + position]``. ``fill_failed``: a failed image
     gets a mid-grey placeholder row (still listed in ``failed``) instead of being left out.
-    ``on_error(index, message)`` is called for each failure.
     """
     views = tuple(views)
     check_views(views)
@@ -234,7 +232,7 @@ def iter_batches(
 
     executor = cf.ThreadPoolExecutor(workers, "decode") if workers > 0 and n > 0 else None
     starts = range(0, n, chunk)
-    depth = max(1, -(-prefetch * batch_size // chunk))
+    depth = max(1, -(-PREFETCH * batch_size // chunk))
     chunks = map(decode, starts) if executor is None else _ahead(executor, decode, starts, depth)
     decoded = itertools.chain.from_iterable(chunks)
     placeholder: Optional[tuple[np.ndarray, ...]] = None
@@ -242,11 +240,9 @@ def iter_batches(
     try:
         for b0 in range(0, n, batch_size):
             idx, arrays, failed = [], [], []
-            for i, (arr, err) in enumerate(itertools.islice(decoded, batch_size), b0):
+            for i, arr in enumerate(itertools.islice(decoded, batch_size), b0):
                 if arr is None:
                     failed.append(i)
-                    if on_error is not None:
-                        on_error(i, err or "")
                     if not fill_failed:
                         continue
                     if placeholder is None:  # mid-grey: no class evidence, but a finite feature

@@ -97,10 +97,6 @@ class ClassList:
         return len(self.names)
 
     @property
-    def ids(self) -> np.ndarray:
-        return np.arange(len(self.names), dtype=np.int64)
-
-    @property
     def domain_names(self) -> tuple[str, ...]:
         """Distinct domains in order of first appearance (by id)."""
         return tuple(dict.fromkeys(self.domains))
@@ -117,12 +113,6 @@ class ClassList:
                 f"{self.source}: no domain {domain!r}; domains: {', '.join(self.domain_names)}"
             )
         return np.flatnonzero(self.domain_array == domain).astype(np.int64)
-
-    def id_of(self, raw_name: str) -> int:
-        try:
-            return self.names.index(raw_name)
-        except ValueError:
-            raise ListError(f"{self.source}: no class named {raw_name!r}") from None
 
     def check_label(self, label: int, where: str) -> None:
         if not 0 <= label < len(self.names):
@@ -290,11 +280,6 @@ def write_labeled_list(path: PathLike, items: LabeledList) -> None:
 def seen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
     """Ids of classes with at least one image in ``train`` (sorted int64)."""
     return np.flatnonzero(train.counts(len(classes)) > 0).astype(np.int64)
-
-
-def unseen_class_ids(train: LabeledList, classes: ClassList) -> np.ndarray:
-    """Ids of classes without any image in ``train`` (sorted int64)."""
-    return np.flatnonzero(train.counts(len(classes)) == 0).astype(np.int64)
 
 
 def natural_key(name: str) -> tuple:

@@ -1,13 +1,6 @@
 """Synthetic data in the challenge layout (demo, benchmarks, tests) and random-weight checkpoints
-in the upstream formats; ``python -m pipeline.synthetic --help`` writes either.
-
-``ensure_demo``: the demo dataset of drawn shapes (docs/DATA.md, "Demo dataset")::
-
-    classes_b.txt          <Domain>_<name> <id>, no trailing newline (like classes.txt)
-    train.txt, TrainSet/   TrainSet/<Domain>/<folder>/<n>.jpg <label>
-    TestSet/image_<n>.jpg  shuffled over all classes, unseen ones included
-    test_labels.txt        image_<n>.jpg <label>: the answers, for evaluation only
-    DEMO.json              the generation parameters, written last (marks a complete set)
+in the upstream formats; ``python -m pipeline.synthetic --help`` writes either. The demo dataset
+and its layout: docs/DATA.md, "Demo dataset".
 """
 
 from __future__ import annotations
@@ -35,8 +28,6 @@ from pipeline.lists import read_class_list
 
 log = logging.getLogger(__name__)
 
-
-GENERATOR_VERSION = 1
 
 _CARS = "Audi_R8_Coupe_2012 BMW_X6_SUV_2012 Toyota_Sequoia_SUV_2012 Volvo_C30_Hatchback_2012"
 DOMAINS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -74,7 +65,7 @@ class DemoParams:
     min_size: int = 64
     max_size: int = 96
     nasty: bool = False
-    version: int = GENERATOR_VERSION
+    version: int = 1  # of the generator: a new version regenerates existing demo sets
 
 
 @dataclass(frozen=True)
@@ -173,11 +164,8 @@ def _nasty(kind: str, arr: np.ndarray) -> tuple[str, bytes]:
     return (".png" if kind in ("palette_alpha", "grey16") else ".jpg"), buf.getvalue()
 
 
-def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> dict:
-    """Write the demo dataset into a new or empty ``out_dir``; returns DEMO.json's summary."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty; the demo generator only writes fresh folders")
+def _generate(out: Path, params: DemoParams) -> dict:
+    """Write the demo dataset into the new folder ``out``; returns DEMO.json's summary."""
     rng = np.random.default_rng(params.seed)
     names = [f"{d}_{n}" for d, names in DOMAINS for n in names]  # raw names, in id order
     domains = [n.split("_", 1)[0] for n in names]
@@ -186,7 +174,7 @@ def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> d
     def size() -> tuple[int, int]:
         return tuple(int(v) for v in rng.integers(params.min_size, params.max_size + 1, 2))
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     text = "\n".join(f"{n} {i}" for i, n in enumerate(names))  # no trailing newline
     (out / "classes_b.txt").write_text(text, encoding="utf-8")
 
@@ -234,9 +222,8 @@ def generate(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> d
 
 
 def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -> Path:
-    """The demo dataset at ``out_dir``, generated (in a temporary sibling renamed into place) if
-    absent or made with other parameters. A folder without DEMO.json is never touched (it may be
-    real data): FileExistsError."""
+    """The demo dataset at ``out_dir``, generated if absent or made with other parameters;
+    FileExistsError for a folder without DEMO.json (docs/DATA.md, "Demo dataset")."""
     out = Path(out_dir)
     marker = out / "DEMO.json"
     if marker.is_file():
@@ -252,7 +239,7 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed run with this pid
     try:
-        summary = generate(tmp, params)
+        summary = _generate(tmp, params)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

@@ -17,7 +17,7 @@ from pipeline.lists import (
     read_labeled_list,
     seen_class_ids,
 )
-from pipeline.synthetic import DOMAINS, DemoParams, ensure_demo, generate
+from pipeline.synthetic import DOMAINS, DemoParams, ensure_demo
 
 SMALL = DemoParams(seed=0, train_per_class=6, test_per_class=3, nasty=True)
 
@@ -77,14 +77,15 @@ def test_nasty_files_exercise_the_robust_path(demo):
 
 
 def test_deterministic(tmp_path, demo):
-    generate(tmp_path / "again", SMALL)
+    ensure_demo(tmp_path / "again", SMALL)
     files = sorted(p.relative_to(demo) for p in demo.rglob("*") if p.is_file())
     assert files == sorted(
         p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file()
     )
     for f in files:
         assert (demo / f).read_bytes() == (tmp_path / "again" / f).read_bytes(), f
-    other = generate(tmp_path / "other", DemoParams(seed=1, train_per_class=6, test_per_class=3))
+    ensure_demo(tmp_path / "other", DemoParams(seed=1, train_per_class=6, test_per_class=3))
+    other = json.loads((tmp_path / "other" / "DEMO.json").read_text())
     assert other["test_images"] == len(list_test_images(demo / "TestSet"))
     assert (tmp_path / "other" / "train.txt").read_text() == (demo / "train.txt").read_text()
     assert (tmp_path / "other" / "TrainSet/Animal/Bear/1.jpg").read_bytes() != (

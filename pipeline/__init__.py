@@ -1,2 +1,1 @@
-"""The challenge pipeline: lists, images, feature cache, training, the cascade, submission,
-evaluation and the demo dataset."""
+"""The challenge pipeline: data, features, training, the cascade, submission and evaluation."""

@@ -54,8 +54,8 @@ class Encoder(NamedTuple):
 
 
 def list_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """sha256 over the ordered (absolute path, size, mtime) of every image ("missing" for a
-    missing one): two datasets never share an entry, replaced images are encoded again."""
+    """sha256 over the ordered (absolute path, size, mtime) of the images: replaced images, or
+    another dataset, get another entry."""
     h = hashlib.sha256()
     for p in paths:
         ap = os.path.abspath(os.fspath(p))
@@ -216,10 +216,8 @@ class FeatureCache:
         seed: int = 0,
     ) -> list[FeatureSet]:
         """One FeatureSet per encoder: the features of ``paths`` for every view, from the cache
-        or computed (``seed`` draws the "aug" view and is part of its key). The encoders share
-        ``preprocess`` and one decoding pass: a Jittor call holds the GIL, so on a GPU a second
-        pass would be time the encoders wait. FeatureError for non-finite or misshapen output.
-        """
+        or computed in one decoding pass shared by the encoders (``seed`` draws the "aug" view).
+        FeatureError for non-finite or misshapen output."""
         views = tuple(dict.fromkeys(views))
         check_views(views)
         if not encoders:

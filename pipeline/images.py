@@ -49,14 +49,6 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
 
 
-def _flatten_alpha(im: Image.Image) -> Image.Image:
-    """Composite on white: what a viewer shows, and what product and clip-art images are made
-    for (transparent pixels carry arbitrary colours, often black)."""
-    rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
 def _check_size(path: str | os.PathLike, width: int, height: int) -> None:
     limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
     if width * height > limit:
@@ -85,7 +77,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 return _to_8bit(im).convert("RGB")
             if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-                return _flatten_alpha(im)
+                # On white: what a viewer shows, and what product and clip-art images are made
+                # for (transparent pixels carry arbitrary colours, often black).
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
             return im.convert("RGB")
     except FileNotFoundError as e:
         raise ImageError(f"{path}: file not found") from e
@@ -209,13 +204,9 @@ def iter_batches(
     seed: int = 0,
     offset: int = 0,
 ) -> Iterator[Batch]:
-    """Decode ``paths`` on ``workers`` threads (0: in the calling thread), up to PREFETCH
-    batches ahead, and yield Batches in list order.
-
-    ``views`` ("orig", "flip", "aug") are preprocessed from the same decoded image; "aug" is
-    :func:`augment` drawn from ``[seed, offset + position]``. ``fill_failed``: a failed image
-    gets a mid-grey placeholder row (still listed in ``failed``) instead of being left out.
-    """
+    """Decode ``paths`` on ``workers`` threads (0: in the calling thread) and yield Batches in
+    list order; "aug" views are drawn from ``[seed, offset + position]``, ``fill_failed`` gives
+    failed images a grey placeholder row (docs/DATA.md, "Batch loader")."""
     views = tuple(views)
     check_views(views)
     if batch_size < 1:

@@ -1,9 +1,6 @@
 """Method settings: which method each stage runs and its hyperparameters, every value checked.
-
-The defaults below, overridden by a YAML file (``--settings FILE`` or ``$SETTINGS``);
-``settings/default.yaml`` explains each, ``settings/challenge.yaml`` is the challenge recipe.
-The cascade's choices (CHOICE_OPTIONS) default to null: train.sh's validation picks each
-(pipeline.selection); a value pins it. Nothing is tied to class ids."""
+``settings/default.yaml`` explains each, ``settings/challenge.yaml`` is the challenge recipe; the
+cascade choices (CHOICE_OPTIONS) left null are made by the validation (pipeline.selection)."""
 
 from __future__ import annotations
 

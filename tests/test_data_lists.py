@@ -209,8 +209,8 @@ def test_labeled_list_roundtrip(tmp_path, classes):
     back = read_labeled_list(p, classes)
     assert back.paths == lst.paths and back.labels.tolist() == [3, 0]
     assert [q.name for q in p.parent.iterdir()] == ["l.txt"]  # no temporary left behind
-    sub = lst.subset([1])
-    assert sub.paths == ("y.png",) and sub.labels.tolist() == [0]
+    sub = lst.subset([1], "val")
+    assert sub.paths == ("y.png",) and sub.labels.tolist() == [0] and sub.source == "val"
 
 
 # Fuzzing: arbitrary text either parses or raises ListError, never anything else.

@@ -200,19 +200,22 @@ def _weight_files(env: Env, needed: set[str]) -> None:
             )
 
 
-# split.json key -> the variable that sets it
+# split.json key (an Env field) -> the variable that sets it; paths are recorded resolved
 _SPLIT_PATHS = {"data_dir": "DATA_DIR", "classes": "CLASSES", "train_list": "TRAIN_LIST"}
-_SPLIT_VALUES = {"shots": "SHOTS", "seed": "SEED", "val_per_class": "VAL_PER_CLASS"}
-_SPLIT_DIGESTS = {"classes_sha256": "classes", "train_list_sha256": "train_list"}
+_SPLIT_KEYS = {**_SPLIT_PATHS, "shots": "SHOTS", "seed": "SEED", "val_per_class": "VAL_PER_CLASS"}
+_SPLIT_FILES = ("classes", "train_list")  # and the sha256 of their contents, as <key>_sha256
 
 
 def split_record(env: Env) -> dict[str, Any]:
     """What process.py's lists are made from (``lists/split.json``), compared at train time."""
-    record: dict[str, Any] = {k: os.path.realpath(getattr(env, k)) for k in _SPLIT_PATHS}
-    record.update({k: getattr(env, k) for k in _SPLIT_VALUES})
-    for key, field in _SPLIT_DIGESTS.items():
-        record[key] = hashlib.sha256(Path(getattr(env, field)).read_bytes()).hexdigest()
+    record: dict[str, Any] = {k: _resolved(k, getattr(env, k)) for k in _SPLIT_KEYS}
+    for key in _SPLIT_FILES:
+        record[f"{key}_sha256"] = hashlib.sha256(getattr(env, key).read_bytes()).hexdigest()
     return record
+
+
+def _resolved(key: str, value: Any) -> Any:
+    return os.path.realpath(str(value)) if key in _SPLIT_PATHS else value
 
 
 def _lists_match(env: Env) -> None:
@@ -226,22 +229,15 @@ def _lists_match(env: Env) -> None:
     current = split_record(env)
     where = f"the lists in {env.lists_dir}"
     todo = "re-run python process.py (with the options you gave it), then bash train.sh"
-    for key, var in _SPLIT_PATHS.items():
-        if key in recorded and os.path.realpath(str(recorded[key])) != current[key]:
-            raise PreflightError(
-                f"{var} is {getattr(env, key)} but {where} were made from {recorded[key]}; {todo}"
-            )
-    for key, var in _SPLIT_VALUES.items():
-        if key in recorded and recorded[key] != current[key]:
-            raise PreflightError(
-                f"{var} is {current[key]} but {where} were made with {var} {recorded[key]}; {todo}"
-            )
-    for key, field in _SPLIT_DIGESTS.items():
-        if key in recorded and recorded[key] != current[key]:
-            var = _SPLIT_PATHS[field]
-            raise PreflightError(
-                f"{var} {getattr(env, field)} changed since {where} were made from it; {todo}"
-            )
+    for key, var in _SPLIT_KEYS.items():
+        if key in recorded and _resolved(key, recorded[key]) != current[key]:
+            now, was = getattr(env, key), recorded[key]
+            raise PreflightError(f"{var} is {now} but {where} were made with {var} {was}; {todo}")
+    for key in _SPLIT_FILES:
+        digest = f"{key}_sha256"
+        if digest in recorded and recorded[digest] != current[digest]:
+            var, file = _SPLIT_KEYS[key], getattr(env, key)
+            raise PreflightError(f"{var} {file} changed since {where} were made from it; {todo}")
 
 
 def _trained_artefacts(env: Env, settings: Settings, classes: ClassList) -> None:

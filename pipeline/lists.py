@@ -214,10 +214,7 @@ def _outside(path: str, root: Optional[PathLike]) -> Optional[str]:
 
 
 def parse_labeled_list(
-    lines: Iterable[str],
-    source: str = "<memory>",
-    classes: Optional[ClassList] = None,
-    root: Optional[PathLike] = None,
+    lines: Iterable[str], source: str, classes: ClassList, root: Optional[PathLike] = None
 ) -> LabeledList:
     """Parse ``<path> <label>`` lines (see ``read_labeled_list``)."""
     seen: dict[str, tuple[int, int]] = {}  # path -> (label, line), in list order
@@ -231,10 +228,7 @@ def parse_labeled_list(
         label = _parse_int(tok)
         if label is None:
             raise ListError(f"{where}: expected '<image path> <label>', got {line.strip()!r}")
-        if classes is not None:
-            classes.check_label(label, where)
-        elif label < 0:
-            raise ListError(f"{where}: negative label {label}")
+        classes.check_label(label, where)
         path = path.replace("\\", "/")  # lists written on Windows
         outside = _outside(path, root)
         if outside:
@@ -261,10 +255,10 @@ def parse_labeled_list(
 
 
 def read_labeled_list(
-    path: PathLike, classes: Optional[ClassList] = None, root: Optional[PathLike] = None
+    path: PathLike, classes: ClassList, root: Optional[PathLike] = None
 ) -> LabeledList:
-    """Read a ``<image path> <label>`` list such as train.txt: labels must be ids of ``classes``
-    (when given), paths inside the data folder ``root`` (without a root: no '..')."""
+    """Read a ``<image path> <label>`` list such as train.txt: labels must be ids of ``classes``,
+    paths inside the data folder ``root`` (without a root: no '..')."""
     return parse_labeled_list(read_lines(path), os.fspath(path), classes, root)
 
 

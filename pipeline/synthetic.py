@@ -81,13 +81,12 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
 
 
-def _styles(num_classes: int, domains: list[str]) -> list[_Style]:
+def _styles(domains: list[str]) -> list[_Style]:
     """One visual identity per class: distinct, or near each other in the fine-grained domain."""
     styles = []
-    ordinary = 0
-    fine = 0
-    for c in range(num_classes):
-        if domains[c] in FINE_GRAINED_DOMAINS:
+    ordinary = fine = 0
+    for domain in domains:
+        if domain in FINE_GRAINED_DOMAINS:
             # Same blob and brown family: only the stripe angle and a small hue shift differ.
             hue = 0.07 + 0.012 * (fine % 3)
             colours = (_hsv(hue, 0.65, 0.55), _hsv(hue, 0.35, 0.9))
@@ -169,7 +168,7 @@ def _generate(out: Path, params: DemoParams) -> dict:
     rng = np.random.default_rng(params.seed)
     names = [f"{d}_{n}" for d, names in DOMAINS for n in names]  # raw names, in id order
     domains = [n.split("_", 1)[0] for n in names]
-    styles = _styles(len(names), domains)
+    styles = _styles(domains)
 
     def size() -> tuple[int, int]:
         return tuple(int(v) for v in rng.integers(params.min_size, params.max_size + 1, 2))

@@ -154,8 +154,8 @@ def parse_class_list(lines: Iterable[str], source: str = "<memory>") -> ClassLis
             f"out of range {preview(extra, 8) or 'none'}"
         )
     names = tuple(by_id[i][0] for i in range(n))
-    split = [split_class_name(x) for x in names]
-    return ClassList(names, tuple(d for d, _ in split), tuple(c for _, c in split), source)
+    domains, clean_names = zip(*map(split_class_name, names))
+    return ClassList(names, domains, clean_names, source)
 
 
 def read_class_list(path: PathLike) -> ClassList:

@@ -1,10 +1,6 @@
-"""Checks before any work: bad input is refused in one line before the first image is encoded.
-
-``checked`` wraps train.py, test.py and ``test.py --eval`` (from :func:`pipeline.cli.run_main`);
-``check_process`` runs before process.py writes its lists. Each problem raises PreflightError
-(a ConfigError: one line, exit status 2) naming the file, setting or variable and what to do.
-What is checked, case by case: docs/RELIABILITY.md.
-"""
+"""Checks before any work: bad input is refused in one line (PreflightError, exit status 2)
+before the first image is encoded. ``checked`` wraps train.py and test.py (pipeline.cli.run_main),
+``check_process`` process.py. What is checked, case by case: docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
@@ -98,8 +94,7 @@ def _output_folder(env: Env, script: str) -> None:
 
 
 def _writable_folder(path: Path, what: str) -> None:
-    """``path`` (``what`` in messages) is a folder this process can create files in; made if
-    missing."""
+    """Make ``path`` a folder this process can create files in (``what`` names it in messages)."""
     if path.exists() and not path.is_dir():
         raise PreflightError(f"{what}: is a file, not a folder; set OUT_DIR to a folder")
     try:

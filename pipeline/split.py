@@ -33,12 +33,9 @@ class Split(NamedTuple):
 
 def _class_order(pool: LabeledList, seed: int) -> dict[int, list[int]]:
     """Per class, pool indices in their seeded random order (independent of the line order)."""
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(pool.labels.tolist()):
-        by_class.setdefault(y, []).append(i)
     order = {}
-    for c, idx in by_class.items():
-        idx = _by_path(pool, idx)
+    for c in np.unique(pool.labels).tolist():
+        idx = _by_path(pool, np.flatnonzero(pool.labels == c).tolist())
         order[c] = [idx[j] for j in np.random.default_rng([seed, c]).permutation(len(idx))]
     return order
 

@@ -131,21 +131,18 @@ def augment(im: Image.Image, size: int, rng: np.random.Generator) -> Image.Image
     """torchvision's RandomResizedCrop(size, scale AUG_SCALE, ratio AUG_RATIO, bicubic) and
     RandomHorizontalFlip, drawn from ``rng``: LP++'s training view."""
     w, h = im.size
-    box = None
     for _ in range(10):
         area = w * h * rng.uniform(*AUG_SCALE)
         aspect = np.exp(rng.uniform(np.log(AUG_RATIO[0]), np.log(AUG_RATIO[1])))
         cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            box = (left, top, left + cw, top + ch)
             break
-    if box is None:  # torchvision's fallback: the centre crop of the nearest allowed ratio
+    else:  # no draw fits: torchvision's fallback, the centre crop of the nearest allowed ratio
         ratio = min(max(w / h, AUG_RATIO[0]), AUG_RATIO[1])
         cw, ch = (w, int(round(w / ratio))) if w / h < ratio else (int(round(h * ratio)), h)
         left, top = (w - cw) // 2, (h - ch) // 2
-        box = (left, top, left + cw, top + ch)
-    out = im.crop(box).resize((size, size), Image.BICUBIC)
+    out = im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
 
 

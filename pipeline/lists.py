@@ -29,9 +29,8 @@ class ListError(ValueError):
 
 def preview(items: Sequence, k: int = 5) -> str:
     """The first ``k`` items, comma-separated, and how many in all when there are more."""
-    return ", ".join(map(str, items[:k])) + (
-        f", ... ({len(items)} in all)" if len(items) > k else ""
-    )
+    more = f", ... ({len(items)} in all)" if len(items) > k else ""
+    return ", ".join(map(str, items[:k])) + more
 
 
 def read_lines(path: PathLike) -> list[str]:

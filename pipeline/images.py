@@ -122,8 +122,7 @@ def check_views(views: Sequence[str]) -> None:
 
 
 def default_workers() -> int:
-    """Decoding threads: one per core, at most 16. None is kept back for the consumer: a Jittor
-    call holds the GIL, so decoding and encoding never overlap anyway (docs/PERFORMANCE.md)."""
+    """Decoding threads: one per core, at most 16, none kept back (why: docs/PERFORMANCE.md)."""
     return max(1, min(16, os.cpu_count() or 1))
 
 

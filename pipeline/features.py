@@ -250,13 +250,9 @@ class FeatureCache:
             mine = entries[i * len(views) : (i + 1) * len(views)]
             failed = sorted(set().union(*(e.failed for e in mine)))
             if failed:
-                log.warning(
-                    "%s: %d of %d image(s) could not be decoded (placeholder features): %s",
-                    enc.label,
-                    len(failed),
-                    len(paths),
-                    preview([paths[j] for j in failed]),
-                )
+                what = f"{len(failed)} of {len(paths)} image(s) could not be decoded"
+                shown = preview([paths[j] for j in failed])
+                log.warning("%s: %s (placeholder features): %s", enc.label, what, shown)
             out.append(FeatureSet({e.view: e.features for e in mine}, tuple(failed)))
         return out
 

@@ -139,13 +139,8 @@ def split_from_shot_list(
     under = [c for c in np.flatnonzero(pool.counts(len(classes)) > 0) if counts[c] < shots]
     if under:
         names = ", ".join(classes.names[c] for c in under[:10])
-        log.warning(
-            "%s: %d seen class(es) have fewer than %d shots: %s",
-            shot_list.source,
-            len(under),
-            shots,
-            names,
-        )
+        what = f"{len(under)} seen class(es) have fewer than {shots} shots"
+        log.warning("%s: %s: %s", shot_list.source, what, names)
     order = _class_order(pool, seed)
     val = _validation(pool, order, sorted(order), set(shot_list.paths), val_per_class)
     train = LabeledList(shot_list.paths, shot_list.labels, "train_4shot")

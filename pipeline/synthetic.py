@@ -244,9 +244,8 @@ def ensure_demo(out_dir: str | os.PathLike, params: DemoParams = DemoParams()) -
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info(
-        "demo dataset in %s: %s", out, {k: summary[k] for k in ("train_images", "test_images")}
-    )
+    counts = {k: summary[k] for k in ("train_images", "test_images")}
+    log.info("demo dataset in %s: %s", out, counts)
     return out
 
 

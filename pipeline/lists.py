@@ -243,12 +243,8 @@ def parse_labeled_list(
             continue
         seen[path] = (label, lineno)
     if duplicates:
-        log.warning(
-            "%s: %d duplicate line(s) ignored (same image and label), first on line %d",
-            source,
-            len(duplicates),
-            duplicates[0],
-        )
+        what = f"{len(duplicates)} duplicate line(s) ignored (same image and label)"
+        log.warning("%s: %s, first on line %d", source, what, duplicates[0])
     labels = np.asarray([label for label, _ in seen.values()], np.int64)
     return LabeledList(tuple(seen), labels, source)
 

@@ -92,11 +92,8 @@ def select_shots(
             else:
                 rejected.append(pool.paths[i])
     if rejected:
-        log.warning(
-            "%d candidate shot(s) were missing or undecodable and were replaced: %s",
-            len(rejected),
-            preview(rejected),
-        )
+        what = f"{len(rejected)} candidate shot(s) were missing or undecodable"
+        log.warning("%s and were replaced: %s", what, preview(rejected))
     short = {c: len(v) for c, v in chosen.items() if len(v) < shots}
     if short:
         desc = ", ".join(f"{classes.names[c]} ({k})" for c, k in sorted(short.items())[:10])

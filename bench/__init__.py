@@ -58,27 +58,18 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def cpu_name() -> str:
+def machine() -> dict[str, Any]:
+    """Versions and machine for the JSON records."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
-    return f"{name or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
-
-
-def machine(jt=None) -> dict[str, Any]:
-    """Versions and machine for the JSON records; with Jittor (``jt``), models.runtime's device."""
-    info = {
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+    return {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "cpu": cpu_name(),
+        "cpu": f"{cpu or platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "gpus": gpu_names(),
         "load_average": load_average(),
     }
-    if jt is not None:
-        from models.runtime import device_record
-
-        info.update(device_record())
-    return info
 
 
 def _floats(text: str) -> list[float]:
@@ -153,17 +144,22 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def finish(args: argparse.Namespace, rows: list[dict], jt=None, **extra: Any) -> None:
-    """Print the table and the device; write ``--json`` when given."""
-    from models.runtime import describe
+def finish(args: argparse.Namespace, rows: list[dict], jittor=False, **extra: Any) -> None:
+    """Print the table and the device (with ``jittor``: the one models.runtime chose, Jittor
+    imported if it is not yet); write ``--json`` when given."""
+    info = machine()
+    where = f"GPUs: {info['gpus'] or 'none'}"
+    if jittor:
+        from models.runtime import describe, device_record
 
-    where = describe() if jt is not None else f"GPUs: {gpu_names() or 'none'}"
-    print(f"\n{cpu_name()}; {where}; load average now {load_average()}")
+        info.update(device_record())
+        where = describe()
+    print(f"\n{info['cpu']}; {where}; load average now {info['load_average']}")
     print(table(rows))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"info": machine(jt), "args": vars(args), "results": rows, **extra}
+        record = {"info": info, "args": vars(args), "results": rows, **extra}
         path.write_text(json.dumps(record, indent=1, default=str) + "\n")
 
 

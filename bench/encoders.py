@@ -209,9 +209,7 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.layouts:
-        from models.runtime import jittor
-
-        return B.finish(args, layouts(args.repeats), jittor())
+        return B.finish(args, layouts(args.repeats), jittor=True)
     files = B.weights(args.weights_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

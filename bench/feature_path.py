@@ -206,9 +206,7 @@ def main() -> None:
     args = ap.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
     rows = {"decode": cmd_decode, "gil": cmd_gil, "extract": cmd_extract}[args.what](args)
-    from models.runtime import jittor
-
-    B.finish(args, rows, jittor())
+    B.finish(args, rows, jittor=True)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def main() -> None:
     for name in args.models.split(","):
         rows.append(compare(name, files[name], paths, args))
         print(B.table(rows[-1:]).splitlines()[-1], flush=True)
-    B.finish(args, rows, jt)
+    B.finish(args, rows, jittor=True)
 
 
 if __name__ == "__main__":

@@ -163,9 +163,9 @@ def main() -> None:
     records = {"train": run("train.py", env, out / "log-train.txt")}
     records["train"].update(json.loads((run_out / "train.json").read_text()))
 
-    def save(jt=None) -> None:  # after every script: a run stopped later keeps what finished
+    def save(jittor: bool = False) -> None:  # after every script: a stopped run keeps what finished
         rows = [r for n, rec in records.items() for r in summarise(n, rec, sizes, not args.full)]
-        B.finish(args, rows, jt, sizes=sizes, records=records, process=process)
+        B.finish(args, rows, jittor, sizes=sizes, records=records, process=process)
 
     save()
     for i in range(args.test_runs):
@@ -178,9 +178,7 @@ def main() -> None:
         save()
     if not args.full:
         print("'extrapolated s': the rate here times the challenge's count (an extrapolation)")
-    from models.runtime import jittor  # the device the scripts chose (the same environment)
-
-    save(jittor())
+    save(jittor=True)  # the device the scripts chose (the same environment)
 
 
 if __name__ == "__main__":

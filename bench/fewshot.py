@@ -2,16 +2,17 @@
 with test images n and classes C (docs/METHODS.md, "Speed"; docs/PERFORMANCE.md, section 5).
 
     python -m bench.fewshot speed                     # challenge sizes, best of 2 alternating runs
-    python -m bench.fewshot agree --iters 200         # each method on the CPU and on CUDA
+    python -m bench.fewshot speed --skip-torch --iters 200 --repeats 1   # CPU against CUDA
     python -m bench.fewshot growth                    # n 1k..64k, C 403 and 1000: 8 min
     python -m bench.fewshot selection --boards 3      # the validation search at board B's size
 
-speed: Jittor (also on CUDA, --devices) against tests/_reference.py's torch loops, same planted
-features (tests/_planted.py), best of --repeats alternating runs, and how often both predict the
-same class. agree: each method on the CPU and on CUDA (without CUDA twice on the CPU: exactly
-equal). growth: each (n, C) in its own process; InMaP official computed from timed Sinkhorn and
-proxy steps (--full-official: run); fits a n^p C^q and fixed + k n C. selection: train.py's
-validation search on a planted board, the chosen cascade's top-1 against the predicted interval.
+speed: Jittor (on each of --devices) against tests/_reference.py's torch loops, same planted
+features (tests/_planted.py), best of --repeats alternating runs; each run's scores against the
+first's: largest difference, how often both predict the same class (a device listed twice:
+Jittor against itself, exactly equal). growth: each (n, C) in its own process; InMaP official
+computed from timed Sinkhorn and proxy steps (--full-official: run); fits a n^p C^q and fixed +
+k n C. selection: train.py's validation search on a planted board, the chosen cascade's top-1
+against the predicted interval.
 """
 
 from __future__ import annotations
@@ -147,56 +148,39 @@ def cmd_speed(args) -> list[dict]:
         jittor(dev)
         for case in todo.values():
             case.warmup()
+    # (run, Jittor device or None for torch); a device listed twice runs twice: "jittor-cpu 2"
+    runs = [(f"jittor-{x}" + f" {i + 1}" * (x in devices[:i]), x) for i, x in enumerate(devices)]
+    runs += [("torch-cpu", None)] * (not args.skip_torch)
     best: dict[tuple[str, str], float] = {}
     out: dict[tuple[str, str], Any] = {}
-    runs = [(dev, "jittor") for dev in devices] + [("cpu", "torch")] * (not args.skip_torch)
     for _ in range(args.repeats):
         for name, case in todo.items():
-            for dev, lib in runs:
-                fn = case.jittor if lib == "jittor" else case.torch
+            for run, dev in runs:
+                fn = case.jittor if dev else case.torch
                 if fn is None:
                     continue
-                if lib == "jittor":
+                if dev:
                     jittor(dev)
-                key = (name, f"{lib}-{dev}")
                 t = time.perf_counter()
-                out[key] = fn()
-                best[key] = min(time.perf_counter() - t, best.get(key, np.inf))
-    rows, ref = [], f"jittor-{devices[0]}"
+                out[name, run] = fn()
+                best[name, run] = min(time.perf_counter() - t, best.get((name, run), np.inf))
+    rows, ref = [], runs[0][0]
     print(f"torch {d['threads']} threads; Jittor {jt.__version__}")
     for name, case in todo.items():
         row: dict[str, Any] = {"method": name, "size": case.size}
         row.update({f"{run} s": s for (m, run), s in best.items() if m == name})
         if (name, "torch-cpu") in out:
             row[f"{ref} / torch"] = best[name, ref] / best[name, "torch-cpu"]
-            a, b = (case.scores(out[name, k]).argmax(1) for k in (ref, "torch-cpu"))
-            row["same top-1 %"] = 100 * float(np.mean(a == b))
+        for run in [r for r, _ in runs[1:] if (name, r) in out]:  # the scores against the first's
+            a, b = (np.asarray(case.scores(out[name, r]), np.float64) for r in (ref, run))
+            row[f"{run} vs {ref} max abs diff"] = diff = float(np.abs(a - b).max())
+            row[f"{run} vs {ref} max rel diff"] = diff / float(np.abs(a).max())
+            row[f"{run} vs {ref} same top-1 %"] = 100 * float(np.mean(a.argmax(1) == b.argmax(1)))
         if name.startswith("InMaP"):  # on the planted labels: is it doing its job?
             pred = [case.scores(W).argmax(1) for W in (d["T"], out[name, ref])]
             acc = [np.mean(p == d["y_test"]) for p in pred]
             row["top-1 % zero-shot -> InMaP"] = f"{100 * acc[0]:.1f} -> {100 * acc[1]:.1f}"
         rows.append(row)
-    return rows
-
-
-def cmd_agree(args) -> list[dict]:
-    args.skip_torch = True
-    todo, _ = cases(args)
-    from models.runtime import jittor
-
-    other, rows = ("cuda" if jittor().has_cuda else "cpu"), []
-    for name, case in todo.items():
-        out, secs = [], []
-        for dev in ("cpu", other):
-            jittor(dev)
-            t = time.perf_counter()
-            out.append(np.asarray(case.scores(case.jittor()), np.float64))
-            secs.append(time.perf_counter() - t)  # kernels compiled in the call
-        diff, same = float(np.abs(out[0] - out[1]).max()), out[0].argmax(1) == out[1].argmax(1)
-        rows.append({"method": name, "size": case.size, "devices": f"cpu vs {other}",
-                     "cpu s": secs[0], "second s": secs[1], "max abs diff": diff,
-                     "max rel diff": diff / float(np.abs(out[0]).max()),
-                     "same top-1 %": 100 * float(np.mean(same))})  # fmt: skip
     return rows
 
 
@@ -351,7 +335,7 @@ def cmd_growth(args) -> tuple[list[dict], dict]:
 
 def main() -> None:
     ap = B.parser(__doc__)
-    ap.add_argument("what", choices=["speed", "agree", "growth", "selection"])
+    ap.add_argument("what", choices=["speed", "growth", "selection"])
     ap.add_argument("--n", help="test images (speed: 4305; growth: comma list, 1000,...,64000)")
     ap.add_argument("--classes", help="classes (speed: 403; growth: comma list, 403,1000)")
     ap.add_argument("--iters", type=int, default=2000, help="speed: InMaP official proxy steps")
@@ -381,11 +365,9 @@ def main() -> None:
         rows, extra = cmd_growth(args)
     else:
         args.n, args.classes = int(args.n or 4305), int(args.classes or 403)
-        command = {"speed": cmd_speed, "agree": cmd_agree, "selection": cmd_selection}
+        command = {"speed": cmd_speed, "selection": cmd_selection}
         rows, extra = command[args.what](args), {}
-    from models.runtime import jittor
-
-    B.finish(args, rows, jittor(), **extra)
+    B.finish(args, rows, jittor=True, **extra)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@
 #   first import, warm import   `from models.runtime import jittor; jittor()`, twice
 #   facts        nvidia-smi, nvcc --version, models.runtime.device_record()  -> facts.json
 #   weights      random converted weights, no torch (pipeline.synthetic weights --direct)
-#   agree        bench.fewshot agree: InMaP, LP++, TransCLIP on the CPU and on CUDA -> fewshot.json
+#   agree        bench.fewshot speed: InMaP, LP++, TransCLIP on the CPU and on CUDA -> fewshot.json
 #   encoders     bench.fp16 --devices cpu,cuda: CLIP ViT and ModifiedResNet, ConvNeXt-V2, CPU float32
 #                against CUDA float32 and float16, images/s, GPU memory      -> encoders.json
 #   pipeline     bench.pipeline: process.py, train.py, test.py on 4305 images, stage by stage
@@ -169,11 +169,11 @@ if not any(map(os.path.isfile, jittor_looks)):
 FACTS='import json, os, shutil, subprocess, sys
 import numpy
 import bench
-from models.runtime import device_record, jittor
+from models.runtime import device_record
 def run(*cmd):
     return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() if shutil.which(cmd[0]) else None
 query = "--query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.sm"
-facts = {"machine": bench.machine(jittor()), "numpy_file": numpy.__file__, "runtime": device_record(),
+facts = {"machine": bench.machine(), "numpy_file": numpy.__file__, "runtime": device_record(),
          "nvidia-smi": run("nvidia-smi", query, "--format=csv"),
          "nvcc --version": run(os.environ.get("nvcc_path") or "nvcc", "--version")}
 json.dump(facts, open(sys.argv[1], "w"), indent=1)
@@ -209,9 +209,10 @@ main() {
     [ "$mode" = dry ] || nvidia-smi || true
     run_or_skip weights 120 python3 -m pipeline.synthetic weights "$WORK/weights/$size" --size "$size" --direct
     local common=(--weights-dir "$WORK/weights")
+    local agree=(--skip-torch --repeats 1 --methods "$METHODS" --json "$OUT/fewshot.json")
     if [ "$mode" = dry ]; then
-        run_or_skip agree 300 python3 -m bench.fewshot agree --n 200 --classes 20 --lpp-classes 15 \
-            --shots 2 --iters 10 --epochs 5 --methods "$METHODS" --json "$OUT/fewshot.json"
+        run_or_skip agree 300 python3 -m bench.fewshot speed --devices cpu,cpu --n 200 --classes 20 \
+            --lpp-classes 15 --shots 2 --iters 10 --epochs 5 "${agree[@]}"
         run_or_skip encoders 300 python3 -m bench.fp16 --size demo --n 4 --batch 2 --convnext-size 64 \
             --devices cpu,cpu --ref-n 4 --dtypes float32 --photos-dir "$WORK/photos" "${common[@]}" \
             --json "$OUT/encoders.json"
@@ -226,8 +227,7 @@ main() {
             --val-per-class 2 --lpp-epochs 10 "${pin[@]}" --out "$WORK/pipeline" "${common[@]}" \
             --json "$OUT/pipeline.json"
     else
-        run_or_skip agree 60 python3 -m bench.fewshot agree --iters 200 --methods "$METHODS" \
-            --json "$OUT/fewshot.json"
+        run_or_skip agree 60 python3 -m bench.fewshot speed --devices cpu,cuda --iters 200 "${agree[@]}"
         run_or_skip encoders 90 python3 -m bench.fp16 --size full --n 512 --batch 64 \
             --devices cpu,cuda --ref-n 8 --photos-dir "$WORK/photos" "${common[@]}" \
             --json "$OUT/encoders.json"
@@ -275,8 +275,7 @@ def secs(name):
 
 vs = [k for r in enc.get("results", []) for k in r if " vs " in k]
 agreement = {
-    "few-shot methods": [{k: r[k] for k in ("method", "size", "devices", "max abs diff",
-                                            "max rel diff", "same top-1 %")}
+    "few-shot methods": [{k: v for k, v in r.items() if k in ("method", "size") or " vs " in k}
                          for r in fewshot.get("results", [])],
     "encoders": [{"encoder": r["encoder"], **{k: r[k] for k in vs if k in r}}
                  for r in enc.get("results", [])],

@@ -75,26 +75,9 @@ EDITS: list[tuple[str, list[tuple[str, str, int]]]] = [
         "extern/cuda/inc/helper_cuda.h",
         [
             ("#ifdef __CUDA_RUNTIME_H__\n", _HELPER_MACROS, 1),
-            (
-                "if (deviceProp.computeMode == cudaComputeModeProhibited) {",
-                "if (JT_COMPUTE_MODE(deviceProp, devID) == cudaComputeModeProhibited) {",
-                1,
-            ),
-            (
-                "if (deviceProp.computeMode != cudaComputeModeProhibited) {",
-                "if (JT_COMPUTE_MODE(deviceProp, current_device) != cudaComputeModeProhibited) {",
-                1,
-            ),
-            (
-                "sm_per_multiproc * deviceProp.clockRate;",
-                "sm_per_multiproc * JT_CLOCK_RATE(deviceProp, current_device);",
-                1,
-            ),
-            (
-                "(deviceProp.computeMode != cudaComputeModeProhibited)) {",
-                "(JT_COMPUTE_MODE(deviceProp, current_device) != cudaComputeModeProhibited)) {",
-                1,
-            ),
+            ("deviceProp.computeMode ==", "JT_COMPUTE_MODE(deviceProp, devID) ==", 1),
+            ("deviceProp.computeMode !=", "JT_COMPUTE_MODE(deviceProp, current_device) !=", 2),
+            ("deviceProp.clockRate;", "JT_CLOCK_RATE(deviceProp, current_device);", 1),
         ],
     ),
     ("compiler.py", [(_STD_OLD, _STD_NEW, 1)]),
@@ -116,11 +99,7 @@ EDITS: list[tuple[str, list[tuple[str, str, int]]]] = [
         "extern/cuda/cub/ops/cub_where_op.cc",
         [
             ("#include <cub/cub.cuh>\n", "#include <cub/cub.cuh>\n" + _COMPAT_INCLUDE, 1),
-            (
-                "cub::CountingInputIterator<To> counting_itr(0);",
-                "JT_COUNTING_ITERATOR(To) counting_itr(0);",
-                1,
-            ),
+            ("cub::CountingInputIterator<To>", "JT_COUNTING_ITERATOR(To)", 1),
             (
                 "cub::TransformInputIterator<bool, NonZeroOp<Ti>, Ti*> itr(",
                 "JT_TRANSFORM_ITERATOR(bool, NonZeroOp<Ti>, Ti*) itr(",

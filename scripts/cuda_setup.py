@@ -159,12 +159,9 @@ def library_notes(nvcc: str, nvcc_ver: tuple[int, int]) -> dict[str, str]:
     """cuBLAS and cuDNN as Jittor will find them: "yes ..." or what is missing and how to get it."""
     incs, libs = cuda_dirs(nvcc)
     suffix = ".8" if nvcc_ver[0] == 11 else ""  # Jittor prefers the .8 libraries with CUDA 11
-    notes = {}
-    if find(incs, "cublas.h") and (
-        find(libs, "libcublas.so" + suffix) or find(libs, "libcublas.so")
-    ):
-        notes["cuBLAS"] = "yes"
-    else:
+    notes = {"cuBLAS": "yes", "cuDNN": "yes"}
+    cublas = find(libs, "libcublas.so" + suffix) or find(libs, "libcublas.so")
+    if not (find(incs, "cublas.h") and cublas):
         notes["cuBLAS"] = (
             "missing (cublas.h and libcublas.so beside nvcc): matrix products use Jittor's own "
             f"kernels; install the toolkit's cuBLAS (libcublas-dev-{nvcc_ver[0]}-{nvcc_ver[1]})"
@@ -172,9 +169,7 @@ def library_notes(nvcc: str, nvcc_ver: tuple[int, int]) -> dict[str, str]:
     header = find(incs, "cudnn_version.h") or find(incs, "cudnn.h")
     major = re.search(r"#define CUDNN_MAJOR (\d+)", Path(header).read_text()) if header else None
     cudnn8_libs = ["libcudnn.so", "libcudnn_ops_infer.so", "libcudnn_cnn_infer.so"]
-    if major and major.group(1) == "8" and all(find(libs, n) for n in cudnn8_libs):
-        notes["cuDNN"] = "yes"
-    else:
+    if not (major and major.group(1) == "8" and all(find(libs, n) for n in cudnn8_libs)):
         found = f"cuDNN {major.group(1)} found, " if major else ""
         notes["cuDNN"] = (
             f"missing ({found}Jittor 1.3.11 needs cuDNN 8's cudnn.h and libcudnn*.so in the "

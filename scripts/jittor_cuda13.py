@@ -126,21 +126,6 @@ def is_patched(root: Path, edits=EDITS, creates=CREATES, mark: str = MARK) -> bo
     return all(p.is_file() and mark in p.read_text() for p in paths)
 
 
-def patched_text(path: Path, edits: list[tuple[str, str, int]], mark: str, script: str) -> str:
-    """The text of ``path`` with ``edits`` (old, new, expected count) and a marker line."""
-    text = path.read_text()
-    for old, new, count in edits:
-        found = text.count(old)
-        if found != count:
-            raise ValueError(
-                f"{path}: expected {count} occurrence(s) of {old.strip()[:60]!r}, found {found} "
-                "(not Jittor 1.3.11's sources?)"
-            )
-        text = text.replace(old, new)
-    comment = "#" if path.suffix == ".py" else "//"
-    return text + f"{comment} {mark}: patched by jittor-fewshot's scripts/{script}\n"
-
-
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` through a renamed temporary; the file keeps its mode (new: 0644)."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
@@ -159,8 +144,20 @@ def apply(
     todo = []
     for rel, file_edits in edits:
         path = root / rel
-        if mark not in path.read_text():
-            todo.append((path, patched_text(path, file_edits, mark, script)))
+        text = path.read_text()
+        if mark in text:
+            continue
+        for old, new, count in file_edits:
+            found = text.count(old)
+            if found != count:
+                raise ValueError(
+                    f"{path}: expected {count} occurrence(s) of {old.strip()[:60]!r}, found "
+                    f"{found} (not Jittor 1.3.11's sources?)"
+                )
+            text = text.replace(old, new)
+        comment = "#" if path.suffix == ".py" else "//"
+        text += f"{comment} {mark}: patched by jittor-fewshot's scripts/{script}\n"
+        todo.append((path, text))
     for rel, text in creates:
         path = root / rel
         if not (path.is_file() and mark in path.read_text()):

@@ -25,6 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = "out/bench/weights"
+NAMES = {  # the encoders of weights(size=...)
+    "full": {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"},
+    "demo": {"vit": "small ViT", "rn": "small ModifiedResNet", "convnext": "ConvNeXt-V2-atto"},
+}
 
 
 def rss_mb(peak: bool = False) -> float:
@@ -164,8 +168,8 @@ def finish(args: argparse.Namespace, rows: list[dict], jittor=False, **extra: An
 
 
 def weights(folder: str = WEIGHTS_DIR, size: str = "full") -> dict[str, Path]:
-    """Random ViT-B/32, RN101, ConvNeXt-V2-base ("full") or the demo's small members ("demo"),
-    written in the upstream formats and converted as downloads are; kept for later runs.
+    """Random encoders (``NAMES[size]``: full-size, or the demo's small members), written in the
+    upstream formats and converted as downloads are; kept for later runs.
     Call before importing Jittor (it imports torch, which must come first)."""
     from pipeline.env import WEIGHT_FILES
 

@@ -19,8 +19,6 @@ import numpy as np
 
 import bench as B
 
-MODELS = {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"}
-
 
 def _jittor(args):
     """(call, sync, version, device) of the Jittor encoder."""
@@ -116,6 +114,7 @@ def _input(tmp: Path, task: str, batch: int, size: int) -> Path:
 
 def compare(model: str, weights: Path, args, tmp: Path) -> list[dict]:
     """Rows for one encoder: per task, Jittor and PyTorch side by side."""
+    name = B.NAMES["full"][model]
     if model == "convnext":
         jobs = [("image", args.convnext_batch, args.convnext_size)]
     else:
@@ -137,7 +136,7 @@ def compare(model: str, weights: Path, args, tmp: Path) -> list[dict]:
                 res = B.run_child(cmd)
                 res["out"] = str(out)
                 runs[lib].append(res)
-                print(f"  {MODELS[model]} {task} {lib}: median {res['median_s']:.3f} s/call, "
+                print(f"  {name} {task} {lib}: median {res['median_s']:.3f} s/call, "
                       f"load {res['load']}", flush=True)  # fmt: skip
         best = {lib: min(x["median_s"] for x in v) for lib, v in runs.items()}
         a, b = np.load(runs["jittor"][-1]["out"]), np.load(runs["torch"][-1]["out"])
@@ -146,7 +145,7 @@ def compare(model: str, weights: Path, args, tmp: Path) -> list[dict]:
         for lib in libs:
             v = runs[lib]
             rows.append({
-                "encoder": MODELS[model], "input": what,
+                "encoder": name, "input": what,
                 "library": lib, "device": v[0]["device"], "items/s": batch / best[lib],
                 "ratio": best["torch"] / best[lib] if lib == "jittor" else float("nan"),
                 "RSS model MiB": float(np.median([x["rss_model_mb"] for x in v])),

@@ -132,13 +132,12 @@ def make_encoder(spec: str, weights_dir: str):
     from models.runtime import device_record
     from pipeline.backbones import ClipBackbone, ConvNeXtBackbone
 
-    where = device_record()["device"]  # imports Jittor, after torch
+    name = f"{B.NAMES['full'][spec]} ({device_record()['device']})"  # imports Jittor (after torch)
     if spec == "convnext":
         bb = ConvNeXtBackbone(files["convnext"])
-        return bb.features, _preprocessings()["ConvNeXt 384"], f"ConvNeXt-V2-base ({where})"
+        return bb.features, _preprocessings()["ConvNeXt 384"], name
     bb = ClipBackbone(spec, files[spec])
-    name = {"vit": "ViT-B/32", "rn": "RN101"}[spec]
-    return bb.encoder("bench").encode, bb.preprocess, f"{name} ({where})"
+    return bb.encoder("bench").encode, bb.preprocess, name
 
 
 def extract_once(paths, encoders, pre, batch: int, workers: int, root: Path) -> dict:

@@ -17,11 +17,6 @@ import numpy as np
 
 import bench as B
 
-NAMES = {
-    "full": {"vit": "ViT-B/32", "rn": "RN101", "convnext": "ConvNeXt-V2-base"},
-    "demo": {"vit": "small ViT", "rn": "small ModifiedResNet", "convnext": "ConvNeXt-V2-atto"},
-}
-
 
 def load(name: str, path: Path, convnext_size: int):
     """(model, preprocess, encode(model, batch) -> Var, classify(float32 features) -> logits)."""
@@ -69,7 +64,7 @@ def compare(name: str, path: Path, paths: list[str], args) -> dict:
     jt = jittor(dev)
     model, pre, encode, classify = load(name, path, args.convnext_size)
     size = int(getattr(pre, "n_px", getattr(pre, "size", 224)))
-    res: dict = {"encoder": NAMES[args.size][name], "px": size, "images": len(paths)}
+    res: dict = {"encoder": B.NAMES[args.size][name], "px": size, "images": len(paths)}
     feats = {}
     for dtype in args.dtypes.split(","):
         if dtype == "float16":

@@ -220,9 +220,6 @@ def cmd_selection(args) -> list[dict]:
     return rows
 
 
-GROWTH_ITERS = (5, 25)  # Sinkhorn / proxy steps of the short and the long timed run
-
-
 def _measure(fn, jt, warm: bool = True) -> tuple[float, float]:
     """(seconds, extra peak RSS MiB) of one call, after an untimed warm-up call. Jittor's cached
     memory is released first, so the call is charged for what it allocates."""
@@ -247,7 +244,8 @@ def growth_child(args) -> None:
     from fewshot.transclip import transclip
     from pipeline.cascade import fuse, run_cascade
 
-    n, c, (lo, hi) = int(args.n), args.child_classes, GROWTH_ITERS
+    n, c = int(args.n), args.child_classes
+    lo, hi = 5, 25  # Sinkhorn / proxy steps of the short and the long timed run
     rng = np.random.default_rng(0)
     X, T = planted(rng.integers(0, c, n), c, 0)
     X2, T2 = planted(rng.integers(0, c, n), c, 1)  # the second backbone

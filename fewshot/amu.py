@@ -47,27 +47,17 @@ class AMUConfig:
 OFFICIAL = AMUConfig()
 
 
-def _std(x, dim: int):
-    """torch.std (Bessel's correction)."""
-    n = x.shape[dim]
-    mu = x.mean(dim=dim, keepdims=True)
-    return (((x - mu) ** 2).sum(dim=dim, keepdims=True) / (n - 1)).sqrt()
-
-
 def _zscore(x):
-    """Per-row (v - mean) / std, std with n - 1 (the official ``logit_normalize``)."""
-    return (x - x.mean(dim=1, keepdims=True)) / _std(x, 1)
+    """Per-row (v - mean) / std, std with n - 1 as torch.std (the official ``logit_normalize``)."""
+    centred = x - x.mean(dim=1, keepdims=True)
+    return centred / ((centred**2).sum(dim=1, keepdims=True) / (x.shape[1] - 1)).sqrt()
 
 
 def _uncertainty(clip_logits, kind: str, power: float):
     """Fusion factor [n, 1] from CLIP logits [n, C] ('none': 1; 'moment': docs/METHODS.md)."""
     if kind == "none":
         return 1.0
-    if kind != "moment":
-        raise ValueError(f"uncertainty kind must be one of {UNCERTAINTY_KINDS}, not {kind!r}")
-    p = softmax(clip_logits, dim=1)
-    z = (p - p.mean(dim=1, keepdims=True)) / _std(p, 1)
-    kurt = (z**4).mean(dim=1, keepdims=True)
+    kurt = (_zscore(softmax(clip_logits, dim=1)) ** 4).mean(dim=1, keepdims=True)
     return 1.0 / (kurt / 250.0).pow(power)
 
 

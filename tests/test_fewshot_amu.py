@@ -35,8 +35,8 @@ def test_kurtosis_factor_of_a_peaked_and_of_a_flat_prediction():
     np.testing.assert_allclose(f[:, 0], [(250 / k_spike) ** 0.4, (250 / shrink) ** 0.4], rtol=1e-4)
     assert f[0, 0] < f[1, 0]  # confident CLIP -> less auxiliary weight
     assert A._uncertainty(as_var(peaked, "x"), "none", 0.4) == 1.0
-    with pytest.raises(ValueError, match="uncertainty kind"):
-        A._uncertainty(as_var(peaked, "x"), "entropy", 0.4)
+    with pytest.raises(ValueError, match="uncertainty must be one of"):
+        A.AMUTuning(uncertainty="entropy")
 
 
 def test_zscore_rows_use_bessel_corrected_std():

@@ -105,12 +105,9 @@ class LPPlusPlus:
         j = jt()
         cfg = self.config
         init = lpp_init(F, y, T, cfg.alpha_scale, cfg.lr_w_scale)
-        Fv = as_var(F, "F", ndim=2)
-        Tv = as_var(T, "T", ndim=2)
-        N, d = Fv.shape
-        C = Tv.shape[1]
-        lab = as_labels(y, N, C)
-        Y = one_hot(lab, C)
+        Fv, Tv = as_var(F), as_var(T)  # checked by lpp_init
+        (N, d), C = Fv.shape, Tv.shape[1]
+        Y = one_hot(as_labels(y, N, C), C)
         FT = Fv @ Tv
         Ft = Fv.transpose(1, 0)
         lr_w, lr_alpha = init["lr_w"], init["lr_alpha"]

@@ -44,10 +44,7 @@ TEMPLATE_SETS = ("single", "ensemble7", "domain", "challenge", "bare", "descript
 
 def class_domain(raw: str) -> str | None:
     """Challenge domain of a class-list name ("Thu-dog_Chihuahua" -> "Thu-dog"), else None."""
-    for dom in DOMAINS:
-        if raw.startswith(dom + "_"):
-            return dom
-    return None
+    return next((dom for dom in DOMAINS if raw.startswith(dom + "_")), None)
 
 
 def strip_class_id(raw: str) -> str:

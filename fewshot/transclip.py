@@ -369,5 +369,4 @@ def choose_gamma(
     for g in gammas:
         z = as_numpy(_solve(p, float(g), lam, iters))
         acc[float(g)] = float((z[n:].argmax(axis=1) == v_lab).mean())
-    best = max(acc, key=lambda g: (acc[g], -list(acc).index(g)))
-    return best, acc
+    return max(acc, key=acc.get), acc  # max keeps the first of equal accuracies

@@ -38,6 +38,8 @@ _TEXT_KEYS = (
     "ln_final.weight",
     "text_projection",
 )
+# And the keys of its image tower: a ViT's projection or a ModifiedResNet's attention pool.
+_TOWER_KEYS = ("visual.proj", "visual.attnpool.positional_embedding")
 
 
 def _shape(v: Any) -> tuple[int, ...]:
@@ -46,9 +48,7 @@ def _shape(v: Any) -> tuple[int, ...]:
 
 def matches(state_dict: Mapping[str, Any]) -> bool:
     """True when ``state_dict`` has the key layout of an OpenAI CLIP (ViT or ModifiedResNet)."""
-    if not all(k in state_dict for k in _TEXT_KEYS):
-        return False
-    return "visual.proj" in state_dict or "visual.attnpool.positional_embedding" in state_dict
+    return all(k in state_dict for k in _TEXT_KEYS) and any(k in state_dict for k in _TOWER_KEYS)
 
 
 def _grid(state_dict: Mapping[str, Any], key: str) -> int:
@@ -71,11 +71,8 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     width // 64; ResNet pool: width * 32 // 64). ValueError names what is missing or unusable."""
     if not matches(state_dict):
         missing = [k for k in _TEXT_KEYS if k not in state_dict]
-        if (
-            "visual.proj" not in state_dict
-            and "visual.attnpool.positional_embedding" not in state_dict
-        ):
-            missing.append("visual.proj or visual.attnpool.positional_embedding")
+        if not any(k in state_dict for k in _TOWER_KEYS):
+            missing.append(" or ".join(_TOWER_KEYS))
         raise ValueError(f"not a CLIP state dict: missing {', '.join(missing)}")
     keys = list(state_dict)
     try:
@@ -136,18 +133,14 @@ def prepare_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         if k not in ARCHIVE_BUFFERS and not k.endswith(".num_batches_tracked")
     }
     cfg = infer_config(out)
-    expect = {
-        "input_resolution": cfg["image_resolution"],
-        "context_length": cfg["context_length"],
-        "vocab_size": cfg["vocab_size"],
-    }
-    for name in ARCHIVE_BUFFERS:
+    implied = (cfg["image_resolution"], cfg["context_length"], cfg["vocab_size"])
+    for name, expect in zip(ARCHIVE_BUFFERS, implied):
         if name in state_dict:
             value = state_dict[name]
             # JCLIP's pickles hold these as float tensors (it calls .float() on everything).
             got = int(round(float(value.item() if hasattr(value, "item") else value)))
-            if got != expect[name]:
+            if got != expect:
                 raise ValueError(
-                    f"buffer {name}={got} disagrees with the weights, which imply {expect[name]}"
+                    f"buffer {name}={got} disagrees with the weights, which imply {expect}"
                 )
     return out

@@ -167,12 +167,9 @@ class AttentionPool2d(jt.Module):
         h = self.num_heads
         hd = c // h
         # Only the mean token is a query, so q is [N, 1, C]; keys/values cover all positions.
-        q = _linear(x[:, 0], self.q_proj.weight, self.q_proj.bias) * (hd**-0.5)  # [N, C]
-        k = _linear(x, self.k_proj.weight, self.k_proj.bias)  # [N, L, C]
-        v = _linear(x, self.v_proj.weight, self.v_proj.bias)
-        q = q.reshape(n, 1, h, hd)
-        k = k.reshape(n, -1, h, hd)
-        v = v.reshape(n, -1, h, hd)
+        q = (self.q_proj(x[:, 0]) * (hd**-0.5)).reshape(n, 1, h, hd)
+        k = self.k_proj(x).reshape(n, -1, h, hd)  # [N, L, H, hd]
+        v = self.v_proj(x).reshape(n, -1, h, hd)
         att = nn.softmax((q * k).sum(-1), dim=1)  # [N, L, H]
         out = (att.unsqueeze(-1) * v).sum(1).reshape(n, c)  # [N, C]
         return self.c_proj(out)
@@ -373,13 +370,9 @@ class CLIP(jt.Module):
         self.context_length = context_length
         self.embed_dim = embed_dim
         if isinstance(vision_layers, (tuple, list)):
+            vision_heads = vision_width * 32 // 64
             self.visual = ModifiedResNet(
-                vision_layers,
-                embed_dim,
-                vision_width * 32 // 64,
-                image_resolution,
-                vision_width,
-                ini,
+                vision_layers, embed_dim, vision_heads, image_resolution, vision_width, ini
             )
         else:
             self.visual = VisionTransformer(
@@ -445,9 +438,7 @@ class CLIP(jt.Module):
 
     def encode_text(self, text: Union[np.ndarray, jt.Var]) -> jt.Var:
         """Text features [N, embed_dim] (not normalised) at each row's EOT (largest) token id."""
-        if isinstance(text, jt.Var):
-            text = text.numpy()
-        tokens = np.asarray(text)
+        tokens = text.numpy() if isinstance(text, jt.Var) else np.asarray(text)
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
             raise ValueError(
                 f"encode_text expects token ids [N, <= {self.context_length}], got {tokens.shape}"

@@ -85,17 +85,15 @@ def _hard_labels(Y, alpha: float):
     return j.ternary((val > alpha).unsqueeze(1), onehot, Y)
 
 
-def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_first: bool):
-    """Gradient descent on the proxies; jt.Var in, (W jt.Var, number of lr halvings) out.
-    halve_first: lr halved before the first step, as in the challenge solution (its previous-norm
-    tracker starts at -100; the official one at +inf). The halving count stays on the device as a
-    factor 2^-k: docs/METHODS.md, 'InMaP'."""
+def _proxy_descent(X, W, Y, lr, iters, tau_i, alpha, normalize: bool, halve_first: bool):
+    """Gradient descent on the proxies W from their start; jt.Var in and out. halve_first: lr
+    halved before the first step, as in the challenge solution (its previous-norm tracker starts at
+    -100; the official one at +inf). The halvings stay on the device as a factor 2^-k:
+    docs/METHODS.md, 'InMaP'."""
     j = jt()
     n = X.shape[0]
-    Yh = _hard_labels(Y, alpha)
     Xt = X.transpose(1, 0)
-    base = Xt @ Yh  # [d, C]; fixed for the whole loop
-    W = W0
+    base = Xt @ _hard_labels(Y, alpha)  # [d, C]; fixed for the whole loop
     step0 = lr / (n * tau_i)
     factor = j.array(np.ones(1, np.float32))
     prev = j.array(np.full(1, -np.inf if halve_first else np.inf, np.float32))
@@ -110,9 +108,7 @@ def _proxy_descent(X, W0, Y, lr, iters, tau_i, alpha, normalize: bool, halve_fir
         if normalize:
             W = l2_normalize(W, dim=0)
         j.sync([W, factor, prev])
-    f = float(factor.item())
-    halvings = int(round(-np.log2(f))) if f > 0 else 150  # float32 2^-k reaches 0 past k=149
-    return W, halvings
+    return W
 
 
 def _check_xt(X, T):
@@ -142,7 +138,7 @@ def vision_proxies(
     Yv = as_var(Y, "Y (pseudo-labels [n, C])", ndim=2)
     if tuple(Yv.shape) != (Xv.shape[0], Tv.shape[1]):
         raise ValueError(f"Y must be [n, C] = [{Xv.shape[0]}, {Tv.shape[1]}], got {Yv.shape}")
-    W, _ = _proxy_descent(Xv, Tv, Yv, lr, iters, tau_i, alpha, normalize=True, halve_first=False)
+    W = _proxy_descent(Xv, Tv, Yv, lr, iters, tau_i, alpha, normalize=True, halve_first=False)
     return as_numpy(W)
 
 
@@ -162,7 +158,7 @@ def inmap(
     ``X @ W``."""
     Xv, Tv = _check_xt(X, T)
     Y = _sinkhorn(Xv @ Tv, tau_t, gamma, iters_sinkhorn)
-    W, _ = _proxy_descent(Xv, Tv, Y, lr, iters_proxy, tau_i, alpha, True, False)
+    W = _proxy_descent(Xv, Tv, Y, lr, iters_proxy, tau_i, alpha, True, False)
     return as_numpy(W)
 
 
@@ -181,9 +177,9 @@ def inmap_challenge(
     """The challenge solution's InMaP variant: the second pass's proxies W [d, C]."""
     Xv, Tv = _check_xt(X, T)
     Y0 = softmax((Xv @ softmax(Tv, dim=1)) / tau_t, dim=1)
-    W1, _ = _proxy_descent(Xv, Tv, Y0, lr, iters_proxy, tau_i, alpha, False, True)
+    W1 = _proxy_descent(Xv, Tv, Y0, lr, iters_proxy, tau_i, alpha, False, True)
     Y1 = _sinkhorn(Xv @ W1, tau_t, gamma, iters_sinkhorn)
-    W2, _ = _proxy_descent(Xv, W1, Y1, lr, iters_proxy, tau_i, alpha, False, True)
+    W2 = _proxy_descent(Xv, W1, Y1, lr, iters_proxy, tau_i, alpha, False, True)
     return as_numpy(W2)
 
 

@@ -149,17 +149,17 @@ def test_vision_proxies_match_the_spec_including_lr_halvings():
     W = I.vision_proxies(X, T, Y, lr=400.0, iters=5)
     np.testing.assert_allclose(W, W_ref, atol=2e-4)
     np.testing.assert_allclose(np.linalg.norm(W, axis=0), 1.0, rtol=1e-5)
-    _, h = I._proxy_descent(as_var(X), as_var(T), as_var(Y), 400.0, 5, 0.04, 0.6, True, False)
-    assert h == halvings
 
 
 def test_lr_halving_starts_at_the_first_step_only_in_the_challenge_variant():
     X, T, _ = small_problem()
     Y = np_softmax(X @ T / 0.01).astype(np.float32)
-    args = (as_var(X), as_var(T), as_var(Y), 1e-3, 1, 0.04, 0.6)
-    # A tiny lr: the gradient norm never grows, so only the initial comparison can halve.
-    assert I._proxy_descent(*args, normalize=True, halve_first=False)[1] == 0
-    assert I._proxy_descent(*args, normalize=True, halve_first=True)[1] == 1
+    args = (as_var(X), as_var(T), as_var(Y), 1.0, 1, 0.04, 0.6)
+    # One step, unnormalised: only the initial comparison can halve it.
+    full = I._proxy_descent(*args, normalize=False, halve_first=False).numpy() - T
+    half = I._proxy_descent(*args, normalize=False, halve_first=True).numpy() - T
+    np.testing.assert_allclose(half, full / 2, rtol=1e-5, atol=1e-6)
+    assert np.abs(full).max() > 1e-2
 
 
 def test_inmap_is_sinkhorn_then_proxies():

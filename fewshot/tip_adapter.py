@@ -150,11 +150,10 @@ class TipAdapter:
         if val is None:
             return
         cfg = self.config
-        beta, alpha, acc = search_hp(
-            val[0], val[1], self.T, self.keys, self.values, cfg.search_scale, cfg.search_step,
-            cfg.clip_scale,
-        )  # fmt: skip
-        self.beta, self.alpha, self.val_accuracy = beta, alpha, acc
+        X, y = val
+        self.beta, self.alpha, self.val_accuracy = search_hp(
+            X, y, self.T, self.keys, self.values, cfg.search_scale, cfg.search_step, cfg.clip_scale
+        )
 
     def fit(self, train_features, labels, T, val: tuple | None = None) -> TipAdapter:
         """Build the cache; with val, grid-search (beta, alpha) on it (else keep the inits)."""

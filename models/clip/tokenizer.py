@@ -69,12 +69,8 @@ class Tokenizer:
         word = [*piece[:-1], piece[-1] + "</w>"]
         ranks = self.bpe_ranks
         while len(word) > 1:
-            best, best_rank = None, None
-            for pair in zip(word, word[1:]):
-                r = ranks.get(pair)
-                if r is not None and (best_rank is None or r < best_rank):
-                    best, best_rank = pair, r
-            if best is None:
+            best = min(zip(word, word[1:]), key=lambda pair: ranks.get(pair, float("inf")))
+            if best not in ranks:
                 break
             first, second = best
             merged, i, n = [], 0, len(word)

@@ -33,9 +33,8 @@ def epoch_batches(
     order = rng.permutation(n)
     for start in range(0, n, bs):
         real = order[start : start + bs]
-        idx = np.empty(bs, np.int32)
-        idx[: len(real)] = real
-        idx[len(real) :] = order[: bs - len(real)]  # any real rows; their weight is 0
+        # Padded with any real rows; their weight is 0.
+        idx = np.concatenate([real, order[: bs - len(real)]]).astype(np.int32)
         w = np.zeros(bs, np.float32)
         w[: len(real)] = 1.0 / len(real)
         yield idx, w

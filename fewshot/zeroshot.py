@@ -28,8 +28,6 @@ def encode_prompts(
     if P == 0:
         raise ValueError("no prompt to encode")
     tokens = np.asarray(tokenize(list(prompts)))
-    if tokens.ndim != 2 or tokens.shape[0] != P:
-        raise ValueError(f"tokenize returned shape {tokens.shape} for {P} prompts, expected [P, L]")
     bs = min(batch_size, P)
     out = []
     with j.no_grad():

@@ -426,7 +426,10 @@ class CLIP(jt.Module):
 
     def encode_image(self, image: Union[np.ndarray, jt.Var]) -> jt.Var:
         """Image features [N, embed_dim] (not normalised, the model's dtype) of [N, 3, R, R]."""
-        image = _as_var(image, self.dtype)
+        if not isinstance(image, jt.Var):
+            image = jt.array(np.ascontiguousarray(image, dtype=self.dtype))
+        elif image.dtype != self.dtype:
+            image = image.cast(self.dtype)
         r = self.visual.input_resolution
         if image.ndim != 4 or tuple(image.shape[1:]) != (3, r, r):
             raise ValueError(
@@ -464,12 +467,6 @@ class CLIP(jt.Module):
         text_features = text_features / text_features.norm(dim=-1, keepdims=True)
         logits_per_image = self.logit_scale.exp() * (image_features @ text_features.transpose())
         return logits_per_image, logits_per_image.transpose()
-
-
-def _as_var(x: Union[np.ndarray, jt.Var], dtype: str) -> jt.Var:
-    if isinstance(x, jt.Var):
-        return x if x.dtype == dtype else x.cast(dtype)
-    return jt.array(np.ascontiguousarray(x, dtype=dtype))
 
 
 def build_model(

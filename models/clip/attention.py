@@ -1,10 +1,7 @@
-"""Multi-head attention softmax(q k^T / sqrt(d) + mask) v over a fused q/k/v projection, two ways:
-
-- ``fused_attention``: a C++ kernel reading the [N, L, 3, H, d] projection in place, one query
-  row at a time, OpenMP over samples x heads; the causal mask is a loop bound. No gradient; on
-  the CPU it beats Jittor's batched matmul (a broadcast-multiply-reduce kernel) several times.
-- ``matmul_attention``: Jittor's batched matmuls (cuBLAS on the GPU), differentiable.
-"""
+"""Multi-head attention softmax(q k^T / sqrt(d) + mask) v over a fused q/k/v projection: a C++
+kernel without gradient on the CPU (several times faster there than Jittor's batched matmul, a
+broadcast-multiply-reduce kernel), batched matmuls otherwise (docs/CONVERSION.md, "The Jittor
+model")."""
 
 from __future__ import annotations
 

@@ -62,9 +62,7 @@ def as_labels(y: Any, n: int, num_classes: int, name: str = "labels") -> np.ndar
 
 def one_hot(labels: np.ndarray, num_classes: int):
     """int labels (numpy) -> float32 one-hot jt.Var [n, num_classes]."""
-    oh = np.zeros((labels.shape[0], num_classes), dtype=np.float32)
-    oh[np.arange(labels.shape[0]), labels] = 1.0
-    return jt().array(oh)
+    return jt().array(np.eye(num_classes, dtype=np.float32)[labels])
 
 
 def softmax(x, dim: int = -1):
@@ -119,9 +117,7 @@ def cross_entropy(logits, onehot, weights=None):
     """Mean cross-entropy against one-hot targets (torch's F.cross_entropy); weights: optional [n]
     row weights summing to 1 (0 on the padded rows of a fixed-shape batch, fewshot._batches)."""
     nll = -(log_softmax(logits, dim=1) * onehot).sum(dim=1)
-    if weights is None:
-        return nll.mean()
-    return (nll * weights).sum()
+    return nll.mean() if weights is None else (nll * weights).sum()
 
 
 def l2_normalize(x, dim: int):

@@ -50,7 +50,6 @@ def lpp_init(
 ) -> dict[str, Any]:
     """LP++'s data-driven initialisation (docs/METHODS.md, 'LP++'): W0 [C, d], alpha0, lr_w,
     lr_alpha."""
-    j = jt()
     Fv = as_var(F, "F (train features [N, d])", ndim=2)
     Tv = as_var(T, "T (text classifier [d, C])", ndim=2)
     if Fv.shape[1] != Tv.shape[0]:
@@ -61,17 +60,14 @@ def lpp_init(
     FT = Fv @ Tv
     counts = np.bincount(lab, minlength=C).astype(np.float32)
     present = counts > 0
-    W0 = Y.transpose(1, 0) @ Fv
     own = as_numpy((Y * FT).sum(dim=0))  # per class: sum of own-class logits
     alpha0 = alpha_scale * float(np.mean(own[present] / counts[present]))
-    colsq = as_numpy((FT * FT).sum(dim=0))
-    lr_alpha = float(N / (4.0 * colsq.max()))
+    lr_alpha = float(N / (4.0 * as_numpy((FT * FT).sum(dim=0)).max()))
     Fn = as_numpy(Fv).astype(np.float64)
     # lambda_max of the d x d Gram matrix; float64 on the host, once (official: scipy eigh).
     lam = float(np.linalg.eigvalsh(Fn.T @ Fn)[-1])
-    j.sync([W0])
-    lr_w = lr_w_scale * N / lam
-    return {"W0": as_numpy(W0), "alpha0": alpha0, "lr_w": lr_w, "lr_alpha": lr_alpha}
+    W0 = as_numpy(Y.transpose(1, 0) @ Fv)
+    return {"W0": W0, "alpha0": alpha0, "lr_w": lr_w_scale * N / lam, "lr_alpha": lr_alpha}
 
 
 class LPPlusPlus:

@@ -1,9 +1,5 @@
-"""Optimisers with PyTorch's exact update rules, over plain jt.Var parameters.
-
-The official codes train with torch.optim; Jittor's own Adam puts eps inside the bias correction
-(eps / sqrt(1 - beta2^t) in torch's terms), which with Tip-Adapter's and AMU's eps = 1e-4 changes
-the first steps noticeably. These re-state torch's formulas so the trajectories match.
-"""
+"""Optimisers with PyTorch's exact update rules over plain jt.Var parameters (why not Jittor's
+Adam: docs/METHODS.md, 'Tip-Adapter / Tip-Adapter-F'), and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -21,10 +17,8 @@ def cosine_lr(base_lr: float, step: int, total: int, eta_min: float = 0.0) -> fl
 
 def jittor_cosine_lr(base_lr: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float:
     """Learning rate in epoch ``epoch`` (0-based) of a loop that steps Jittor 1.3's
-    CosineAnnealingLR(T_max=t_max) after every epoch, as the challenge solution does. Jittor's
-    first ``step()`` sets last_epoch to 0 (the base rate again), so it lags torch by one epoch; its
-    recursive update equals the closed form, restarts included (T_max 15 over 31 epochs: the last
-    epoch runs at the base rate again)."""
+    CosineAnnealingLR(T_max=t_max) after every epoch (the challenge solution): torch's, one epoch
+    behind; its recursive update equals this closed form past T_max too: docs/METHODS.md, 'LP++'."""
     return base_lr if epoch == 0 else cosine_lr(base_lr, epoch - 1, t_max, eta_min)
 
 

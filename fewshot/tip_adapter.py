@@ -181,12 +181,8 @@ class TipAdapter:
 
     def info(self) -> dict[str, Any]:
         """JSON-friendly configuration and chosen hyperparameters."""
-        return {
-            "config": asdict(self.config),
-            "beta": self.beta,
-            "alpha": self.alpha,
-            "val_accuracy": self.val_accuracy,
-        }
+        scalars = ("beta", "alpha", "val_accuracy")
+        return {"config": asdict(self.config), **{k: getattr(self, k) for k in scalars}}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, np.ndarray], config: TipConfig = OFFICIAL):

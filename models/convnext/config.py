@@ -53,11 +53,8 @@ def variant_config(variant: str, num_classes: int = 1000) -> dict[str, Any]:
 
 def matches(state_dict: Mapping[str, Any]) -> bool:
     """True for a state dict in the official ConvNeXt-V2 (fine-tuned classifier) layout."""
-    return (
-        "downsample_layers.0.0.weight" in state_dict
-        and "stages.0.0.dwconv.weight" in state_dict
-        and "stages.0.0.grn.gamma" in state_dict
-    )
+    keys = ("downsample_layers.0.0.weight", "stages.0.0.dwconv.weight", "stages.0.0.grn.gamma")
+    return all(k in state_dict for k in keys)
 
 
 def prepare_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:

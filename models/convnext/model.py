@@ -114,9 +114,8 @@ class ConvNeXtV2(nn.Module):
         for a, b in zip(dims, dims[1:]):
             down = nn.Sequential(LayerNorm(a, True), nn.Conv2d(a, b, 2, stride=2))
             self.downsample_layers.append(down)
-        self.stages = nn.ModuleList()
-        for depth, dim in zip(self.depths, self.dims):
-            self.stages.append(nn.Sequential(*[Block(dim) for _ in range(depth)]))
+        stages = [nn.Sequential(*[Block(dim) for _ in range(n)]) for n, dim in zip(depths, dims)]
+        self.stages = nn.ModuleList(stages)
         self.norm = LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else None
         if seed is not None:

@@ -124,20 +124,18 @@ class Bottleneck(jt.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, init: _Init, stride: int = 1):
+        out = planes * self.expansion
         self.conv1 = Conv2d(inplanes, planes, 1, init)
         self.bn1 = BatchNorm2d(planes, init)
         self.conv2 = Conv2d(planes, planes, 3, init, padding=1)
         self.bn2 = BatchNorm2d(planes, init)
-        self.conv3 = Conv2d(planes, planes * self.expansion, 1, init)
-        self.bn3 = BatchNorm2d(planes * self.expansion, init)
+        self.conv3 = Conv2d(planes, out, 1, init)
+        self.bn3 = BatchNorm2d(out, init)
         self.stride = stride
         self.downsample = None
-        if stride > 1 or inplanes != planes * self.expansion:
+        if stride > 1 or inplanes != out:
             # Keys "downsample.0" (conv) and "downsample.1" (bn); OpenAI's "-1" is the pool.
-            self.downsample = nn.Sequential(
-                Conv2d(inplanes, planes * self.expansion, 1, init),
-                BatchNorm2d(planes * self.expansion, init),
-            )
+            self.downsample = nn.Sequential(Conv2d(inplanes, out, 1, init), BatchNorm2d(out, init))
 
     def execute(self, x: jt.Var) -> jt.Var:
         out = _relu(self.bn1(self.conv1(x)))

@@ -149,13 +149,9 @@ class AMUTuning:
     def logits(self, clip_X, aux_X) -> np.ndarray:
         """Fused logits [n, C] from CLIP features [n, d] and auxiliary features [n, d_aux]."""
         self._check()
-        j = jt()
-        lv, _ = self._forward(
-            as_var(clip_X, "CLIP features", ndim=2),
-            as_var(aux_X, "auxiliary features", ndim=2),
-            j.array(self.W),
-            j.array(self.T),
-        )
+        xc = as_var(clip_X, "CLIP features", ndim=2)
+        xa = as_var(aux_X, "auxiliary features", ndim=2)
+        lv, _ = self._forward(xc, xa, jt().array(self.W), jt().array(self.T))
         return as_numpy(lv)
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -72,8 +72,7 @@ def sinkhorn(
 ) -> np.ndarray:
     """Pseudo-labels [n, C] (rows sum to 1) from logits M [n, C] by InMaP's Sinkhorn scaling
     (docs/METHODS.md, 'InMaP', step 1)."""
-    Mv = as_var(M, "M", ndim=2)
-    return as_numpy(_sinkhorn(Mv, tau_t, gamma, iters))
+    return as_numpy(_sinkhorn(as_var(M, "M", ndim=2), tau_t, gamma, iters))
 
 
 def _hard_labels(Y, alpha: float):
@@ -158,8 +157,7 @@ def inmap(
     ``X @ W``."""
     Xv, Tv = _check_xt(X, T)
     Y = _sinkhorn(Xv @ Tv, tau_t, gamma, iters_sinkhorn)
-    W = _proxy_descent(Xv, Tv, Y, lr, iters_proxy, tau_i, alpha, True, False)
-    return as_numpy(W)
+    return as_numpy(_proxy_descent(Xv, Tv, Y, lr, iters_proxy, tau_i, alpha, True, False))
 
 
 @forward_only
@@ -179,8 +177,7 @@ def inmap_challenge(
     Y0 = softmax((Xv @ softmax(Tv, dim=1)) / tau_t, dim=1)
     W1 = _proxy_descent(Xv, Tv, Y0, lr, iters_proxy, tau_i, alpha, False, True)
     Y1 = _sinkhorn(Xv @ W1, tau_t, gamma, iters_sinkhorn)
-    W2 = _proxy_descent(Xv, W1, Y1, lr, iters_proxy, tau_i, alpha, False, True)
-    return as_numpy(W2)
+    return as_numpy(_proxy_descent(Xv, W1, Y1, lr, iters_proxy, tau_i, alpha, False, True))
 
 
 VARIANTS = {"official": inmap, "challenge": inmap_challenge}

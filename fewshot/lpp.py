@@ -180,9 +180,8 @@ class LPPlusPlus:
     def logits(self, X) -> np.ndarray:
         """Logits [n, C] = X W^T + b + alpha (.) (X @ T) for features X [n, d] (numpy out)."""
         self._check_fitted()
-        j = jt()
         Xv = as_var(X, "X", ndim=2)
-        W, b, alpha, T = (j.array(a) for a in (self.W, self.b, self.alpha, self.T))
+        W, b, alpha, T = (jt().array(a) for a in (self.W, self.b, self.alpha, self.T))
         return as_numpy(Xv @ W.transpose(1, 0) + b + alpha * (Xv @ T))
 
     def state_dict(self) -> dict[str, np.ndarray]:

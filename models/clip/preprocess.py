@@ -28,10 +28,8 @@ def resize_short_side(img: Image.Image, n_px: int) -> Image.Image:
 
 
 def center_crop(img: Image.Image, n_px: int) -> Image.Image:
-    """torchvision CenterCrop(n_px) of a PIL image at least n_px on each side."""
+    """torchvision CenterCrop(n_px) of a PIL image at least n_px on each side (as resized)."""
     w, h = img.size
-    if w < n_px or h < n_px:
-        raise ValueError(f"center_crop: image {w}x{h} is smaller than the {n_px}px crop")
     top = int(round((h - n_px) / 2.0))
     left = int(round((w - n_px) / 2.0))
     return img.crop((left, top, left + n_px, top + n_px))

@@ -156,10 +156,6 @@ class ConvNeXtBackbone(_LazyEncoder):
 
         return convnext.load(self.path)
 
-    @property
-    def num_features(self) -> int:
-        return int(self.info["config"]["dims"][-1])
-
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Pooled features [B, D] of preprocessed images [B, 3, H, W]."""
         return self._run(self.model.forward_features, batch)

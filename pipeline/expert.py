@@ -4,10 +4,11 @@ section 3 has its options, training, selection rule and artefact format."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -109,20 +110,18 @@ def _view_features(
     batch_size: int,
 ) -> np.ndarray:
     """[n, views, D] features of seeded augmented views; the backbone sees each view once."""
-    n, d = len(resized), backbone.num_features
-    out = np.zeros((n * views, d), np.float32)
-    buffer: list[np.ndarray] = []
-    done = 0
-    with tqdm(total=n * views, desc="train views", unit="view") as bar:
+
+    def all_views() -> Iterator[np.ndarray]:
         for i, img in enumerate(resized):
             rng = np.random.default_rng([seed, 1, i])  # per image: independent of the others
-            buffer.extend(transform.augment(img, rng) for _ in range(views))
-            while len(buffer) >= batch_size or (i == n - 1 and buffer):
-                batch, buffer = buffer[:batch_size], buffer[batch_size:]
-                out[done : done + len(batch)] = backbone.features(np.stack(batch))
-                done += len(batch)
-                bar.update(len(batch))
-    return out.reshape(n, views, d)
+            yield from (transform.augment(img, rng) for _ in range(views))
+
+    stream, out = all_views(), []
+    with tqdm(total=len(resized) * views, desc="train views", unit="view") as bar:
+        while batch := list(itertools.islice(stream, batch_size)):
+            out.append(backbone.features(np.stack(batch)))
+            bar.update(len(batch))
+    return np.concatenate(out).reshape(len(resized), views, -1)
 
 
 def selection_key(record: dict[str, float]) -> tuple[float, float]:

@@ -32,24 +32,22 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     ws = Workspace.open(env, settings)
     train_list = ws.read_list(env.train_shots_list, "4-shot training")
     val_list = ws.read_list(env.val_list, "validation") if env.val_list.is_file() else None
+    if val_list is None or not len(val_list):
+        raise ListError(
+            f"{env.val_list}: no validation images; train.py chooses and validates on them "
+            "(run process.py with VAL_PER_CLASS >= 2)"
+        )
     C = ws.classes.num_classes
     seen = seen_class_ids(train_list, ws.classes)
     unseen = np.setdiff1d(np.arange(C), seen)
-    log.info(
-        "%d classes: %d seen, %d unseen; %d training images, %d validation images",
-        C, seen.size, unseen.size, len(train_list), len(val_list) if val_list else 0,
-    )  # fmt: skip
+    counts = C, seen.size, unseen.size, len(train_list), len(val_list)
+    log.info("%d classes: %d seen, %d unseen; %d training images, %d validation images", *counts)
     summary: dict[str, Any] = {
         "classes": str(env.classes),
         "seen_classes": int(seen.size),
         "unseen_classes": int(unseen.size),
         "settings": settings.as_dict(),
     }
-    if val_list is None or not len(val_list):
-        raise ListError(
-            f"{env.val_list}: no validation images; train.py chooses and validates on them "
-            "(run process.py with VAL_PER_CLASS >= 2)"
-        )
 
     # Which views the open choices need; each is encoded once and cached.
     flips = (True, False) if settings.flip_tta is None else (settings.flip_tta,)
@@ -69,7 +67,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
         )
     val_sets, keep_val = ws.list_views(val_list, "val", views)
     yval = val_list.labels[keep_val]
-    val_paths = [val_list.resolve(env.data_dir)[i] for i in keep_val]
+    val_paths = val_list.subset(keep_val).resolve(env.data_dir)
 
     expert_ids, expert_logits = np.zeros(0, np.int64), None
     if settings.expert_domain in ws.classes.domain_names:
@@ -82,7 +80,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
         )
     aux = None
     if settings.amu:  # AMU-Tuning's auxiliary features
-        train_paths = [train_list.resolve(env.data_dir)[i] for i in keep_tr]
+        train_paths = train_list.subset(keep_tr).resolve(env.data_dir)
         aux = ws.aux_features(train_paths, "train"), ws.aux_features(val_paths, "val")
 
     n_test, share = _test_set_facts(ws, text, unseen)

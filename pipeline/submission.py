@@ -56,18 +56,15 @@ def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int)
     line; empty when the file is valid."""
     problems: list[str] = []
     try:
-        raw = Path(path).read_bytes()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         return [f"{path}: cannot read ({e})"]
-    try:
-        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         return [f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]
     if "\r" in text:
         problems.append(f"{path}: Windows line endings (\\r\\n); use \\n")
-    expected = set(test_names)
-    seen: dict[str, int] = {}
-    order: list[str] = []
+    rank = {n: i for i, n in enumerate(test_names)}
+    seen: dict[str, int] = {}  # name -> its first line
     for lineno, line in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
         where = f"{path}:{lineno}"
         if not line.strip():
@@ -83,28 +80,23 @@ def validate_result(path: PathLike, test_names: Sequence[str], num_classes: int)
             problems.append(f"{where}: {name} already on line {seen[name]}")
             continue
         seen[name] = lineno
-        if name not in expected:
+        if name not in rank:
             problems.append(f"{where}: {name} is not an image of the test folder")
-        else:
-            order.append(name)
         if len(ids) != TOPK:
             problems.append(f"{where}: {len(ids)} class ids, expected {TOPK}")
-        vals = []
+        vals = [int(tok) for tok in ids if tok.isascii() and tok.isdigit()]
         for tok in ids:
             if not tok.isascii() or not tok.isdigit():
                 problems.append(f"{where}: {tok!r} is not a non-negative integer class id")
-                continue
-            v = int(tok)
-            if v >= num_classes:
-                problems.append(f"{where}: class id {v} out of range 0..{num_classes - 1}")
-            vals.append(v)
+            elif int(tok) >= num_classes:
+                problems.append(f"{where}: class id {int(tok)} out of range 0..{num_classes - 1}")
         if len(set(vals)) != len(vals):
             problems.append(f"{where}: repeated class ids {' '.join(ids)}")
     missing = [n for n in test_names if n not in seen]
     if missing:
         problems.append(f"{path}: {len(missing)} test image(s) missing: {preview(missing)}")
-    rank = {n: i for i, n in enumerate(test_names)}
-    if order != sorted(order, key=rank.__getitem__):
+    ranks = [rank[n] for n in seen if n in rank]
+    if ranks != sorted(ranks):
         problems.append(f"{path}: lines are not in the test folder's natural order")
     return problems
 

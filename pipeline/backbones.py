@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class _LazyEncoder:
     gradients."""
 
     family = name = ""
+    forward = ""  # the model's method from preprocessed images to features
 
     def __init__(self, weights_path: str | os.PathLike) -> None:
         self.path = Path(weights_path)
@@ -71,12 +72,13 @@ class _LazyEncoder:
     def fingerprint(self) -> str:
         return weights.fingerprint(self.path)
 
-    def _run(self, fn: Callable[[Any], Any], batch: np.ndarray) -> np.ndarray:
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Features [B, D] of preprocessed images [B, 3, H, W]."""
         from models.runtime import jittor
 
         jt = jittor()
         with jt.no_grad():
-            out = fn(jt.array(batch)).numpy()
+            out = getattr(self.model, self.forward)(jt.array(batch)).numpy()
         return np.array(out, np.float32)  # own the memory: Jittor may reuse the buffer
 
     def num_parameters(self) -> int:
@@ -91,6 +93,7 @@ class ClipBackbone(_LazyEncoder):
     """One CLIP model (by name, e.g. "vit"): image features and text classifiers."""
 
     family = "clip"
+    forward = "encode_image"
 
     def __init__(self, name: str, weights_path: str | os.PathLike) -> None:
         self.name = name
@@ -108,9 +111,7 @@ class ClipBackbone(_LazyEncoder):
     def encoder(self, label: str) -> Encoder:
         """This backbone's image tower as a feature-cache encoder."""
         parts = {"backbone": f"clip-{self.name}", "weights": self.fingerprint()}
-        return Encoder(
-            parts, lambda b: self._run(self.model.encode_image, b), f"{label}-{self.name}"
-        )
+        return Encoder(parts, self.features, f"{label}-{self.name}")
 
     def text_classifier(
         self,
@@ -150,15 +151,12 @@ class ConvNeXtBackbone(_LazyEncoder):
 
     family = "convnextv2"
     name = "convnext"
+    forward = "forward_features"  # pooled, after the final LayerNorm
 
     def _build(self) -> Any:
         from models import convnext
 
         return convnext.load(self.path)
-
-    def features(self, batch: np.ndarray) -> np.ndarray:
-        """Pooled features [B, D] of preprocessed images [B, 3, H, W]."""
-        return self._run(self.model.forward_features, batch)
 
     def encoder(self, label: str, preprocess_id: str) -> Encoder:
         """A feature-cache encoder; ``preprocess_id`` tells entries of different sizes apart in

@@ -32,9 +32,8 @@ def accuracy(top5: np.ndarray, labels: np.ndarray) -> dict:
     labels = np.asarray(labels)
     if labels.size == 0:
         return {"n": 0, "top1": float("nan"), "top5": float("nan")}
-    top5 = np.asarray(top5)
-    top1 = float((top5[:, 0] == labels).mean())
-    in_top5 = float((top5 == labels[:, None]).any(1).mean())
+    hits = np.asarray(top5) == labels[:, None]  # [n, 5]
+    top1, in_top5 = float(hits[:, 0].mean()), float(hits.any(1).mean())
     return {"n": int(labels.size), "top1": top1, "top5": in_top5}
 
 

@@ -145,9 +145,8 @@ def _test_set_facts(ws: Workspace, text: dict, unseen: np.ndarray) -> tuple[Opti
     paths = [str(ws.env.test_dir / n) for n in names]
     sets, _ = ws.clip_views(paths, "test", ("orig", "flip") if choice.flip_tta else ("orig",))
     X = {b: combine_views(s, choice.flip_tta) for b, s in sets.items()}
-    prompts = "bare" if choice.inmap_prompts == "bare" and "bare" in text else "templates"
-    with ws.timed("stage 1 on the test set"):
-        s1 = stage1_scores(X, text[prompts], choice.stage1, settings.inmap_fusion)
+    with ws.timed("stage 1 on the test set"):  # text has "bare" unless pinned to "templates"
+        s1 = stage1_scores(X, text[choice.inmap_prompts], choice.stage1, settings.inmap_fusion)
     share = float(np.isin(s1.argmax(1), unseen).mean())
     log.info("stage 1 routes %.1f%% of %d test images to unseen classes", 100 * share, len(names))
     if share <= 0:

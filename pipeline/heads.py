@@ -80,9 +80,8 @@ def save_models(
     """Save a fitted seen-class head (pipeline.scores.fit_head), ``info[backbone]`` with each."""
     for method, by_backbone in models.items():
         for b, model in by_backbone.items():
-            save_head(
-                head_path(heads_dir, method, b), model.state_dict(), {**model.info(), **info[b]}
-            )
+            path = head_path(heads_dir, method, b)
+            save_head(path, model.state_dict(), {**model.info(), **info[b]})
 
 
 def load_models(

@@ -52,7 +52,6 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
 def _transclip_sets(ws: Workspace, choice: Choice, seen: np.ndarray) -> tuple[tuple, tuple]:
     """TransCLIP's support (the shots in the head's training view) and validation images (for
     gamma) of the seen classes, from train.py's feature cache."""
-    env = ws.env
     aug = choice.lpp_views == "aug"
 
     def features(items: LabeledList, label: str, flip: bool, view: str) -> tuple:
@@ -61,9 +60,9 @@ def _transclip_sets(ws: Workspace, choice: Choice, seen: np.ndarray) -> tuple[tu
         m = np.isin(y, seen)
         return {b: combine_views(fs, flip, view)[m] for b, fs in sets.items()}, y[m]
 
-    shots = ws.read_list(env.train_shots_list, "4-shot training")
-    val = ws.read_list(env.val_list, "validation")
+    shots = ws.read_list(ws.env.train_shots_list, "4-shot training")
     support = features(shots, "train", not aug and choice.flip_tta, "aug" if aug else "orig")
+    val = ws.read_list(ws.env.val_list, "validation")
     return support, features(val, "val", choice.flip_tta, "orig")
 
 

@@ -93,29 +93,26 @@ def _accuracy_table(first: str, count: str, groups: dict[str, dict]) -> str:
 
 def _plots(out: Path, groups: dict[str, dict], timings: dict[str, float]) -> None:
     """per_domain.png (top-1 and top-5 of ``groups``) and timings.png (seconds per stage)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend, no global figure state
 
     names = list(groups)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.2))
+    fig = Figure(figsize=(max(4, 1.2 * len(names) + 2), 3.2), layout="tight")
+    ax = fig.subplots()
     for i, key in enumerate(("top1", "top5")):
         ax.bar(x + (i - 0.5) * 0.4, [np.nan_to_num(groups[n][key]) for n in names], 0.4, label=key)
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_title("accuracy per domain")
     ax.legend(loc="lower right")
-    fig2, ax = plt.subplots(figsize=(6, 0.4 * len(timings) + 1.2))
+    fig2 = Figure(figsize=(6, 0.4 * len(timings) + 1.2), layout="tight")
+    ax = fig2.subplots()
     ax.barh(list(timings), list(timings.values()))
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title("wall time per stage")
-    for name, f in (("per_domain.png", fig), ("timings.png", fig2)):
-        f.tight_layout()
-        f.savefig(out / name, dpi=100)
-        plt.close(f)
+    fig.savefig(out / "per_domain.png", dpi=100)
+    fig2.savefig(out / "timings.png", dpi=100)
 
 
 def _board_section(board: dict) -> list[str]:

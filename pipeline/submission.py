@@ -32,9 +32,7 @@ def write_result(path: PathLike, names: Sequence[str], top5_ids: np.ndarray) -> 
     if ids.ndim != 2 or ids.shape != (len(names), TOPK):
         raise ValueError(f"top5_ids has shape {ids.shape}, expected ({len(names)}, {TOPK})")
     if not np.issubdtype(ids.dtype, np.integer):
-        if not np.array_equal(ids, np.round(ids)):
-            raise ValueError("top5_ids must hold integer class ids")
-        ids = ids.astype(np.int64)
+        raise ValueError("top5_ids must hold integer class ids")
     if (ids < 0).any():
         raise ValueError("top5_ids holds negative class ids")
     srt = np.sort(ids, axis=1)
@@ -126,9 +124,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     problems = validate_result(args.result, names, len(classes))
-    for p in problems:
-        print(p)
     if problems:
+        print(*problems, sep="\n")
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.result}: valid ({len(names)} images, {len(classes)} classes)")

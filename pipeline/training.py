@@ -179,9 +179,8 @@ def train_expert_stage(
         fit, _ = validation.split_fit_score(yval)
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
         options = {k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
-        val = feats[sel], yval[rows][sel]
         expert = train_expert(
-            ws.convnext, items, *val, expert_ids.tolist(), seed=env.seed, **options
+            ws.convnext, items, feats[sel], yval[rows][sel], expert_ids, seed=env.seed, **options
         )
         expert.save(ws.expert_dir)
         logits[rows] = expert.logits(feats)

@@ -85,22 +85,6 @@ class DomainExpert:
         return cls(tensors["head.weight"], tensors["head.bias"], info)
 
 
-def _decode_train(
-    items: Sequence[tuple[str, int]], transform: convnext.TrainTransform
-) -> tuple[list[Image.Image], list[int], list[str]]:
-    """Every training image decoded and resized (the transform's deterministic first step), with
-    its label; undecodable ones are skipped with a warning and listed."""
-    images, labels, skipped = [], [], []
-    for path, label in tqdm(items, desc="decode train", unit="img", leave=False):
-        try:
-            images.append(transform.resize_image(load_rgb(path)))
-            labels.append(label)
-        except ImageError as e:
-            log.warning("train: skipping image (%s)", e)
-            skipped.append(path)
-    return images, labels, skipped
-
-
 def _view_features(
     backbone: ConvNeXtBackbone,
     resized: list[Image.Image],
@@ -241,8 +225,16 @@ def train_expert(
             )
     t0 = time.time()
     train_tf = convnext.TrainTransform(train_resize, train_crop, resample=resample)
-    items = [(os.fspath(p), int(c)) for p, c in train_items]
-    resized, train_cids, skipped = _decode_train(items, train_tf)
+    # Each image decoded and resized once (the transform's deterministic first step);
+    # undecodable ones are skipped with a warning and listed.
+    resized, train_cids, skipped = [], [], []
+    for path, cid in tqdm(train_items, desc="decode train", unit="img", leave=False):
+        try:
+            resized.append(train_tf.resize_image(load_rgb(path)))
+            train_cids.append(int(cid))
+        except ImageError as e:
+            log.warning("train: skipping image (%s)", e)
+            skipped.append(os.fspath(path))
     empty = sorted(set(class_ids) - set(train_cids))
     if empty:
         raise ValueError(

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from models import weights
-from pipeline.backbones import combine_views
 from pipeline.cascade import EXPERT, STAGE_NAMES, UNSEEN, topk
 from pipeline.env import Env
 from pipeline.predict import cascade
@@ -217,7 +216,7 @@ def evaluate(env: Env, settings: Settings) -> Path:
     ws = Workspace.open(env, settings)
     val = ws.read_list(env.val_list, "validation")
     paths = val.resolve(env.data_dir)
-    result, failed, choice = cascade(ws, paths, "val")
+    result, failed, choice, features = cascade(ws, paths, "val")
     keep = np.setdiff1d(np.arange(len(val)), failed)
     y = val.labels[keep]
     _, models, seen, record = ws.load_cascade()
@@ -226,18 +225,17 @@ def evaluate(env: Env, settings: Settings) -> Path:
     expert_ids = expert.class_ids if expert is not None else np.zeros(0, np.int64)
     domains = ws.classes.domain_array[y]
     metrics = cascade_metrics(result.top5[keep], result.stage[keep], y, domains, unseen, expert_ids)
-    # Each seen-class head alone, on the validation images (no routing; the cascade's features).
-    sets, _ = ws.clip_views(paths, "val", ("orig", "flip") if choice.flip_tta else ("orig",))
-    X = {b: combine_views(fs, choice.flip_tta)[keep] for b, fs in sets.items()}
-    T = ws.text_classifiers("templates")
+    # Each seen-class head alone, on the validation images of seen classes (no routing).
     mask = np.isin(y, seen)
+    X = {b: x[keep][mask] for b, x in features.items()}
+    T = ws.text_classifiers("templates")
 
     def acc(scores: np.ndarray) -> dict:
         return accuracy(topk(scores, 5, seen), y[mask])
 
-    heads = {f"zero-shot {b}": acc(zero_shot_logits(X[b][mask], T[b][:, seen])) for b in X}
+    heads = {f"zero-shot {b}": acc(zero_shot_logits(X[b], T[b][:, seen])) for b in X}
     if choice.seen_head != "amu":
-        scores = head_scores(models, {b: v[mask] for b, v in X.items()}, settings.lpp_fusion)
+        scores = head_scores(models, X, settings.lpp_fusion)
         heads[f"{choice.seen_head} (chosen head)"] = acc(scores)
     metrics["seen_heads"] = heads
     notes = [

@@ -23,8 +23,8 @@ from pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult, tuple, Any]:
-    """The trained cascade on ``paths``: (result, undecodable images, the choice)."""
+def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult, tuple, Any, dict]:
+    """The trained cascade on ``paths``: (result, undecodable images, choice, CLIP features)."""
     choice, models, seen, _ = ws.load_cascade()
     s, C = ws.settings, ws.classes.num_classes
     sets, failed = ws.clip_views(paths, label, ("orig", "flip") if choice.flip_tta else ("orig",))
@@ -46,7 +46,7 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
 
     ids = None if expert is None else expert.class_ids
     result = run_stages(choice, stage1, np.arange(C), seen_scores, seen, ids, expert_logits)
-    return result, failed, choice
+    return result, failed, choice, X
 
 
 def _transclip_sets(ws: Workspace, choice: Choice, seen: np.ndarray) -> tuple[tuple, tuple]:
@@ -72,7 +72,7 @@ def predict(env: Env, settings: Settings) -> Path:
     names = list_test_images(env.test_dir)
     paths = [str(Path(env.test_dir) / n) for n in names]
     log.info("%d test images in %s", len(names), env.test_dir)
-    result, failed, choice = cascade(ws, paths, "test")
+    result, failed, choice, _ = cascade(ws, paths, "test")
     write_result(env.result_path, names, result.top5)
     problems = validate_result(env.result_path, names, ws.classes.num_classes)
     if problems:

@@ -115,31 +115,22 @@ def _plots(out: Path, groups: dict[str, dict], timings: dict[str, float]) -> Non
 
 
 def _board_section(board: dict) -> list[str]:
-    p = board["predicted_top1"]
-    md = [
-        "## Predicted board score",
-        "",
+    p, n_test = board["predicted_top1"], board["n_test"] or "unknown number of"
+    md = ["## Predicted board score", ""]
+    md.append(
         f"Board-shaped validation ({len(board['folds'])} folds; unseen share "
-        f"{board['unseen_share']:.2f}; {board['n_test'] or 'unknown number of'} test images): "
-        f"predicted top-1 **{_fmt(p['value'])}**, 95% interval {_fmt(p['low'])} - "
-        f"{_fmt(p['high'])}.",
-        "",
-        "Chosen: " + ", ".join(f"{k} = {v}" for k, v in board["choice"].items()) + ".",
-        "",
-    ]
+        f"{board['unseen_share']:.2f}; {n_test} test images): predicted top-1 "
+        f"**{_fmt(p['value'])}**, 95% interval {_fmt(p['low'])} - {_fmt(p['high'])}."
+    )
+    md += ["", "Chosen: " + ", ".join(f"{k} = {v}" for k, v in board["choice"].items()) + ".", ""]
     b = board["breakdown"]
     md.append(_table(["domain", "predicted top-1"], [[k, v] for k, v in b["per_domain"].items()]))
     rows = [[k, v["share"], v["top1"]] for k, v in b["per_stage"].items()]
     md += ["", _table(["stage", "share of images", "predicted top-1"], rows)]
     if board["candidates"]:
-        md += [
-            "",
-            "## Candidates",
-            "",
-            "Each open choice in turn, from the challenge solution's: an option replaces the",
-            "current one only when its gain exceeds the gain's standard error.",
-            "",
-        ]
+        md += ["", "## Candidates", ""]
+        md += ["Each open choice in turn, from the challenge solution's: an option replaces the"]
+        md += ["current one only when its gain exceeds the gain's standard error.", ""]
         rows = []
         for c in board["candidates"]:
             e, chosen = c["estimate"], " (chosen)" if c.get("chosen") else ""

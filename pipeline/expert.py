@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,28 @@ EXPERT_FAMILY = "convnextv2_expert"
 ARTEFACT_VERSION = 2
 WEIGHTS_FILE = "expert.safetensors"
 INFO_FILE = "expert.json"
+
+
+@dataclass(frozen=True)
+class ExpertOptions:
+    """How :func:`train_expert` trains; docs/CONVNEXT.md section 3 has each option's meaning, its
+    setting (``expert_<option>``) and the challenge solution's value."""
+
+    epochs: int = 31
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    views: int = 10
+    seed: int = 0
+    train_resize: int = 320
+    train_crop: int = 280
+    eval_size: int = 384
+    feature_batch: int = 16
+    resample: str = "bicubic"
+    schedule: str = "cosine"
+    t_max: Optional[int] = None
+    eta_min: float = 0.0
+    select: str = "best"
 
 
 class DomainExpert:
@@ -89,23 +112,21 @@ def _view_features(
     backbone: ConvNeXtBackbone,
     resized: list[Image.Image],
     transform: convnext.TrainTransform,
-    views: int,
-    seed: int,
-    batch_size: int,
+    o: ExpertOptions,
 ) -> np.ndarray:
     """[n, views, D] features of seeded augmented views; the backbone sees each view once."""
 
     def all_views() -> Iterator[np.ndarray]:
         for i, img in enumerate(resized):
-            rng = np.random.default_rng([seed, 1, i])  # per image: independent of the others
-            yield from (transform.augment(img, rng) for _ in range(views))
+            rng = np.random.default_rng([o.seed, 1, i])  # per image: independent of the others
+            yield from (transform.augment(img, rng) for _ in range(o.views))
 
     stream, out = all_views(), []
-    with tqdm(total=len(resized) * views, desc="train views", unit="view") as bar:
-        while batch := list(itertools.islice(stream, batch_size)):
+    with tqdm(total=len(resized) * o.views, desc="train views", unit="view") as bar:
+        while batch := list(itertools.islice(stream, o.feature_batch)):
             out.append(backbone.features(np.stack(batch)))
             bar.update(len(batch))
-    return np.concatenate(out).reshape(len(resized), views, -1)
+    return np.concatenate(out).reshape(len(resized), o.views, -1)
 
 
 def selection_key(record: dict[str, float]) -> tuple[float, float]:
@@ -119,52 +140,41 @@ def fit_head(
     val_feats: np.ndarray,
     val_labels: np.ndarray,
     num_classes: int,
-    *,
-    epochs: int = 31,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    batch_size: int = 32,
-    seed: int = 0,
-    schedule: str = "cosine",
-    t_max: Optional[int] = None,
-    eta_min: float = 0.0,
-    select: str = "best",
+    options: Optional[ExpertOptions] = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int]:
-    """Train a linear head on view features ``feats`` [n, views, D] with labels [n]; ``schedule``
-    "cosine" (torch's) or "jittor-cosine" (fewshot._optim), T_max ``t_max`` or ``epochs``.
-    Returns (head tensors, per-epoch history, 1-based epoch) of the selected epoch (the last with
-    ``select="last"`` or without validation images)."""
+    """Train a linear head on view features ``feats`` [n, views, D] with labels [n]. Returns
+    (head tensors, per-epoch history, 1-based epoch) of the epoch that ``options.select`` keeps."""
     from fewshot._optim import cosine_lr, jittor_cosine_lr
     from fewshot._tensor import as_numpy, cross_entropy, one_hot
     from models.runtime import jittor
 
-    jt = jittor()
+    jt, o = jittor(), options or ExpertOptions()
     n, views, d = feats.shape
     # Initialised like the official head: normal with std .02 clipped at 2, zero bias.
-    w = np.clip(np.random.default_rng([seed, 7]).normal(0.0, 0.02, (num_classes, d)), -2.0, 2.0)
+    w = np.clip(np.random.default_rng([o.seed, 7]).normal(0.0, 0.02, (num_classes, d)), -2.0, 2.0)
     head = jt.nn.Linear(d, num_classes)
     head.weight.assign(jt.array(w.astype(np.float32)))
     head.bias.assign(jt.zeros(num_classes))
     # Epoch e shows image i through view order[i][e % views]: every view in turn.
     view_order = np.stack(
-        [np.random.default_rng([seed, 2, i]).permutation(views) for i in range(n)]
+        [np.random.default_rng([o.seed, 2, i]).permutation(views) for i in range(n)]
     )
-    optimizer = jt.nn.AdamW([head.weight, head.bias], lr, weight_decay=weight_decay)
-    rate = jittor_cosine_lr if schedule == "jittor-cosine" else cosine_lr
-    order_rng = np.random.default_rng([seed, 3])
+    optimizer = jt.nn.AdamW([head.weight, head.bias], o.lr, weight_decay=o.weight_decay)
+    rate = jittor_cosine_lr if o.schedule == "jittor-cosine" else cosine_lr
+    order_rng = np.random.default_rng([o.seed, 3])
 
     def state() -> dict[str, np.ndarray]:
         return {"head.weight": as_numpy(head.weight), "head.bias": as_numpy(head.bias)}
 
     history: list[dict[str, Any]] = []
-    best_key, best_epoch, best = None, epochs, {}
-    bar = tqdm(range(epochs), desc="expert epochs", unit="epoch")
+    best_key, best_epoch, best = None, o.epochs, {}
+    bar = tqdm(range(o.epochs), desc="expert epochs", unit="epoch")
     for epoch in bar:
-        optimizer.lr = rate(lr, epoch, t_max or epochs, eta_min)
+        optimizer.lr = rate(o.lr, epoch, o.t_max or o.epochs, o.eta_min)
         order = order_rng.permutation(n)
         total = 0.0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for start in range(0, n, o.batch_size):
+            idx = order[start : start + o.batch_size]
             x = jt.array(feats[idx, view_order[idx, epoch % views]])
             loss = jt.nn.cross_entropy_loss(head(x), jt.array(labels[idx]))
             optimizer.step(loss)
@@ -176,14 +186,14 @@ def fit_head(
                 val_loss = cross_entropy(logits, one_hot(val_labels, num_classes))
                 record["val_acc"] = float((as_numpy(logits).argmax(1) == val_labels).mean())
                 record["val_loss"] = float(val_loss.item())
-            if select == "best" and (best_key is None or selection_key(record) > best_key):
+            if o.select == "best" and (best_key is None or selection_key(record) > best_key):
                 best_key, best_epoch, best = selection_key(record), epoch + 1, state()
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=record.get("val_acc", "-"))
-    if select == "last" or not len(val_labels):
-        if select == "best":
+    if o.select == "last" or not len(val_labels):
+        if o.select == "best":
             log.warning("expert: no validation images, so the last epoch is kept (no selection)")
-        best_epoch, best = epochs, state()
+        best_epoch, best = o.epochs, state()
     return best, history, best_epoch
 
 
@@ -193,26 +203,11 @@ def train_expert(
     val_features: np.ndarray,
     val_class_ids: np.ndarray,
     class_ids: Sequence[int],
-    *,
-    epochs: int = 31,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    batch_size: int = 32,
-    views: int = 10,
-    seed: int = 0,
-    train_resize: int = 320,
-    train_crop: int = 280,
-    eval_size: int = 384,
-    feature_batch: int = 16,
-    resample: str = "bicubic",
-    schedule: str = "cosine",
-    t_max: Optional[int] = None,
-    eta_min: float = 0.0,
-    select: str = "best",
+    options: Optional[ExpertOptions] = None,
 ) -> DomainExpert:
     """The expert over ``class_ids`` (output order), trained on ``(image path, class id)`` items
     and selected on ``val_features`` [m, D] (evaluation view) of ``val_class_ids``."""
-    class_ids = [int(c) for c in class_ids]
+    o, class_ids = options or ExpertOptions(), [int(c) for c in class_ids]
     if len(set(class_ids)) != len(class_ids) or not class_ids:
         raise ValueError("class_ids must be non-empty and without duplicates")
     index = {c: k for k, c in enumerate(class_ids)}
@@ -224,9 +219,8 @@ def train_expert(
                 f"({len(index)} ids, {min(index)}..{max(index)})"
             )
     t0 = time.time()
-    train_tf = convnext.TrainTransform(train_resize, train_crop, resample=resample)
-    # Each image decoded and resized once (the transform's deterministic first step);
-    # undecodable ones are skipped with a warning and listed.
+    train_tf = convnext.TrainTransform(o.train_resize, o.train_crop, resample=o.resample)
+    # Each image decoded and resized once (the transform's first step); bad files are skipped.
     resized, train_cids, skipped = [], [], []
     for path, cid in tqdm(train_items, desc="decode train", unit="img", leave=False):
         try:
@@ -245,15 +239,11 @@ def train_expert(
     y_val = np.array([index[int(c)] for c in val_class_ids], np.int64)
     counts = len(class_ids), len(y_train), len(skipped), len(y_val)
     log.info("expert: %d classes, %d train (%d skipped) / %d val images", *counts)
-    feats = _view_features(backbone, resized, train_tf, views, seed, feature_batch)
+    feats = _view_features(backbone, resized, train_tf, o)
     t_feat = time.time() - t0
-    selected = len(y_val) and select == "best"
-    hyper = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
-    rule = dict(seed=seed, schedule=schedule, t_max=t_max, eta_min=eta_min, select=select)
+    selected = len(y_val) and o.select == "best"
     val = np.asarray(val_features, np.float32)
-    best, history, best_epoch = fit_head(
-        feats, y_train, val, y_val, len(class_ids), **hyper, **rule
-    )
+    best, history, best_epoch = fit_head(feats, y_train, val, y_val, len(class_ids), o)
     info = {
         "version": ARTEFACT_VERSION,
         "class_ids": class_ids,
@@ -263,17 +253,16 @@ def train_expert(
             "config": backbone.info["config"],
         },
         "settings": {
-            **hyper,
-            "views": views,
-            "seed": seed,
-            "schedule": f"{schedule} per epoch, T_max {t_max or epochs}, eta_min {eta_min}",
+            **{k: getattr(o, k) for k in ("epochs", "lr", "weight_decay", "batch_size", "views")},
+            "seed": o.seed,
+            "schedule": f"{o.schedule} per epoch, T_max {o.t_max or o.epochs}, eta_min {o.eta_min}",
             "optimizer": "AdamW",
         },
         "transforms": {
             "train": train_tf.describe(),
-            "eval": convnext.EvalTransform(eval_size, resample).describe(),
-            "eval_size": eval_size,
-            "resample": resample,
+            "eval": convnext.EvalTransform(o.eval_size, o.resample).describe(),
+            "eval_size": o.eval_size,
+            "resample": o.resample,
         },
         "history": history,
         "best_epoch": best_epoch,

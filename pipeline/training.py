@@ -22,7 +22,7 @@ from pipeline.settings import Settings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
-# The options of train_expert that the settings expert_<option> set.
+# The ExpertOptions that the settings expert_<option> set.
 EXPERT_OPTIONS = ("epochs", "views", "train_resize", "train_crop", "eval_size", "resample")
 EXPERT_OPTIONS += ("weight_decay", "schedule", "t_max", "eta_min", "select")
 
@@ -165,7 +165,7 @@ def train_expert_stage(
     """Train the expert on its classes' shots, selecting on the ``fit`` half of their validation
     images; returns its summary and logits [n_val, K] on those images (zeros elsewhere)."""
     from models.convnext import preprocess
-    from pipeline.expert import train_expert
+    from pipeline.expert import ExpertOptions, train_expert
 
     s, env = ws.settings, ws.env
     mine = set(expert_ids.tolist())
@@ -178,10 +178,10 @@ def train_expert_stage(
         feats, failed = ws.convnext_features([val_paths[i] for i in rows], "val-expert", pre)
         fit, _ = validation.split_fit_score(yval)
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
-        options = {k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
-        expert = train_expert(
-            ws.convnext, items, feats[sel], yval[rows][sel], expert_ids, seed=env.seed, **options
+        options = ExpertOptions(
+            seed=env.seed, **{k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
         )
+        expert = train_expert(ws.convnext, items, feats[sel], yval[rows][sel], expert_ids, options)
         expert.save(ws.expert_dir)
         logits[rows] = expert.logits(feats)
     best = expert.info["best_epoch"]

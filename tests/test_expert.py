@@ -7,6 +7,7 @@ per training view, the saved head is the one of the selected epoch, artefacts ro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -102,10 +103,10 @@ def head_run(data):
     backbone = CountingBackbone(data["backbone"])
     paths, cids = zip(*val_good(data))
     val = eval_features(ConvNeXtBackbone(data["backbone"]), paths)
-    expert = ex.train_expert(
-        backbone, data["train"], val, np.array(cids), CLASS_IDS,
-        epochs=8, lr=1e-2, batch_size=4, views=3, seed=0, feature_batch=5, **SIZES,
-    )  # fmt: skip
+    options = ex.ExpertOptions(
+        epochs=8, lr=1e-2, batch_size=4, views=3, seed=0, feature_batch=5, **SIZES
+    )
+    expert = ex.train_expert(backbone, data["train"], val, np.array(cids), CLASS_IDS, options)
     out = data["root"] / "head"
     expert.save(out)
     return expert, out, list(backbone.calls)
@@ -202,9 +203,10 @@ def test_without_validation_the_last_epoch_is_kept():
     feats = rng.normal(size=(6, 2, 8)).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 2])
     empty = np.zeros((0, 8), np.float32)
-    best, history, epoch = ex.fit_head(feats, labels, empty, np.zeros(0, np.int64), 3, epochs=3)
+    none = np.zeros(0, np.int64)
+    best, history, epoch = ex.fit_head(feats, labels, empty, none, 3, ex.ExpertOptions(epochs=3))
     assert epoch == 3 and len(history) == 3 and "val_acc" not in history[0]
-    more, _, _ = ex.fit_head(feats, labels, empty, np.zeros(0, np.int64), 3, epochs=4)
+    more, _, _ = ex.fit_head(feats, labels, empty, none, 3, ex.ExpertOptions(epochs=4))
     assert not np.array_equal(best["head.weight"], more["head.weight"])  # it is the last one
 
 
@@ -218,7 +220,7 @@ def test_input_errors(data, tmp_path):
     only_broken = [(p, c) for p, c in data["train"] if c != CLASS_IDS[1]]
     only_broken.append((data["broken"][0], CLASS_IDS[1]))
     with pytest.raises(ValueError, match=f"class ids \\[{CLASS_IDS[1]}\\]"):
-        ex.train_expert(backbone, only_broken, *none, CLASS_IDS, **SIZES)
+        ex.train_expert(backbone, only_broken, *none, CLASS_IDS, ex.ExpertOptions(**SIZES))
     with pytest.raises(weights.WeightsError, match="not found; run train.sh"):
         ex.DomainExpert.load(tmp_path / "nothing", data["backbone"])
 
@@ -230,14 +232,15 @@ def test_challenge_recipe_schedule_and_last_epoch():
     feats = rng.normal(size=(12, 3, 8)).astype(np.float32)
     labels = np.arange(12) % 3
     val = (rng.normal(size=(6, 8)).astype(np.float32), np.arange(6) % 3)
-    recipe = dict(
+    recipe = ex.ExpertOptions(
         epochs=8, lr=1e-2, weight_decay=0.0, schedule="jittor-cosine", t_max=3, eta_min=1e-5
     )
-    best, history, epoch = ex.fit_head(feats, labels, *val, 3, select="last", **recipe)
+    last = dataclasses.replace(recipe, select="last")
+    best, history, epoch = ex.fit_head(feats, labels, *val, 3, last)
     rates = jittor_scheduler_rates(8, 3, 1e-5, base=1e-2)
     np.testing.assert_allclose([h["lr"] for h in history], rates, rtol=1e-9)
     assert epoch == 8 and "val_acc" in history[0]  # validated, but the last epoch is kept
-    no_val = ex.fit_head(feats, labels, np.zeros((0, 8), np.float32), np.zeros(0, int), 3, **recipe)
+    no_val = ex.fit_head(feats, labels, np.zeros((0, 8), np.float32), np.zeros(0, int), 3, recipe)
     np.testing.assert_array_equal(best["head.weight"], no_val[0]["head.weight"])
-    decayed = ex.fit_head(feats, labels, *val, 3, select="last", **{**recipe, "weight_decay": 0.5})
+    decayed = ex.fit_head(feats, labels, *val, 3, dataclasses.replace(last, weight_decay=0.5))
     assert not np.allclose(decayed[0]["head.weight"], best["head.weight"])

@@ -53,9 +53,8 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     flips = (True, False) if settings.flip_tta is None else (settings.flip_tta,)
     views = ("orig", "flip") if True in flips else ("orig",)
     aug = settings.lpp_views in (None, "aug")
-    text = {"templates": ws.text_classifiers("templates")}
-    if settings.inmap_prompts in (None, "bare"):
-        text["bare"] = ws.text_classifiers("bare")
+    prompts = ("templates", "bare") if settings.inmap_prompts in (None, "bare") else ("templates",)
+    text = {p: ws.text_classifiers(p) for p in prompts}
     train_sets, keep_tr = ws.list_views(train_list, "train", views + (("aug",) if aug else ()))
     ytr = train_list.labels[keep_tr]
     lost = np.setdiff1d(seen, ytr)
@@ -168,9 +167,8 @@ def train_expert_stage(
     from pipeline.expert import ExpertOptions, train_expert
 
     s, env = ws.settings, ws.env
-    mine = set(expert_ids.tolist())
-    shots = zip(train_list.resolve(env.data_dir), train_list.labels)
-    items = [(p, int(y)) for p, y in shots if y in mine]
+    shots = train_list.subset(np.flatnonzero(np.isin(train_list.labels, expert_ids)))
+    items = list(zip(shots.resolve(env.data_dir), shots.labels.tolist()))
     rows = np.flatnonzero(np.isin(yval, expert_ids))
     logits = np.zeros((len(yval), expert_ids.size), np.float32)
     with ws.timed("expert"):

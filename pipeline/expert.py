@@ -1,6 +1,5 @@
-"""The domain expert: a frozen ConvNeXt-V2 with a linear head over the classes of one domain;
-its artefact (:class:`DomainExpert`) and training (:func:`train_expert`). docs/CONVNEXT.md
-section 3 has its options, training, selection rule and artefact format."""
+"""The domain expert, a linear head on a frozen ConvNeXt-V2 over one domain's classes: its
+artefact (:class:`DomainExpert`) and training (:func:`train_expert`); docs/CONVNEXT.md section 3."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Trained heads on disk: safetensors for arrays, JSON (in the header) for the rest, with the
-class list (a fingerprint of the names) and the backbone weights a head was trained with, so
-that test.py refuses a head that no longer fits."""
+"""Trained heads on disk: arrays in safetensors, the rest as JSON in its header, with the class
+list's fingerprint and the backbone weights they were trained with (test.py refuses stale heads)."""
 
 from __future__ import annotations
 

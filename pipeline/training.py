@@ -125,9 +125,8 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
 
 
 def _test_set_facts(ws: Workspace, text: dict, unseen: np.ndarray) -> tuple[Optional[int], float]:
-    """(test images, expected unseen share): the settings' share, or the share of test images
-    that stage 1 (the challenge solution's, or as pinned) routes to unseen classes; without a
-    test folder: None, and validation.DEFAULT_UNSEEN_SHARE."""
+    """(test images or None, expected unseen share: the settings', else the share stage 1 routes
+    to unseen classes on the test set, else the default; docs/METHODS.md, 'Batches')."""
     settings = ws.settings
     try:
         names = list_test_images(ws.env.test_dir)

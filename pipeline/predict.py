@@ -39,9 +39,8 @@ def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult,
 
     def expert_logits(rows: np.ndarray) -> np.ndarray:
         with ws.timed("stage 3 (expert)"):
-            feats, _ = ws.convnext_features(
-                [paths[i] for i in rows], f"{label}-expert", expert.preprocess
-            )
+            routed = [paths[i] for i in rows]
+            feats, _ = ws.convnext_features(routed, f"{label}-expert", expert.preprocess)
             return expert.logits(feats)
 
     ids = None if expert is None else expert.class_ids

@@ -220,15 +220,10 @@ def evaluate(env: Env, settings: Settings) -> Path:
     mask = np.isin(y, seen)
     X = {b: x[keep][mask] for b, x in features.items()}
     T = ws.text_classifiers("templates")
-
-    def acc(scores: np.ndarray) -> dict:
-        return accuracy(topk(scores, 5, seen), y[mask])
-
-    heads = {f"zero-shot {b}": acc(zero_shot_logits(X[b], T[b][:, seen])) for b in X}
+    scores = {f"zero-shot {b}": zero_shot_logits(X[b], T[b][:, seen]) for b in X}
     if choice.seen_head != "amu":
-        scores = head_scores(models, X, settings.lpp_fusion)
-        heads[f"{choice.seen_head} (chosen head)"] = acc(scores)
-    metrics["seen_heads"] = heads
+        scores[f"{choice.seen_head} (chosen head)"] = head_scores(models, X, settings.lpp_fusion)
+    metrics["seen_heads"] = {k: accuracy(topk(s, 5, seen), y[mask]) for k, s in scores.items()}
     notes = [
         "The heads chose their epochs on these validation images, so the plain validation "
         "above is optimistic; the board-shaped prediction scores other images than those.",

@@ -109,11 +109,8 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     with ws.timed("seen-class head"):
         models, _ = search.heads(np.zeros(0, np.int64), choice, final=True)
     trained_with = {k: result["choice"][k] for k in ("flip_tta", "lpp_views", "seen_head")}
-    info = {
-        b: {**ws.head_expect(b), "seen_ids": seen.tolist(), "trained_with": trained_with}
-        for b in ws.backbones
-    }
-    save_models(ws.heads_dir, models, info)
+    common = {"seen_ids": seen.tolist(), "trained_with": trained_with}
+    save_models(ws.heads_dir, models, {b: {**ws.head_expect(b), **common} for b in ws.backbones})
     result["trained_with"] = trained_with
     result["settings"] = settings.as_dict()  # test.sh starts from these
     write_text_atomic(ws.heads_dir / CHOICE_FILE, json.dumps(result, indent=1) + "\n")

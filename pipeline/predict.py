@@ -60,8 +60,8 @@ def _transclip_sets(ws: Workspace, choice: Choice, seen: np.ndarray) -> tuple[tu
         return {b: combine_views(fs, flip, view)[m] for b, fs in sets.items()}, y[m]
 
     shots = ws.read_list(ws.env.train_shots_list, "4-shot training")
-    support = features(shots, "train", not aug and choice.flip_tta, "aug" if aug else "orig")
     val = ws.read_list(ws.env.val_list, "validation")
+    support = features(shots, "train", not aug and choice.flip_tta, "aug" if aug else "orig")
     return support, features(val, "val", choice.flip_tta, "orig")
 
 

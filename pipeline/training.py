@@ -172,9 +172,8 @@ def train_expert_stage(
         feats, failed = ws.convnext_features([val_paths[i] for i in rows], "val-expert", pre)
         fit, _ = validation.split_fit_score(yval)
         sel = np.isin(rows, fit) & ~np.isin(np.arange(rows.size), failed)
-        options = ExpertOptions(
-            seed=env.seed, **{k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
-        )
+        from_settings = {k: getattr(s, f"expert_{k}") for k in EXPERT_OPTIONS}
+        options = ExpertOptions(seed=env.seed, **from_settings)
         expert = train_expert(ws.convnext, items, feats[sel], yval[rows][sel], expert_ids, options)
         expert.save(ws.expert_dir)
         logits[rows] = expert.logits(feats)

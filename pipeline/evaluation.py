@@ -212,9 +212,9 @@ def evaluate(env: Env, settings: Settings) -> Path:
     y = val.labels[keep]
     _, models, seen, record = ws.load_cascade()
     expert = ws.load_expert()
-    unseen = np.setdiff1d(np.arange(ws.classes.num_classes), seen)
+    unseen = np.setdiff1d(np.arange(len(ws.classes)), seen)
     expert_ids = expert.class_ids if expert is not None else np.zeros(0, np.int64)
-    domains = ws.classes.domain_array[y]
+    domains = np.asarray(ws.classes.domains)[y]
     metrics = cascade_metrics(result.top5[keep], result.stage[keep], y, domains, unseen, expert_ids)
     # Each seen-class head alone, on the validation images of seen classes (no routing).
     mask = np.isin(y, seen)

@@ -92,18 +92,9 @@ class ClassList:
         return len(self.names)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    @property
     def domain_names(self) -> tuple[str, ...]:
         """Distinct domains in order of first appearance (by id)."""
         return tuple(dict.fromkeys(self.domains))
-
-    @property
-    def domain_array(self) -> np.ndarray:
-        """Domain of every class id (numpy strings)."""
-        return np.asarray(self.domains)
 
     def ids_in_domain(self, domain: str) -> np.ndarray:
         """Sorted int64 ids of ``domain``'s classes; ListError for an unknown domain."""
@@ -111,7 +102,7 @@ class ClassList:
             raise ListError(
                 f"{self.source}: no domain {domain!r}; domains: {', '.join(self.domain_names)}"
             )
-        return np.flatnonzero(self.domain_array == domain).astype(np.int64)
+        return np.flatnonzero(np.asarray(self.domains) == domain).astype(np.int64)
 
     def check_label(self, label: int, where: str) -> None:
         if not 0 <= label < len(self.names):

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def cascade(ws: Workspace, paths: list[str], label: str) -> tuple[CascadeResult, tuple, Any, dict]:
     """The trained cascade on ``paths``: (result, undecodable images, choice, CLIP features)."""
     choice, models, seen, _ = ws.load_cascade()
-    s, C = ws.settings, ws.classes.num_classes
+    s, C = ws.settings, len(ws.classes)
     sets, failed = ws.clip_views(paths, label, ("orig", "flip") if choice.flip_tta else ("orig",))
     X = {b: combine_views(fs, choice.flip_tta) for b, fs in sets.items()}
     aux = ws.aux_features(paths, label) if choice.seen_head == "amu" else None
@@ -73,7 +73,7 @@ def predict(env: Env, settings: Settings) -> Path:
     log.info("%d test images in %s", len(names), env.test_dir)
     result, failed, choice, _ = cascade(ws, paths, "test")
     write_result(env.result_path, names, result.top5)
-    problems = validate_result(env.result_path, names, ws.classes.num_classes)
+    problems = validate_result(env.result_path, names, len(ws.classes))
     if problems:
         raise RuntimeError(f"{env.result_path}: invalid submission: " + "; ".join(problems[:5]))
     reason = "undecodable image: predicted from a grey placeholder"

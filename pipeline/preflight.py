@@ -134,9 +134,9 @@ def _lock(env: Env, script: str) -> int:
 
 def _class_list(env: Env) -> ClassList:
     classes = read_class_list(env.classes)
-    if classes.num_classes < TOPK:
+    if len(classes) < TOPK:
         raise PreflightError(
-            f"{env.classes}: {classes.num_classes} classes, but every line of result.txt names "
+            f"{env.classes}: {len(classes)} classes, but every line of result.txt names "
             f"{TOPK} distinct class ids: use a class list of at least {TOPK} classes (CLASSES)"
         )
     return classes

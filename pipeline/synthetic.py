@@ -299,7 +299,7 @@ def photo_dataset(
     classes = read_class_list(classes_file)
     shutil.copyfile(classes_file, folder / "classes_b.txt")
     rng = np.random.default_rng(seed)
-    tints = rng.uniform(0.2, 0.8, (classes.num_classes, 3)).tolist()
+    tints = rng.uniform(0.2, 0.8, (len(classes), 3)).tolist()
     tasks, train_lines = [], []
     for c, dom in enumerate(classes.domains):
         if dom in UNSEEN_DOMAINS:
@@ -311,7 +311,7 @@ def photo_dataset(
             train_lines.append(f"{sub.relative_to(folder).as_posix()}/{k}.jpg {c}")
     test_dir = folder / "TestSet"
     test_dir.mkdir()
-    labels = rng.integers(0, classes.num_classes, test_images).tolist()
+    labels = rng.integers(0, len(classes), test_images).tolist()
     lines = []
     for i, c in enumerate(labels):
         tasks.append((str(test_dir / f"image_{i + 1}.jpg"), long_side, tints[c], [seed, 2, i]))

@@ -37,7 +37,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
             f"{env.val_list}: no validation images; train.py chooses and validates on them "
             "(run process.py with VAL_PER_CLASS >= 2)"
         )
-    C = ws.classes.num_classes
+    C = len(ws.classes)
     seen = seen_class_ids(train_list, ws.classes)
     unseen = np.setdiff1d(np.arange(C), seen)
     counts = C, seen.size, unseen.size, len(train_list), len(val_list)
@@ -85,7 +85,7 @@ def train(env: Env, settings: Settings) -> dict[str, Any]:
     n_test, share = _test_set_facts(ws, text, unseen)
     train_aug = {b: combine_views(s, False, "aug") for b, s in train_sets.items()} if aug else None
     data = ValidationData(
-        domains=ws.classes.domain_array,
+        domains=np.asarray(ws.classes.domains),
         seen=seen,
         unseen=unseen,
         train={f: {b: combine_views(s, f) for b, s in train_sets.items()} for f in flips},

@@ -30,7 +30,7 @@ def make_dataset(folder: Path, extra_per_class: int = 2, test_images: int = 120)
     shots = read_labeled_list(ROOT / "data" / "seed_train_4shot.txt", classes)
     (folder / "classes_b.txt").write_bytes((ROOT / "data" / "classes_b.txt").read_bytes())
     rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (classes.num_classes, 3))
+    colours = rng.integers(0, 256, (len(classes), 3))
 
     def image(c: int) -> Image.Image:
         a = colours[c] + rng.normal(0, 25, (24, 24, 3))
@@ -51,7 +51,7 @@ def make_dataset(folder: Path, extra_per_class: int = 2, test_images: int = 120)
     (folder / "train.txt").write_text("\n".join(lines) + "\n")
     (folder / "TestSetB").mkdir()
     answers = []
-    for i, c in enumerate(rng.integers(0, classes.num_classes, test_images).tolist()):
+    for i, c in enumerate(rng.integers(0, len(classes), test_images).tolist()):
         image(c).save(folder / "TestSetB" / f"image_{i + 1}.jpg")
         answers.append(f"image_{i + 1}.jpg {c}")
     (folder / "test_labels.txt").write_text("\n".join(answers) + "\n")

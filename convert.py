@@ -13,18 +13,17 @@ See docs/CONVERSION.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+
+from pipeline.cli import parser, setup_logging
 
 log = logging.getLogger("convert")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__, common=False)
     ap.add_argument("src", help="upstream checkpoint (.pt TorchScript/torch.save, JCLIP .pkl)")
     ap.add_argument("dst", help="output .safetensors file")
     ap.add_argument(
@@ -35,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     from models.convert import convert
     from models.weights import WeightsError
 

@@ -9,11 +9,11 @@ Then run ``bash train.sh`` and ``bash test.sh``. See docs/DATA.md.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from pipeline import preflight
+from pipeline.cli import parser, setup_logging
 from pipeline.env import ConfigError, Env, add_env_arguments
 from pipeline.lists import ListError, read_class_list, read_labeled_list
 from pipeline.settings import Settings, SettingsError
@@ -26,9 +26,7 @@ ENV_FIELDS = "data_dir classes train_list out_dir seed shots val_per_class worke
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__, common=False)
     ap.add_argument(
         "--shot-list",
         help="use this <path> <label> (or <path>,<label>) list as the training shots "
@@ -47,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_env_arguments(ap, ENV_FIELDS)
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     try:
         env = Env.from_env(vars(args))
         preflight.check_process(env)

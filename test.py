@@ -9,20 +9,16 @@ predicted board score and the cascade on the labelled validation list.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli import add_common_arguments, run_main
+from pipeline.cli import parser, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__)
     ap.add_argument(
         "--eval", action="store_true", help="evaluate on the validation list instead of predicting"
     )
-    add_common_arguments(ap)
     args = ap.parse_args(argv)
 
     def work(env, settings):

@@ -8,18 +8,13 @@ and ``$OUT_DIR/train.json``. Features are cached under ``$OUT_DIR/cache``: a re-
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli import add_common_arguments, run_main
+from pipeline.cli import parser, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_arguments(ap)
-    args = ap.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
 
     def work(env, settings):
         from pipeline.training import train

@@ -1,4 +1,4 @@
-"""What train.py and test.py share: arguments, logging, error reporting."""
+"""What the scripts share: arguments, logging, error reporting (train.py and test.py)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,18 @@ USER_ERRORS = (FileNotFoundError, FloatingPointError, ConfigError, DeviceError, 
 USER_ERRORS += (ImageError, ListError, SettingsError, SplitError, WeightsError)
 
 
-def add_common_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--settings", help="YAML file overriding method settings [$SETTINGS]")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[$FEWSHOT_DEVICE]")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_env_arguments(ap)
+def parser(doc: str | None, common: bool = True) -> argparse.ArgumentParser:
+    """A script's argument parser, its help the docstring ``doc`` as written; ``common``: with
+    the arguments of train.py and test.py."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if common:
+        ap.add_argument("--settings", help="YAML file overriding method settings [$SETTINGS]")
+        ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[$FEWSHOT_DEVICE]")
+        ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        add_env_arguments(ap)
+    return ap
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -8,7 +8,6 @@ small random-weight checkpoints in the upstream formats, converted with convert.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import setup_logging
+from pipeline.cli import parser, setup_logging
 
 log = logging.getLogger("main")
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +41,7 @@ def prepare_demo(env: dict[str, str], seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__, common=False)
     steps_help = f"comma-separated subset of {','.join(COMMANDS)} (default: all)"
     ap.add_argument("--steps", default=",".join(COMMANDS), help=steps_help)
     args = ap.parse_args(argv)

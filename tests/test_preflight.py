@@ -422,10 +422,7 @@ def test_heads_missing_or_of_another_class_list_refused_before_encoding(setup):
 # real weights and minutes): it announces itself, then waits to be killed or finishes.
 FAKE_TRAIN = """
 import sys, time
-from pipeline.cli import add_common_arguments, run_main
-import argparse
-ap = argparse.ArgumentParser()
-add_common_arguments(ap)
+from pipeline.cli import parser, run_main
 def work(env, settings):
     from pipeline.heads import load_head, save_head
     path = env.out_dir / "heads" / "lpp_vit.safetensors"
@@ -440,7 +437,7 @@ def work(env, settings):
         print(child, flush=True)
     print("working", flush=True)
     time.sleep(float(sys.argv[1]))
-sys.exit(run_main(ap.parse_args([]), work, sys.argv[2]))
+sys.exit(run_main(parser(None).parse_args([]), work, sys.argv[2]))
 """
 
 

@@ -65,8 +65,6 @@ def stage1_scores(
 
 
 HEAD_METHODS = {"lpp": ("lpp",), "tip": ("tip",), "lpp+tip": ("lpp", "tip"), "amu": ("amu",)}
-# The LPPConfig fields that the settings lpp_<field> set (and lpp_t_max, per backbone).
-LPP_SETTINGS = ("epochs", "learn_alpha", "schedule", "strict_best", "bias_init")
 
 
 def fit_head(
@@ -86,7 +84,9 @@ def fit_head(
     from fewshot.lpp import LPPConfig, LPPlusPlus
     from fewshot.tip_adapter import TipAdapterF
 
-    lpp = {k: getattr(settings, f"lpp_{k}") for k in LPP_SETTINGS}
+    # The LPPConfig fields that the settings lpp_<field> set (and lpp_t_max, per backbone).
+    fields = ("epochs", "learn_alpha", "schedule", "strict_best", "bias_init")
+    lpp = {k: getattr(settings, f"lpp_{k}") for k in fields}
     out: dict[str, dict[str, Any]] = {m: {} for m in HEAD_METHODS[kind]}
     for b in X:
         v = (val[0][b], val[1]) if len(val[1]) else None
@@ -174,9 +174,7 @@ def apply_transclip(
         logs.append(np.log(np.maximum(z, 1e-30)))
     z_log = fuse(logs, [fusion[b] for b in fusion])
     seen_log = z_log[:, np.searchsorted(cols, seen)]
-    if mode == "stage2":
-        return stage1, seen_log
-    return (z_log if stage1 is not None else None), seen_log
+    return (stage1 if stage1 is None or mode == "stage2" else z_log), seen_log
 
 
 def trained_scores(

@@ -101,16 +101,14 @@ class Search:
         ``final``: selected on every validation image, as train.py saves it."""
         d = self.d
         X, m, fit_rows, seen_f = self.shots(held, choice, final)
-        index = np.full(len(d.domains), -1, np.int64)
-        index[seen_f] = np.arange(seen_f.size)
 
         def fit():
             T = {b: t[:, seen_f] for b, t in d.text["templates"].items()}
             Xv = {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()}
             aux = None if d.aux is None else (d.aux[0][m], d.aux[1][fit_rows])
             return fit_head(
-                choice.seen_head, self.s, X, index[d.train_y[m]], T,
-                (Xv, index[d.val_y[fit_rows]]), aux, self.seed,
+                choice.seen_head, self.s, X, np.searchsorted(seen_f, d.train_y[m]), T,
+                (Xv, np.searchsorted(seen_f, d.val_y[fit_rows])), aux, self.seed,
             )  # fmt: skip
 
         key = ("heads", tuple(held), choice.seen_head, choice.flip_tta, choice.lpp_views, final)
@@ -199,9 +197,8 @@ class Search:
                 )  # fmt: skip
                 if gain > se and gain > best_gain:
                     best, best_gain = option, gain
-            for row in candidates:
-                if row["choice"] == name:
-                    row["chosen"] = row["option"] == best
+            for row in candidates[-len(options) :]:  # this choice's
+                row["chosen"] = row["option"] == best
             current = replace(current, **{name: best})
         return {
             "choice": current.as_dict(),

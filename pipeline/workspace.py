@@ -136,11 +136,10 @@ class Workspace:
         keep = np.setdiff1d(np.arange(len(items)), failed)
         if failed:
             log.warning("%s: %d undecodable image(s) skipped", label, len(failed))
-        kept = {
+        return {
             b: FeatureSet({v: x[keep] for v, x in fs.features.items()}, ())
             for b, fs in sets.items()
-        }
-        return kept, keep
+        }, keep
 
     def convnext_features(
         self, paths: Sequence[str], label: str, preprocess: Any

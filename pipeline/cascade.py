@@ -1,7 +1,6 @@
-"""The three-stage cascade over per-stage scores (docs/METHODS.md, "The cascade and its
-choices"): stage 1 (InMaP over all classes) answers images whose top-1 class is unseen, stage 2
-(the seen-class head) the rest, stage 3 (the expert) re-ranks its classes. This module only
-combines score arrays; computing them is the job of train/test."""
+"""The three-stage cascade over score arrays (docs/METHODS.md, "The cascade and its choices"):
+stage 1 (InMaP over all classes) answers images whose top-1 class is unseen, stage 2 (the
+seen-class head) the rest, stage 3 (the expert) re-ranks its classes."""
 
 from __future__ import annotations
 
@@ -70,13 +69,10 @@ def run_cascade(
     expert_scores: Callable[[np.ndarray], np.ndarray] | None = None,
     k: int = 5,
 ) -> CascadeResult:
-    """Route every image once and combine the stages into top-k ids and the answering stage.
-    all_scores [n, C]: stage-1 scores over all C classes (column c = class id c).
-    unseen_ids: class ids with no training image (may be empty: then stage 1 answers nothing).
-    seen_scores [n, S]: stage-2 scores, column j = class ``seen_ids[j]``.
-    expert_ids [K] (seen classes) and ``expert_scores(rows) -> [len(rows), K]``: the expert's
-        scores, asked only for the rows routed to it (it may be costly: images to encode).
-    """
+    """Route every image once: top-k class ids and the answering stage. all_scores [n, C]: stage
+    1 over all classes; unseen_ids: the classes stage 1 answers (none: it answers nothing);
+    seen_scores [n, S]: stage 2, column j = class seen_ids[j]; ``expert_scores(rows)`` [len(rows),
+    K] over expert_ids (seen classes) is asked only for the rows routed to it (images to encode)."""
     all_scores = np.asarray(all_scores)
     seen_scores = np.asarray(seen_scores)
     n = all_scores.shape[0]

@@ -73,10 +73,8 @@ def make_folds(
         n_u, n_s = max(1, int(n_u * scale)), max(1, int(n_s * scale))
         pick_u = rng.choice(u_rows, min(n_u, u_rows.size), replace=False)
         pick_s = rng.choice(s_rows, min(n_s, s_rows.size), replace=False)
-        rows = np.concatenate([pick_u, pick_s])
-        order = np.argsort(rows)
-        unseen = np.concatenate([np.ones(pick_u.size, bool), np.zeros(pick_s.size, bool)])
-        out.append(Fold(held, rows[order], unseen[order]))
+        rows = np.sort(np.concatenate([pick_u, pick_s]))
+        out.append(Fold(held, rows, np.isin(labels[rows], held)))
     return out
 
 

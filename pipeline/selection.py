@@ -223,15 +223,11 @@ class Search:
         from pipeline.cascade import STAGE_NAMES
 
         run = self.run(choice)
-        per_domain: dict[str, list[np.ndarray]] = {}
-        for f, fold in enumerate(self.folds):
-            domains = self.d.domains[self.d.val_y[fold.rows]].astype(object)
-            domains[fold.unseen] = "unseen (held out)"
-            for dom in np.unique(domains):
-                per_domain.setdefault(str(dom), []).append(run.top1[f][domains == dom])
-        out = {"per_domain": {k: float(np.concatenate(v).mean()) for k, v in per_domain.items()}}
-        stage = np.concatenate(run.stage)
-        top1 = np.concatenate(run.top1)
+        top1, stage = np.concatenate(run.top1), np.concatenate(run.stage)
+        rows = np.concatenate([f.rows for f in self.folds])
+        true_domains = self.d.domains[self.d.val_y[rows]]
+        domains = np.where(np.concatenate(self.unseen), "unseen (held out)", true_domains)
+        out = {"per_domain": {str(d): float(top1[domains == d].mean()) for d in np.unique(domains)}}
         out["per_stage"] = {
             name: {"share": float((stage == i).mean()),
                    "top1": float(top1[stage == i].mean()) if (stage == i).any() else None}

@@ -103,13 +103,9 @@ class Workspace:
         """T [d, C] per backbone for ``prompts``: "bare", or "templates" (the settings' set)."""
         s = self.settings
         templates = s.templates if prompts == "templates" else prompts
+        args = (self.classes.names, templates, s.descriptions, s.name_edits, self.heads_dir)
         with self.timed("text classifiers"):
-            return {
-                name: bb.text_classifier(
-                    self.classes.names, templates, s.descriptions, s.name_edits, self.heads_dir
-                )
-                for name, bb in self.backbones.items()
-            }
+            return {name: bb.text_classifier(*args) for name, bb in self.backbones.items()}
 
     def clip_views(
         self, paths: Sequence[str], label: str, views: Sequence[str]
@@ -160,10 +156,8 @@ class Workspace:
 
     def head_expect(self, name: str) -> dict[str, str]:
         """What a head of backbone ``name`` must have been trained with to be used now."""
-        return {
-            "classes": classes_fingerprint(self.classes.names),
-            "weights": self.backbones[name].fingerprint(),
-        }
+        classes = classes_fingerprint(self.classes.names)
+        return {"classes": classes, "weights": self.backbones[name].fingerprint()}
 
     def load_cascade(
         self, expect: Optional[dict[str, dict[str, str]]] = None

@@ -129,8 +129,7 @@ def cascade_distribution(
 ) -> np.ndarray:
     """The cascade's soft routing [n, len(cols)]: stage 1's unseen mass split as stage 1 ranks
     the unseen classes, the rest as stage 2 ranks the seen ones (stage 1 as CLIP logits, x100)."""
-    n = len(seen_scores)
-    out = np.zeros((n, len(cols)), np.float64)
+    out = np.zeros((len(seen_scores), len(cols)), np.float64)
     at = np.searchsorted(cols, seen)
     p2 = np.exp(log_softmax_np(seen_scores.astype(np.float64)))
     if stage1 is None:
@@ -196,7 +195,7 @@ def trained_scores(
         seen_scores = head_scores(models, X, settings.lpp_fusion, aux)
     stage1, cols = None, np.arange(num_classes)
     if settings.unseen_stage and np.setdiff1d(cols, seen).size:
-        T = text("bare" if choice.inmap_prompts == "bare" else "templates")
+        T = text(choice.inmap_prompts)
         log.info("stage 1: InMaP %s on %d images", choice.stage1, len(seen_scores))
         with timed("stage 1 (InMaP)"):
             stage1 = stage1_scores(X, T, choice.stage1, settings.inmap_fusion)

@@ -117,8 +117,7 @@ class Search:
     def stage1(self, f: int, choice: Choice) -> Optional[np.ndarray]:
         if not self.s.unseen_stage or not self.folds[f].held_out.size:
             return None
-        rows = self.folds[f].rows
-        prompts = "bare" if choice.inmap_prompts == "bare" else "templates"
+        rows, prompts = self.folds[f].rows, choice.inmap_prompts
 
         def compute():
             X = {b: v[rows] for b, v in self.d.val[choice.flip_tta].items()}

@@ -9,15 +9,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline import validation
-from pipeline.scores import (
-    Choice,
-    apply_transclip,
-    fit_head,
-    head_scores,
-    run_stages,
-    stage1_scores,
-)
+from pipeline import scores, validation
+from pipeline.scores import Choice
 from pipeline.settings import CHOICE_OPTIONS, Settings
 
 log = logging.getLogger(__name__)
@@ -43,14 +36,6 @@ class ValidationData:
     aux: Optional[tuple[np.ndarray, np.ndarray]] = None  # ConvNeXt features (shots, val)
 
 
-@dataclass
-class Run:
-    """One configuration on every fold: per-image top-1 correctness and answering stage."""
-
-    top1: list[np.ndarray]
-    stage: list[np.ndarray]
-
-
 class Search:
     def __init__(
         self,
@@ -62,16 +47,15 @@ class Search:
     ):
         """``share``: the expected unseen share of the test set."""
         self.d, self.s, self.share, self.n_test, self.seed = data, settings, share, n_test, seed
-        self.fit_rows, self.score_rows = validation.split_fit_score(data.val_y)
-        if not self.score_rows.size:
+        self.fit_rows, rows = validation.split_fit_score(data.val_y)
+        if not rows.size:
             log.warning(
                 "no class has two validation images: the heads' epochs and the predicted score "
                 "use the same images, so the prediction flatters (VAL_PER_CLASS >= 2 avoids it)"
             )
-            self.score_rows = self.fit_rows
+            rows = self.fit_rows
         self.cols = data.seen  # real unseen classes have no validation image: left out
         self._memo: dict[tuple, Any] = {}
-        rows = self.score_rows
         folds = validation.make_folds(
             data.val_y[rows], data.domains, data.seen, len(data.unseen), data.expert_ids,
             folds=settings.val_folds, share=share, batch=n_test or len(rows), seed=seed,
@@ -106,7 +90,7 @@ class Search:
             T = {b: t[:, seen_f] for b, t in d.text["templates"].items()}
             Xv = {b: v[fit_rows] for b, v in d.val[choice.flip_tta].items()}
             aux = None if d.aux is None else (d.aux[0][m], d.aux[1][fit_rows])
-            return fit_head(
+            return scores.fit_head(
                 choice.seen_head, self.s, X, np.searchsorted(seen_f, d.train_y[m]), T,
                 (Xv, np.searchsorted(seen_f, d.val_y[fit_rows])), aux, self.seed,
             )  # fmt: skip
@@ -122,17 +106,18 @@ class Search:
         def compute():
             X = {b: v[rows] for b, v in self.d.val[choice.flip_tta].items()}
             T = {b: t[:, self.cols] for b, t in self.d.text[prompts].items()}
-            return stage1_scores(X, T, choice.stage1, self.s.inmap_fusion)
+            return scores.stage1_scores(X, T, choice.stage1, self.s.inmap_fusion)
 
         return self._once(("stage1", f, choice.flip_tta, prompts, choice.stage1), compute)
 
-    def run(self, choice: Choice) -> Run:
-        """The cascade ``choice`` on every fold; seen images that stage 1 keeps are answered by
-        the head of all seen classes, as on the test set (docs/METHODS.md)."""
+    def run(self, choice: Choice) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The cascade ``choice`` on every fold: per fold, each image's top-1 correctness and
+        answering stage. Seen images that stage 1 keeps are answered by the head of all seen
+        classes, as on the test set (docs/METHODS.md)."""
         from pipeline.cascade import UNSEEN
 
         def compute():
-            d, out = self.d, Run([], [])
+            d, top1s, stages = self.d, [], []
             for f, fold in enumerate(self.folds):
                 y = d.val_y[fold.rows]
                 r = self._answer(choice, fold, fold.held_out, self.stage1(f, choice))
@@ -142,9 +127,9 @@ class Search:
                     kept = ~fold.unseen & (r.stage != UNSEEN)
                     top1 = np.where(kept, full.top1 == y, top1)
                     stage = np.where(kept, full.stage, stage)
-                out.top1.append(top1)
-                out.stage.append(stage)
-            return out
+                top1s.append(top1)
+                stages.append(stage)
+            return top1s, stages
 
         return self._once(("run", *choice.as_dict().values()), compute)
 
@@ -155,21 +140,21 @@ class Search:
         val = d.val[choice.flip_tta]
         X = {b: v[fold.rows] for b, v in val.items()}
         aux = None if d.aux is None else d.aux[1][fold.rows]
-        s2 = head_scores(models, X, self.s.lpp_fusion, aux)
+        s2 = scores.head_scores(models, X, self.s.lpp_fusion, aux)
         if choice.transclip != "off":  # the shots as support, their classes' fit rows for gamma
             shots, m, fit_rows, _ = self.shots(held, choice)
             T = {b: t[:, cols] for b, t in d.text["templates"].items()}
             Xf = {b: v[fit_rows] for b, v in val.items()}
-            s1, s2 = apply_transclip(
+            s1, s2 = scores.apply_transclip(
                 choice.transclip, X, T, (shots, np.searchsorted(cols, d.train_y[m])),
                 (Xf, np.searchsorted(cols, d.val_y[fit_rows])), s1, s2, cols, seen,
                 self.s.inmap_fusion,
             )  # fmt: skip
         logits = None if d.expert_logits is None else d.expert_logits[fold.rows].__getitem__
-        return run_stages(choice, s1, cols, s2, seen, d.expert_ids, logits)
+        return scores.run_stages(choice, s1, cols, s2, seen, d.expert_ids, logits)
 
     def estimate(self, choice: Choice) -> dict[str, float]:
-        top1 = self.run(choice).top1
+        top1, _ = self.run(choice)
         return validation.predict(top1, self.unseen, self.share, self.n_test, self.seed)
 
     def search(self) -> dict[str, Any]:
@@ -180,12 +165,12 @@ class Search:
             if getattr(self.s, name) is not None:
                 continue  # pinned by the settings
             options = [o for o in options if o != "amu" or self.s.amu]
-            base = self.run(current)
+            base, _ = self.run(current)
             best, best_gain = getattr(current, name), 0.0
             for option in options:
                 cand = replace(current, **{name: option})
                 gain, se = validation.paired_gain(
-                    self.run(cand).top1, base.top1, self.unseen, self.share, self.seed
+                    self.run(cand)[0], base, self.unseen, self.share, self.seed
                 )
                 row = {"choice": name, "option": option, "estimate": self.estimate(cand)}
                 row.update(gain=gain, se=se, baseline=option == getattr(current, name))
@@ -221,8 +206,7 @@ class Search:
         per answering stage, with the share of images each stage answers."""
         from pipeline.cascade import STAGE_NAMES
 
-        run = self.run(choice)
-        top1, stage = np.concatenate(run.top1), np.concatenate(run.stage)
+        top1, stage = map(np.concatenate, self.run(choice))
         rows = np.concatenate([f.rows for f in self.folds])
         true_domains = self.d.domains[self.d.val_y[rows]]
         domains = np.where(np.concatenate(self.unseen), "unseen (held out)", true_domains)

@@ -61,7 +61,7 @@ def stage1_scores(
 
     variant, params = STAGE1_CANDIDATES[stage1]
     logits = [X[b] @ run_inmap(X[b], T[b], variant=variant, **params) for b in fusion]
-    return fuse(logits, [fusion[b] for b in fusion])
+    return fuse(logits, list(fusion.values()))
 
 
 HEAD_METHODS = {"lpp": ("lpp",), "tip": ("tip",), "lpp+tip": ("lpp", "tip"), "amu": ("amu",)}
@@ -121,7 +121,7 @@ def head_scores(
         if len(parts) > 1:
             parts = [as_numpy(log_softmax(jt().array(p), dim=1)) for p in parts]
         per_backbone.append(np.sum(parts, axis=0))
-    return fuse(per_backbone, [fusion[b] for b in fusion])
+    return fuse(per_backbone, list(fusion.values()))
 
 
 def cascade_distribution(
@@ -132,13 +132,12 @@ def cascade_distribution(
     out = np.zeros((len(seen_scores), len(cols)), np.float64)
     at = np.searchsorted(cols, seen)
     p2 = np.exp(log_softmax_np(seen_scores.astype(np.float64)))
-    if stage1 is None:
-        out[:, at] = p2
-        return out
-    p1 = np.exp(log_softmax_np(100.0 * stage1.astype(np.float64)))
-    is_unseen = ~np.isin(cols, seen)
-    p_unseen = p1[:, is_unseen].sum(1, keepdims=True)
-    out[:, is_unseen] = p1[:, is_unseen]
+    p_unseen = 0.0
+    if stage1 is not None:
+        p1 = np.exp(log_softmax_np(100.0 * stage1.astype(np.float64)))
+        is_unseen = ~np.isin(cols, seen)
+        p_unseen = p1[:, is_unseen].sum(1, keepdims=True)
+        out[:, is_unseen] = p1[:, is_unseen]
     out[:, at] = (1.0 - p_unseen) * p2
     return out
 
@@ -171,7 +170,7 @@ def apply_transclip(
         gamma, _ = choose_gamma(X[b], T[b], shots, (val[0][b], val[1]))
         z = transclip(X[b], T[b], shots, init=init, gamma=gamma)
         logs.append(np.log(np.maximum(z, 1e-30)))
-    z_log = fuse(logs, [fusion[b] for b in fusion])
+    z_log = fuse(logs, list(fusion.values()))
     seen_log = z_log[:, np.searchsorted(cols, seen)]
     return (stage1 if stage1 is None or mode == "stage2" else z_log), seen_log
 

@@ -60,8 +60,7 @@ def make_folds(
         return [Fold(np.zeros(0, np.int64), rows, np.zeros(len(rows), bool))]
     out = []
     for f in range(folds):
-        domain = candidates[f % len(candidates)]
-        pool = pools[domain]
+        pool = pools[candidates[f % len(candidates)]]
         k = min(num_unseen, pool.size - 1)
         held = np.sort(rng.choice(pool, k, replace=False))
         u_rows = np.flatnonzero(np.isin(labels, held))

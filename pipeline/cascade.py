@@ -41,10 +41,9 @@ def fuse(logits: list[np.ndarray], weights: list[float] | tuple[float, ...]) -> 
 
 def topk(scores: np.ndarray, k: int = 5, ids: np.ndarray | None = None) -> np.ndarray:
     """Indices (or ``ids[index]``) of the k largest scores per row, best first; ties broken by
-    the lower index so results are deterministic."""
+    the lower index (a stable sort of the negated scores) so results are deterministic."""
     scores = np.asarray(scores)
     k = min(k, scores.shape[1])
-    # stable argsort on the negated scores keeps lower indices first among equal scores
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order if ids is None else np.asarray(ids)[order]
 

@@ -47,11 +47,9 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def _trained_settings(env: Env, script: str) -> Settings | None:
+def _trained_settings(env: Env) -> Settings | None:
     """The settings train.py ran with (heads/cascade.json), for test.py and the evaluation: so
     test.sh needs no SETTINGS; a SETTINGS file overrides them."""
-    if script == "train":
-        return None
     from pipeline.heads import read_json_artefact
     from pipeline.scores import CHOICE_FILE
 
@@ -71,7 +69,8 @@ def run_main(args: argparse.Namespace, work: Callable[[Env, Settings], Any], scr
     try:
         requested_device()  # an unknown FEWSHOT_DEVICE is reported before anything runs
         env = Env.from_env(vars(args))
-        settings = Settings.load(args.settings, base=_trained_settings(env, script))
+        base = None if script == "train" else _trained_settings(env)
+        settings = Settings.load(args.settings, base=base)
         log.info(env.describe())
         with preflight.checked(script, env, settings):
             work(env, settings)

@@ -61,8 +61,7 @@ def make_folds(
     out = []
     for f in range(folds):
         pool = pools[candidates[f % len(candidates)]]
-        k = min(num_unseen, pool.size - 1)
-        held = np.sort(rng.choice(pool, k, replace=False))
+        held = np.sort(rng.choice(pool, min(num_unseen, pool.size - 1), replace=False))
         u_rows = np.flatnonzero(np.isin(labels, held))
         s_rows = np.flatnonzero(~np.isin(labels, held))
         n_u, n_s = u_rows.size, int(round(u_rows.size * (1 - share) / share))

@@ -130,7 +130,6 @@ def cascade_distribution(
     """The cascade's soft routing [n, len(cols)]: stage 1's unseen mass split as stage 1 ranks
     the unseen classes, the rest as stage 2 ranks the seen ones (stage 1 as CLIP logits, x100)."""
     out = np.zeros((len(seen_scores), len(cols)), np.float64)
-    at = np.searchsorted(cols, seen)
     p2 = np.exp(log_softmax_np(seen_scores.astype(np.float64)))
     p_unseen = 0.0
     if stage1 is not None:
@@ -138,7 +137,7 @@ def cascade_distribution(
         is_unseen = ~np.isin(cols, seen)
         p_unseen = p1[:, is_unseen].sum(1, keepdims=True)
         out[:, is_unseen] = p1[:, is_unseen]
-    out[:, at] = (1.0 - p_unseen) * p2
+    out[:, np.searchsorted(cols, seen)] = (1.0 - p_unseen) * p2
     return out
 
 

@@ -26,8 +26,7 @@ USER_ERRORS += (ImageError, ListError, SettingsError, SplitError, WeightsError)
 
 
 def parser(doc: str | None, common: bool = True) -> argparse.ArgumentParser:
-    """A script's argument parser, its help the docstring ``doc`` as written; ``common``: with
-    the arguments of train.py and test.py."""
+    """A script's argument parser showing ``doc`` as written; ``common``: train/test's arguments."""
     ap = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )

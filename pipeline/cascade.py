@@ -26,8 +26,7 @@ class CascadeResult:
 
 
 def fuse(logits: list[np.ndarray], weights: list[float] | tuple[float, ...]) -> np.ndarray:
-    """Weighted sum of per-backbone logits of equal shape (the challenge fused 0.5/0.5 for InMaP
-    and 0.6/0.4 ViT-B/32/RN101 for LP++)."""
+    """Weighted sum of per-backbone logits of equal shape (weights: the settings' *_fusion)."""
     if len(logits) != len(weights) or not logits:
         raise ValueError(f"{len(logits)} logit arrays for {len(weights)} fusion weights")
     shapes = {np.shape(x) for x in logits}

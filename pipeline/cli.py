@@ -1,4 +1,4 @@
-"""What the scripts share: arguments, logging, error reporting (train.py and test.py)."""
+"""What the scripts share: the argument parser, logging; train.py and test.py also run_main."""
 
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ class Workspace:
         return fs["orig"], fs.failed
 
     def aux_features(self, paths: Sequence[str], label: str) -> np.ndarray:
-        """AMU-Tuning's auxiliary features: ConvNeXt-V2's in the expert's view, L2-normalised."""
+        """AMU's auxiliary features: ConvNeXt-V2's in the expert's eval view, L2-normalised."""
         from models.convnext import preprocess
 
         pre = preprocess(self.settings.expert_eval_size, self.settings.expert_resample)

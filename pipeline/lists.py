@@ -179,9 +179,13 @@ class LabeledList:
         """Images per class id, int64 [num_classes]."""
         return np.bincount(self.labels, minlength=num_classes)[:num_classes]
 
-    def subset(self, index: Sequence[int] | np.ndarray, source: str) -> LabeledList:
+    def subset(
+        self, index: Sequence[int] | np.ndarray, source: Optional[str] = None
+    ) -> LabeledList:
         index = np.asarray(index, dtype=np.int64)
-        return LabeledList(tuple(self.paths[i] for i in index), self.labels[index], source)
+        return LabeledList(
+            tuple(self.paths[i] for i in index), self.labels[index], source or self.source
+        )
 
 
 def _outside(path: str, root: Optional[PathLike]) -> Optional[str]:

@@ -237,6 +237,13 @@ def test_load_reports_bad_files(tmp_path):
     bad = weights.save(tmp_path / "p.safetensors", partial, family=cx.FAMILY, config=config)
     with pytest.raises(weights.WeightsError, match=r"p\.safetensors.*stages\.1\.1\.pwconv2\.bias"):
         cx.load(bad)
+    # A stage without its first block (its width is read there): one line, at conversion too.
+    headless = {k: v for k, v in sd.items() if not k.startswith("stages.1.0.")}
+    with pytest.raises(weights.WeightsError, match="stage 1 has no block 0"):
+        cx.infer_config(headless)
+    bad = weights.save(tmp_path / "s.safetensors", headless, family=cx.FAMILY, config=config)
+    with pytest.raises(weights.WeightsError, match=r"s\.safetensors.*stage 1 has no block 0"):
+        cx.load(bad)
     lying = weights.save(
         tmp_path / "h.safetensors", sd, family=cx.FAMILY, config={**config, "dims": [1, 2, 3, 4]}
     )

@@ -74,6 +74,9 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     # missing and unexpected keys when the weights are loaded (models.weights.load_state).
     blocks = Counter(int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k)))
     depths = [blocks[i] for i in range(len(blocks))]
+    headless = [i for i in range(len(blocks)) if f"stages.{i}.0.dwconv.weight" not in state_dict]
+    if headless:  # a stage's width is read from its first block
+        raise WeightsError(f"ConvNeXt-V2 state dict: stage {headless[0]} has no block 0")
     dims = [int(np.shape(state_dict[f"stages.{i}.0.dwconv.weight"])[0]) for i in range(len(blocks))]
     stem = np.shape(state_dict["downsample_layers.0.0.weight"])
     head = state_dict.get("head.weight")

@@ -162,7 +162,7 @@ def load(path: str | os.PathLike, device: str | None = None) -> ConvNeXtV2:
     tensors, info = weights.load(path, expect_family=FAMILY)
     try:
         inferred = infer_config(tensors)
-    except (weights.WeightsError, KeyError) as e:  # KeyError: a stage without its first block
+    except weights.WeightsError as e:
         raise weights.WeightsError(f"{path}: not usable ConvNeXt-V2 weights: {e}") from e
     stored = info["config"]
     for key in ("depths", "dims", "num_classes"):

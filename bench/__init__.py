@@ -138,10 +138,10 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser showing the script's docstring, with ``--json``."""
-    ap = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The scripts' argument parser (pipeline.cli), with ``--json``."""
+    from pipeline.cli import parser as script_parser
+
+    ap = script_parser(doc, common=False)
     ap.add_argument("--json", metavar="PATH", help="also write the results here (JSON)")
     return ap
 
